@@ -1,0 +1,200 @@
+"""Backends: one adapter per framework behind one protocol, chosen by the model's type.
+
+Detection only looks at frameworks already in ``sys.modules``: a model of framework X can
+only exist once X was imported, so nndiag is never the one to import torch or jax.
+Third-party backends register under the ``nndiag.backends`` entry-point group; the object
+an entry point names implements :class:`Backend`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from nndiag.errors import InvalidSubject, describe
+
+__all__ = [
+    "Backend",
+    "Batch",
+    "LayerRecord",
+    "Objective",
+    "Session",
+    "Task",
+    "Trainer",
+    "backend_for",
+]
+
+# name -> (framework module that must already be imported, "module:attribute" of the backend)
+_BUILTIN: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "nndiag.backends.torch:BACKEND"),
+}
+ENTRY_POINT_GROUP = "nndiag.backends"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Inputs and targets of one batch, in the backend's own array type."""
+
+    X: Any
+    y: Any
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the model is asked to do, learned from one probe forward pass."""
+
+    kind: Literal["classification", "regression"]
+    num_classes: int = 0  # classification only
+    label_counts: tuple[int, ...] = ()
+
+
+@dataclass
+class LayerRecord:
+    """Per-layer activation statistics, reduced while the forward pass runs.
+
+    ``depth`` orders layers as the forward pass reached them. ``fires`` counts, per unit,
+    the samples where the unit's output was > 0 (ReLU family only).
+    """
+
+    name: str
+    kind: str  # relu, tanh, sigmoid, or the function's name for other activations
+    depth: int
+    units: int
+    count: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    saturated: int = 0
+    fires: Any = None  # numpy int array over units, or None
+    hist_counts: Any = None
+    hist_edges: tuple[float, float] = (0.0, 1.0)
+    # The weight layer feeding this activation: name, fan-in and current weight std.
+    weight_layer: str | None = None
+    fan_in: int | None = None
+    weight_std: float | None = None
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+    @property
+    def std(self) -> float:
+        if not self.count:
+            return float("nan")
+        return max(self.total_sq / self.count - self.mean**2, 0.0) ** 0.5
+
+    @property
+    def saturated_fraction(self) -> float:
+        return self.saturated / self.count if self.count else 0.0
+
+
+class Objective(Protocol):
+    """The subject's loss on one batch as a float64 function of its trainable tensors."""
+
+    names: list[str]
+    shapes: Mapping[str, tuple[int, ...]]
+
+    def value_and_grad(self) -> tuple[float, dict[str, Any]]:
+        """Loss and analytic gradients (numpy float64; None where no gradient reached)."""
+
+    def value(self, shifts: Mapping[str, Any]) -> float:
+        """Loss with each named tensor shifted by the given float64 numpy array."""
+
+
+class Trainer(Protocol):
+    optimizer: str  # description stated in results
+
+    def step(self) -> tuple[float, float | None]:
+        """One optimizer step; returns the loss and accuracy measured before it."""
+
+    def unchanged(self) -> list[str]:
+        """Names of trainable tensors whose values never changed."""
+
+
+class Session(Protocol):
+    """One diagnose run on one subject; every method leaves the user's model as it was."""
+
+    task: Task
+    has_regularization: bool
+    framework: str
+
+    def passes(self) -> tuple[int, int]:
+        """Forward and backward passes of the model so far."""
+
+    def isolated(self, check: str) -> AbstractContextManager[None]:
+        """Snapshot everything a check could change; restore it exactly on exit."""
+
+    def rows(self, n: int) -> Batch:
+        """The first ``n`` samples, across the stored batches."""
+
+    def set_regularization(self, strength: float) -> None: ...
+
+    def losses(self, batch: Batch, per_sample: bool = True) -> tuple[float, Any]:
+        """Mean loss, and per-sample losses (numpy; None when not asked for or when the
+        loss cannot take single rows)."""
+
+    def baselines(self, batch: Batch) -> dict[str, float]:
+        """The loss of uninformative outputs: ``uniform`` (all zeros) and ``prior``."""
+
+    def objective(self, batch: Batch) -> AbstractContextManager[Objective]: ...
+
+    def trainer(self, batch: Batch) -> AbstractContextManager[Trainer]: ...
+
+    def capture(self) -> list[LayerRecord]:
+        """Activation statistics over the stored batches (computed once per session)."""
+
+
+class Backend(Protocol):
+    """What a framework adapter provides; see ``nndiag/backends/torch.py``."""
+
+    name: str
+
+    def accepts(self, model: Any) -> bool: ...
+
+    def validate_model(self, model: Any, *, optimizer: Any, regularization: Any) -> None: ...
+
+    def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]: ...
+
+    def session(self, subject: Any, config: Any) -> Session: ...
+
+
+def _load(target: str) -> Backend:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _candidates() -> Iterator[Backend]:
+    for framework, target in _BUILTIN.values():
+        if framework in sys.modules:
+            yield _load(target)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        yield ep.load()
+
+
+def backend_for(model: Any) -> Backend:
+    """The backend that accepts ``model``.
+
+    Raises:
+        InvalidSubject: no installed backend accepts the model.
+    """
+    for backend in _candidates():
+        if backend.accepts(model):
+            return backend
+    raise InvalidSubject(
+        "model",
+        f"no nndiag backend accepts {describe(model)}",
+        "pass a torch.nn.Module (pip install 'nndiag[torch]')",
+    )
+
+
+def known_frameworks() -> list[str]:
+    return sorted(_BUILTIN)
+

@@ -1,0 +1,655 @@
+"""PyTorch backend: any ``torch.nn.Module``.
+
+Checks never run on the user's tensors. For the length of a check every parameter and
+buffer slot of the model (and of a loss that is a module) holds a private clone, swapped in
+through ``setattr`` so that a loss or regularization closure reading ``model.fc.weight``
+sees exactly what the check differentiates or trains. The originals are put back in
+``finally``, and a snapshot taken beforehand restores anything else a check could touch
+(modes, plain-number attributes, ``requires_grad``, ``.grad``, RNG states).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from nndiag.backends import Batch, LayerRecord, Task
+from nndiag.errors import InvalidSubject, ModelError, describe
+
+__all__ = ["BACKEND", "TorchBackend", "TorchSession"]
+
+_PER_SAMPLE_ROWS = 256  # rows whose individual losses estimate the initial loss's noise
+_HIST_ROWS = 1024  # rows per batch that feed a layer's histogram (a strided sample)
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+            nn.FeatureAlphaDropout)
+
+
+def _activation_kinds() -> dict[Any, str]:
+    F = nn.functional
+    kinds: dict[Any, str] = {}
+    for kind, funcs in {
+        "relu": (F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_,
+                 F.relu6),
+        "tanh": (torch.tanh, torch.tanh_, torch.Tensor.tanh, torch.Tensor.tanh_),
+        "sigmoid": (torch.sigmoid, torch.sigmoid_, torch.Tensor.sigmoid, torch.Tensor.sigmoid_),
+    }.items():
+        kinds.update(dict.fromkeys(funcs, kind))
+    for func in (F.leaky_relu, F.gelu, F.silu, F.elu, F.selu, F.celu, F.softplus, F.mish,
+                 F.hardtanh, F.hardswish):
+        kinds[func] = func.__name__
+    return kinds
+
+
+_KINDS = _activation_kinds()
+_ACTIVATION_MODULES = tuple(
+    getattr(nn, n) for n in ("ReLU", "ReLU6", "Tanh", "Sigmoid", "LeakyReLU", "GELU", "SiLU",
+                             "ELU", "SELU", "CELU", "Softplus", "Mish", "Hardtanh", "Hardswish")
+)
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, np.ndarray))
+
+
+def _rng_guard_devices(model: nn.Module) -> list[int]:
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+@contextmanager
+def _rng_guard(devices: list[int], seed: int | None = None) -> Iterator[None]:
+    """Leave torch, numpy and ``random`` generators exactly as they were."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+class TorchBackend:
+    """Adapter for ``torch.nn.Module`` models."""
+
+    name = "torch"
+
+    def accepts(self, model: Any) -> bool:
+        return isinstance(model, nn.Module)
+
+    def validate_model(self, model: Any, *, optimizer: Any, regularization: Any) -> None:
+        params = list(model.parameters())
+        if not params:
+            raise InvalidSubject("model", f"{type(model).__name__} has no parameters",
+                                 "diagnose a model with trainable layers")
+        if not any(p.requires_grad for p in params):
+            raise InvalidSubject("model", "every parameter has requires_grad=False",
+                                 "unfreeze the layers to diagnose (p.requires_grad_(True))")
+        if optimizer is not None and not (
+            isinstance(optimizer, torch.optim.Optimizer) or callable(optimizer)
+        ):
+            raise InvalidSubject("optimizer", f"expected a callable, got {describe(optimizer)}",
+                                 "pass optimizer=lambda params: torch.optim.SGD(params, lr=0.1)")
+        if isinstance(regularization, str):
+            value = getattr(model, regularization, None)
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not numeric and not (isinstance(value, torch.Tensor) and value.numel() == 1):
+                raise InvalidSubject(
+                    "regularization",
+                    f"model attribute {regularization!r} is {describe(value)}, not a number",
+                    "name the model attribute the loss reads its strength from, or pass a "
+                    "function (model, strength) -> None")
+
+    def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
+        """Read up to ``limit`` batches without touching the global RNGs (a shuffling
+        DataLoader draws from them)."""
+        if data is None:
+            raise InvalidSubject("data", "got None", "pass one batch (X, y) or a DataLoader")
+        is_pair = isinstance(data, (tuple, list)) and len(data) == 2 and all(map(_is_array, data))
+        if is_pair:
+            items = [data]
+        else:
+            try:
+                iterator = iter(data)
+            except TypeError:
+                raise InvalidSubject("data", f"expected (X, y) or an iterable of batches, got "
+                                     f"{describe(data)}", "pass data=(X, y)") from None
+            items = []
+            with _rng_guard(_rng_guard_devices(model)):
+                for item in iterator:
+                    items.append(item)
+                    if len(items) >= limit:
+                        break
+        if not items:
+            raise InvalidSubject("data", "holds no batch", "pass at least one batch (X, y)")
+        device = next(model.parameters()).device
+        return [self._batch(item, i, device) for i, item in enumerate(items)]
+
+    def _batch(self, item: Any, index: int, device: torch.device) -> Batch:
+        where = "data" if index == 0 else f"data (batch {index})"
+        if not (isinstance(item, (tuple, list)) and len(item) >= 2):
+            raise InvalidSubject(where, f"a batch must be a pair (X, y), got {describe(item)}",
+                                 "yield (inputs, targets) from the data iterable")
+        X, y = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in item[:2])
+        for arg, value in (("X", X), ("y", y)):
+            if not isinstance(value, torch.Tensor):
+                raise InvalidSubject(where, f"{arg} is {describe(value)}, not a tensor",
+                                     f"convert {arg} with torch.as_tensor")
+            if value.ndim == 0 or len(value) == 0:
+                raise InvalidSubject(where, f"{arg} is empty (shape {tuple(value.shape)})",
+                                     "pass a batch with at least one sample")
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                bad = int((~torch.isfinite(value)).sum())
+                raise InvalidSubject(where, f"{arg} holds {bad} NaN/Inf value(s)",
+                                     "clean or impute the data before diagnosing")
+        if len(X) != len(y):
+            raise InvalidSubject(where, f"X has {len(X)} samples but y has {len(y)}",
+                                 "pass inputs and targets of the same length")
+        return Batch(X.to(device), y.to(device))
+
+    def session(self, subject: Any, config: Any) -> TorchSession:
+        return TorchSession(subject, config)
+
+
+BACKEND = TorchBackend()
+
+
+def _default_loss(y: torch.Tensor) -> Any:
+    if not y.is_floating_point():
+        return nn.functional.cross_entropy
+
+    def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if output.shape != target.shape and output.numel() == target.numel():
+            output = output.reshape(target.shape)  # (N, 1) outputs for (N,) targets
+        return nn.functional.mse_loss(output, target)
+
+    return mse
+
+
+class _Snapshot:
+    """Everything a check could change on the user's side, to restore exactly."""
+
+    def __init__(self, model: nn.Module, loss: Any) -> None:
+        self.modules = list(model.modules())
+        owners: list[Any] = list(self.modules)
+        if isinstance(loss, nn.Module):
+            owners += [m for m in loss.modules() if m not in owners]
+        elif hasattr(loss, "__dict__"):  # a loss object may hold the strength
+            owners.append(loss)
+        self.training = [(m, m.training) for m in self.modules]
+        # Plain-number attributes: where a regularization setter keeps its strength.
+        self.numbers = [(o, k, v) for o in owners for k, v in vars(o).items()
+                        if isinstance(v, (int, float)) and not k.startswith("__")]
+        self.slots = []
+        for owner in owners:
+            if not isinstance(owner, nn.Module):
+                continue
+            tensors = [*owner.named_parameters(recurse=False, remove_duplicate=False),
+                       *owner.named_buffers(recurse=False, remove_duplicate=False)]
+            for name, t in tensors:
+                grad = t.grad
+                self.slots.append((owner, name, t, t.detach().clone(), t.requires_grad,
+                                   grad, None if grad is None else grad.detach().clone()))
+
+    def restore(self) -> None:
+        for owner, name, tensor, values, requires_grad, grad, grad_values in self.slots:
+            if getattr(owner, name) is not tensor:
+                setattr(owner, name, tensor)
+            with torch.no_grad():
+                if tensor.dtype != values.dtype or tensor.shape != values.shape:
+                    tensor.data = values
+                elif not torch.equal(tensor, values):
+                    tensor.copy_(values)
+            if tensor.requires_grad != requires_grad:
+                tensor.requires_grad_(requires_grad)
+            if tensor.grad is not grad:
+                tensor.grad = grad
+            if grad is not None and not torch.equal(grad, grad_values):
+                with torch.no_grad():
+                    grad.copy_(grad_values)
+        for owner, key, value in self.numbers:
+            if vars(owner).get(key, value) is not value:
+                setattr(owner, key, value)
+        for module, training in self.training:
+            module.training = training
+
+
+class TorchSession:
+    """One diagnose run of one subject on the torch backend."""
+
+    def __init__(self, subject: Any, config: Any) -> None:
+        self.subject = subject
+        self.config = config
+        self.model: nn.Module = subject.model
+        self.batches: list[Batch] = subject.batches[: max(1, config.max_batches)]
+        self.loss_fn = subject.loss or _default_loss(self.batches[0].y)
+        self.has_regularization = subject.regularization is not None
+        self.framework = f"torch {torch.__version__}"
+        self._devices = _rng_guard_devices(self.model)
+        self._forward = 0
+        self._backward = 0
+        self._capture: list[LayerRecord] | None = None
+        with self.isolated("validation"):
+            self.task = self._probe()
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def passes(self) -> tuple[int, int]:
+        return self._forward, self._backward
+
+    def _run_model(self, X: torch.Tensor) -> torch.Tensor:
+        self._forward += 1
+        try:
+            out = self.model(X)
+        except Exception as exc:
+            raise ModelError("model", "model(X)", exc) from exc
+        if not isinstance(out, torch.Tensor):
+            raise InvalidSubject("model", f"forward returned {describe(out)}, not a tensor",
+                                 "return the logits/predictions tensor from forward, or wrap "
+                                 "the model in a module that does")
+        return out
+
+    def _run_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        try:
+            loss = self.loss_fn(out, y)
+        except Exception as exc:
+            raise ModelError("loss", "loss(output, y)", exc) from exc
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else describe(loss)
+            raise InvalidSubject("loss", f"returned {shape}, not a scalar tensor",
+                                 "reduce the loss to a scalar (reduction='mean' or .mean())")
+        return loss.reshape(())
+
+    def _backward_pass(self, loss: torch.Tensor) -> None:
+        self._backward += 1
+        if not loss.requires_grad:
+            return  # nothing reaches any parameter; callers see every grad as None
+        try:
+            loss.backward()
+        except Exception as exc:
+            raise ModelError("model", "loss.backward()", exc) from exc
+
+    # -- isolation ---------------------------------------------------------------------
+    @contextmanager
+    def isolated(self, check: str) -> Iterator[None]:
+        snapshot = _Snapshot(self.model, self.loss_fn)
+        default_dtype = torch.get_default_dtype()
+        try:
+            with _rng_guard(self._devices, self.config.seed), torch.enable_grad():
+                self.model.train()
+                for module in self.model.modules():
+                    if isinstance(module, _DROPOUT):  # dropout is regularization: off
+                        module.eval()
+                with self._clones():
+                    yield
+        except ModelError as exc:
+            exc.check = check
+            raise
+        finally:
+            torch.set_default_dtype(default_dtype)
+            snapshot.restore()
+
+    def _owners(self) -> list[nn.Module]:
+        owners = list(self.model.modules())
+        if isinstance(self.loss_fn, nn.Module):
+            owners += [m for m in self.loss_fn.modules() if m not in owners]
+        return owners
+
+    @contextmanager
+    def _clones(self, dtype: torch.dtype | None = None) -> Iterator[dict[str, nn.Parameter]]:
+        """Swap a private clone into every parameter and buffer slot (tied tensors stay
+        tied); yield the trainable clones by parameter name."""
+        made: dict[int, torch.Tensor] = {}
+        swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+        def clone(t: torch.Tensor, parameter: bool) -> torch.Tensor:
+            if id(t) not in made:
+                c = t.detach().clone()
+                if dtype is not None and c.is_floating_point():
+                    c = c.to(dtype)
+                made[id(t)] = nn.Parameter(c, requires_grad=t.requires_grad) if parameter else c
+            return made[id(t)]
+
+        try:
+            for owner in self._owners():
+                for name, p in list(owner.named_parameters(recurse=False,
+                                                           remove_duplicate=False)):
+                    swapped.append((owner, name, p))
+                    setattr(owner, name, clone(p, True))
+                for name, b in list(owner.named_buffers(recurse=False, remove_duplicate=False)):
+                    swapped.append((owner, name, b))
+                    setattr(owner, name, clone(b, False))
+            yield {n: made[id(p)] for n, p in trainable}  # type: ignore[misc]
+        finally:
+            for owner, name, original in reversed(swapped):
+                setattr(owner, name, original)
+
+    # -- probe and losses --------------------------------------------------------------
+    def _probe(self) -> Task:
+        batch = self.batches[0]
+        with torch.no_grad():
+            out = self._run_model(batch.X)
+            if len(out) != len(batch.y):
+                raise InvalidSubject("model", f"output has {len(out)} rows for {len(batch.y)} "
+                                     "samples", "return one output row per input sample")
+            task = self._task(out)
+            self._run_loss(out, batch.y)
+        return task
+
+    def _task(self, out: torch.Tensor) -> Task:
+        ys = [b.y for b in self.batches]
+        if ys[0].is_floating_point():
+            return Task("regression")
+        if out.ndim < 2 or out.shape[1] < 2:
+            raise InvalidSubject("data", f"integer labels need class scores of shape (N, C), "
+                                 f"the model outputs {tuple(out.shape)}",
+                                 "output one score per class, or pass float targets")
+        classes = out.shape[1]
+        low, high = min(int(y.min()) for y in ys), max(int(y.max()) for y in ys)
+        if low < 0 or high >= classes:
+            raise InvalidSubject("data", f"labels span {low}..{high} but the model outputs "
+                                 f"{classes} class scores", f"use labels in 0..{classes - 1} "
+                                 "or widen the last layer")
+        counts = torch.bincount(torch.cat([y.reshape(-1) for y in ys]).cpu(), minlength=classes)
+        return Task("classification", classes, tuple(int(c) for c in counts))
+
+    def rows(self, n: int) -> Batch:
+        Xs, ys, have = [], [], 0
+        for b in self.batches:
+            take = min(len(b), n - have)
+            Xs.append(b.X[:take])
+            ys.append(b.y[:take])
+            have += take
+            if have >= n:
+                break
+        return Batch(torch.cat(Xs), torch.cat(ys))
+
+    def set_regularization(self, strength: float) -> None:
+        knob = self.subject.regularization
+        try:
+            if isinstance(knob, str):
+                current = getattr(self.model, knob)
+                if isinstance(current, torch.Tensor):
+                    with torch.no_grad():
+                        current.fill_(strength)
+                else:
+                    setattr(self.model, knob, type(current)(strength) if isinstance(
+                        current, float) else float(strength))
+            elif knob is not None:
+                knob(self.model, strength)
+        except Exception as exc:
+            raise ModelError("regularization", f"regularization(model, {strength:g})", exc) from exc
+
+    def losses(self, batch: Batch, per_sample: bool = True) -> tuple[float, Any]:
+        with torch.no_grad():
+            out = self._run_model(batch.X)
+            mean = float(self._run_loss(out, batch.y))
+            if not per_sample:
+                return mean, None
+            try:
+                n = min(len(batch), _PER_SAMPLE_ROWS)
+                per = np.array([float(self.loss_fn(out[i:i + 1], batch.y[i:i + 1]))
+                                for i in range(n)])
+            except Exception:  # a loss that cannot take single rows: no noise estimate
+                per = None
+        return mean, per
+
+    def baselines(self, batch: Batch) -> dict[str, float]:
+        with torch.no_grad():
+            out = self._run_model(batch.X)
+            found = {"uniform": float(self._run_loss(torch.zeros_like(out), batch.y))}
+            if self.task.kind == "classification":
+                counts = torch.tensor(self.task.label_counts, dtype=out.dtype, device=out.device)
+                prior = torch.log(counts.clamp_min(1e-9) / counts.sum())
+                shape = [1, -1] + [1] * (out.ndim - 2)
+                logits = prior.reshape(shape).expand_as(out)
+                found["prior"] = float(self._run_loss(logits.contiguous(), batch.y))
+            elif out.numel() == batch.y.numel():
+                mean = batch.y.mean(dim=0, keepdim=True).expand_as(batch.y)
+                found["mean"] = float(self._run_loss(mean.reshape(out.shape), batch.y))
+        return found
+
+    # -- gradient check ----------------------------------------------------------------
+    @contextmanager
+    def objective(self, batch: Batch) -> Iterator[_Objective]:
+        X = batch.X.double() if batch.X.is_floating_point() else batch.X
+        y = batch.y.double() if batch.y.is_floating_point() else batch.y
+        # Tensors the model creates inside forward follow the default dtype.
+        torch.set_default_dtype(torch.float64)
+        with self._clones(torch.float64) as params:
+            yield _Objective(self, params, X, y)
+
+    # -- training ----------------------------------------------------------------------
+    @contextmanager
+    def trainer(self, batch: Batch) -> Iterator[_Trainer]:
+        with self._clones() as params:
+            optimizer, described = self._optimizer(list(params.values()))
+            yield _Trainer(self, params, optimizer, described, batch)
+
+    def _optimizer(self, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, str]:
+        given = self.subject.optimizer
+        if given is None:
+            lr = self.config.overfit_lr
+            return torch.optim.Adam(params, lr=lr), f"Adam(lr={lr:g}) (nndiag's default)"
+        if isinstance(given, torch.optim.Optimizer):  # copy class and settings, never step it
+            settings = {k: v for k, v in given.defaults.items() if k in ("lr", "momentum",
+                                                                        "betas", "eps",
+                                                                        "nesterov", "alpha")}
+            shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+            return (type(given)(params, **given.defaults),
+                    f"{type(given).__name__}({shown}) (the subject's optimizer settings)")
+        try:
+            made = given(params)
+        except Exception as exc:
+            raise ModelError("optimizer", "optimizer(params)", exc) from exc
+        if not isinstance(made, torch.optim.Optimizer):
+            raise InvalidSubject("optimizer", f"the factory returned {describe(made)}",
+                                 "return a torch.optim.Optimizer built on the given params")
+        lr = made.param_groups[0].get("lr")
+        return made, f"{type(made).__name__}(lr={lr}) (the subject's optimizer)"
+
+    # -- activations -------------------------------------------------------------------
+    def capture(self) -> list[LayerRecord]:
+        if self._capture is None:
+            recorder = _Recorder(self.model, self.config.histogram_bins)
+            left = self.config.max_samples
+            with torch.no_grad():
+                for batch in self.batches:
+                    if left <= 0:
+                        break
+                    with recorder:
+                        self._run_model(batch.X[:left])
+                    left -= len(batch)
+            self._capture = recorder.layers()
+        return self._capture
+
+
+class _Objective:
+    """The loss on one batch as a float64 function of the trainable clones."""
+
+    def __init__(self, session: TorchSession, params: Mapping[str, nn.Parameter],
+                 X: torch.Tensor, y: torch.Tensor) -> None:
+        self.session = session
+        self.params = dict(params)
+        self.names = list(self.params)
+        self.shapes = {n: tuple(p.shape) for n, p in self.params.items()}
+        self.base = {n: p.detach().clone() for n, p in self.params.items()}
+        self.X, self.y = X, y
+
+    def _loss(self) -> torch.Tensor:
+        torch.manual_seed(self.session.config.seed)  # same dropout mask in every evaluation
+        return self.session._run_loss(self.session._run_model(self.X), self.y)
+
+    def value_and_grad(self) -> tuple[float, dict[str, Any]]:
+        for p in self.params.values():
+            p.grad = None
+        loss = self._loss()
+        self.session._backward_pass(loss)
+        grads = {n: None if p.grad is None else p.grad.detach().cpu().numpy().copy()
+                 for n, p in self.params.items()}
+        return loss.item(), grads
+
+    def value(self, shifts: Mapping[str, Any]) -> float:
+        with torch.no_grad():
+            for name, shift in shifts.items():
+                p = self.params[name]
+                p.copy_(self.base[name] + torch.from_numpy(shift).to(p.device))
+            try:
+                return float(self._loss())
+            finally:
+                for name in shifts:
+                    self.params[name].copy_(self.base[name])
+
+
+class _Trainer:
+    def __init__(self, session: TorchSession, params: Mapping[str, nn.Parameter],
+                 optimizer: torch.optim.Optimizer, described: str, batch: Batch) -> None:
+        self.session = session
+        self.params = dict(params)
+        self.opt = optimizer
+        self.optimizer = described
+        self.batch = batch
+        self.start = {n: p.detach().clone() for n, p in self.params.items()}
+        self.classify = session.task.kind == "classification"
+
+    def step(self) -> tuple[float, float | None]:
+        self.opt.zero_grad(set_to_none=True)
+        out = self.session._run_model(self.batch.X)
+        loss = self.session._run_loss(out, self.batch.y)
+        accuracy = None
+        if self.classify:
+            accuracy = (out.detach().argmax(1) == self.batch.y).float().mean().item()
+        value = loss.item()
+        if math.isfinite(value):
+            self.session._backward_pass(loss)
+            try:
+                self.opt.step()
+            except Exception as exc:
+                raise ModelError("optimizer", "optimizer.step()", exc) from exc
+        return value, accuracy
+
+    def unchanged(self) -> list[str]:
+        return [n for n, p in self.params.items() if torch.equal(p.detach(), self.start[n])]
+
+
+class _Recorder(TorchFunctionMode):
+    """Reduce every activation function's output to per-layer statistics as it happens.
+
+    A ``TorchFunctionMode`` sees functional calls (``F.relu``, ``torch.tanh``) that module
+    hooks miss; module hooks only keep the name of the module being run, so that a layer is
+    named after where it happens. Nothing the size of a batch is kept.
+    """
+
+    def __init__(self, model: nn.Module, bins: int) -> None:
+        super().__init__()
+        self.model = model
+        self.bins = bins
+        self.records: dict[str, LayerRecord] = {}
+        self.stack: list[nn.Module] = []
+        self.names = {m: n for n, m in model.named_modules()}
+        self.weight: tuple[str, nn.Module] | None = None
+        self.seen: dict[str, int] = {}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _Recorder:
+        self.seen = {}
+        self.weight = None
+        for module in self.names:
+            self.handles.append(module.register_forward_pre_hook(self._push))
+            self.handles.append(module.register_forward_hook(self._pop, always_call=True))
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            for handle in self.handles:
+                handle.remove()
+            self.handles.clear()
+            self.stack.clear()
+
+    def _push(self, module: nn.Module, args: Any) -> None:
+        self.stack.append(module)
+
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack and self.stack[-1] is module:
+            self.stack.pop()
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
+            self.weight = (self.names[module], module)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        kind = _KINDS.get(func)
+        if kind is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
+            self._record(kind, out.detach())
+        return out
+
+    def _layer_name(self, kind: str) -> str:
+        top = self.stack[-1] if self.stack else None
+        if top is not None and isinstance(top, _ACTIVATION_MODULES):
+            base = self.names[top]
+        else:
+            where = self.names.get(top, "") if top is not None else ""
+            base = f"{where}.{kind}" if where else kind
+        self.seen[base] = self.seen.get(base, 0) + 1
+        return base if self.seen[base] == 1 else f"{base}#{self.seen[base]}"
+
+    def _record(self, kind: str, x: torch.Tensor) -> None:
+        name = self._layer_name(kind)
+        conv = self.weight is not None and isinstance(self.weight[1], nn.modules.conv._ConvNd)
+        if x.ndim >= 2:
+            x = x.movedim(1, -1) if conv else x
+            x = x.reshape(-1, x.shape[-1])
+        else:
+            x = x.reshape(-1, 1)
+        record = self.records.get(name)
+        if record is None:
+            record = self.records[name] = self._new(name, kind, x)
+        elif record.units != x.shape[1]:
+            return  # a layer that changes width between calls: keep the first shape
+        x32 = x.float()
+        record.count += x32.numel()
+        record.total += float(x32.sum())
+        record.total_sq += float((x32 * x32).sum())
+        if kind == "relu":
+            record.fires += (x32 > 0).sum(0).cpu().numpy()
+        elif kind == "tanh":
+            record.saturated += int((x32.abs() > 0.99).sum())
+        elif kind == "sigmoid":
+            record.saturated += int(((x32 < 0.01) | (x32 > 0.99)).sum())
+        sample = x32[:: max(1, len(x32) // _HIST_ROWS)]
+        low, high = record.hist_edges
+        record.hist_counts += torch.histc(sample.clamp(low, high), self.bins, low, high
+                                          ).cpu().numpy().astype(np.int64)
+
+    def _new(self, name: str, kind: str, x: torch.Tensor) -> LayerRecord:
+        if kind == "tanh":
+            edges = (-1.0, 1.0)
+        elif kind == "sigmoid":
+            edges = (0.0, 1.0)
+        else:
+            low = 0.0 if kind == "relu" else float(x.min())
+            high = float(x.max())
+            edges = (low, high if high > low else low + 1.0)
+        record = LayerRecord(name, kind, depth=len(self.records), units=int(x.shape[1]),
+                             hist_counts=np.zeros(self.bins, dtype=np.int64), hist_edges=edges)
+        if kind == "relu":
+            record.fires = np.zeros(record.units, dtype=np.int64)
+        if self.weight is not None:
+            weight = self.weight[1].weight
+            record.weight_layer = self.weight[0]
+            record.fan_in = int(weight[0].numel())
+            record.weight_std = float(weight.detach().float().std())
+        return record
+
+    def layers(self) -> list[LayerRecord]:
+        return sorted(self.records.values(), key=lambda r: r.depth)

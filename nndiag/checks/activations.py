@@ -1,0 +1,152 @@
+"""``activation_stats`` and ``dead_neurons``: one capture pass, two verdicts.
+
+Lecture 5's weight-initialization demo: with weights too small the activations' std
+collapses toward 0 with depth; too large and tanh/sigmoid pin at their rails. Xavier
+(1/sqrt(fan_in)) keeps tanh alive, He (sqrt(2/fan_in)) keeps ReLU nets alive. A ReLU unit
+that outputs 0 for every sample of a batch is dead: it passes no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from nndiag.backends import LayerRecord, Session
+from nndiag.config import Config
+from nndiag.results import CheckResult
+
+_SATURATING = ("tanh", "sigmoid")
+
+
+def recommended_std(layer: LayerRecord) -> float | None:
+    """He for the ReLU family, Xavier otherwise, for the weights feeding ``layer``."""
+    if not layer.fan_in:
+        return None
+    gain = 2.0 if layer.kind in ("relu", "leaky_relu", "elu", "gelu", "silu") else 1.0
+    return math.sqrt(gain / layer.fan_in)
+
+
+def _init_advice(layer: LayerRecord) -> str:
+    target = recommended_std(layer)
+    if target is None or layer.weight_std is None:
+        return "Use Xavier init for tanh/sigmoid and He init for ReLU layers."
+    rule = ("He sqrt(2/fan_in)" if layer.kind in ("relu", "leaky_relu", "elu", "gelu", "silu")
+            else "Xavier 1/sqrt(fan_in)")
+    call = ("nn.init.kaiming_normal_(w, nonlinearity='relu')" if rule.startswith("He")
+            else "nn.init.xavier_normal_(w)")
+    return (f"Weights of {layer.weight_layer} have std {layer.weight_std:.3g}; {rule} with "
+            f"fan_in {layer.fan_in} wants {target:.3g} ({call}).")
+
+
+def _layer_evidence(layer: LayerRecord) -> dict[str, Any]:
+    return {"name": layer.name, "kind": layer.kind, "depth": layer.depth, "units": layer.units,
+            "mean": layer.mean, "std": layer.std, "saturated": layer.saturated_fraction,
+            "hist_counts": np.asarray(layer.hist_counts).tolist(),
+            "hist_edges": list(layer.hist_edges), "weight_layer": layer.weight_layer,
+            "weight_std": layer.weight_std, "recommended_std": recommended_std(layer)}
+
+
+def activation_stats(session: Session, config: Config) -> CheckResult:
+    check = "activation_stats"
+    layers = session.capture()
+    if not layers:
+        return CheckResult(check, "skip", "No activation function (ReLU, tanh, sigmoid, ...) "
+                           "ran in forward: nothing to measure.")
+    evidence = {"layers": [_layer_evidence(layer) for layer in layers],
+                "collapse_warn": config.collapse_warn, "collapse_fail": config.collapse_fail,
+                "saturation_warn": config.saturation_warn,
+                "saturation_fail": config.saturation_fail}
+    first = layers[0]
+    ratios = [layer.std / first.std if first.std > 0 else math.nan for layer in layers]
+    saturated = [layer for layer in layers if layer.kind in _SATURATING]
+    worst_saturation = max(saturated, key=lambda l: l.saturated_fraction, default=None)
+    finite = [r for r in ratios if math.isfinite(r)]
+    metrics: dict[str, Any] = {
+        "layers": len(layers), "first_std": first.std, "last_std": layers[-1].std,
+        "min_std_ratio": min(finite, default=math.nan),
+        "max_std_ratio": max(finite, default=math.nan),
+        "max_saturated": worst_saturation.saturated_fraction if worst_saturation else 0.0,
+        "collapse_fail_below": config.collapse_fail, "saturation_fail_above":
+            config.saturation_fail,
+    }
+    profile = " -> ".join(f"{layer.std:.3g}" for layer in layers[:12])
+    profile += " ..." if len(layers) > 12 else ""
+
+    if any(not math.isfinite(layer.std) for layer in layers):
+        bad = next(layer for layer in layers if not math.isfinite(layer.std))
+        return CheckResult(check, "fail", f"Activations of {bad.name} are not finite.",
+                           metrics, evidence, "Find where the forward pass overflows.")
+    findings: list[tuple[str, str, LayerRecord]] = []  # (status, text, layer)
+    for level, limit in (("fail", config.saturation_fail), ("warn", config.saturation_warn)):
+        hit = [l for l in saturated if l.saturated_fraction > limit]
+        if hit:
+            layer = hit[0]
+            findings.append((level, f"{layer.kind} saturates: {layer.saturated_fraction:.0%} of "
+                             f"{layer.name}'s outputs sit within 1% of a rail (limit "
+                             f"{limit:.0%}); init too large", layer))
+            break
+    for level, limit in (("fail", config.collapse_fail), ("warn", config.collapse_warn)):
+        hit = [l for l, r in zip(layers, ratios) if r < limit]
+        if hit:
+            layer = hit[0]
+            findings.append((level, f"std collapses with depth: {first.std:.3g} ({first.name}) "
+                             f"-> {layer.std:.3g} ({layer.name}), below {limit:g}x the first "
+                             "layer; init too small", layer))
+            break
+    for level, limit in (("fail", 1 / config.collapse_fail), ("warn", 1 / config.collapse_warn)):
+        hit = [l for l, r in zip(layers, ratios) if r > limit and l.kind not in _SATURATING]
+        if hit:
+            layer = hit[0]
+            findings.append((level, f"std explodes with depth: {first.std:.3g} ({first.name}) "
+                             f"-> {layer.std:.3g} ({layer.name}), above {limit:g}x the first "
+                             "layer; init too large", layer))
+            break
+    if not findings:
+        return CheckResult(check, "pass", f"Activation std stays healthy over {len(layers)} "
+                           f"layers: {profile}.", metrics, evidence)
+    status = "fail" if any(s == "fail" for s, _, _ in findings) else "warn"
+    findings.sort(key=lambda f: (f[0] != "fail", f[2].depth))
+    text = "; ".join(t for _, t, _ in findings)
+    metrics["first_bad_layer"] = findings[0][2].name
+    return CheckResult(check, status, f"{text[0].upper()}{text[1:]}. Std by depth: {profile}.",
+                       metrics, evidence, _init_advice(findings[0][2]))
+
+
+def dead_neurons(session: Session, config: Config) -> CheckResult:
+    check = "dead_neurons"
+    layers = [l for l in session.capture() if l.kind == "relu" and l.fires is not None]
+    if not layers:
+        return CheckResult(check, "skip", "No ReLU units in the forward pass (only ReLU-family "
+                           "outputs can be exactly 0 for every sample).")
+    rows = []
+    for layer in layers:
+        dead = int((np.asarray(layer.fires) == 0).sum())
+        rows.append({"name": layer.name, "units": layer.units, "dead": dead,
+                     "dead_fraction": dead / layer.units})
+    samples = layers[0].count // max(layers[0].units, 1)
+    worst = max(rows, key=lambda r: r["dead_fraction"])
+    metrics = {"layers": len(rows), "worst_layer": worst["name"],
+               "worst_dead_fraction": worst["dead_fraction"],
+               "dead_units": sum(r["dead"] for r in rows),
+               "units": sum(r["units"] for r in rows), "samples": samples,
+               "warn_above": config.dead_warn, "fail_above": config.dead_fail}
+    evidence = {"layers": rows, "warn": config.dead_warn, "fail": config.dead_fail}
+    profile = ", ".join(f"{r['name']} {r['dead_fraction']:.0%}" for r in rows[:8])
+    if worst["dead_fraction"] >= config.dead_fail:
+        status = "fail"
+    elif worst["dead_fraction"] >= config.dead_warn:
+        status = "warn"
+    else:
+        return CheckResult(check, "pass", f"Dead ReLU units per layer over {samples} "
+                           f"positions: {profile}.", metrics, evidence)
+    bad = next(r for r in rows if r["dead_fraction"] >= config.dead_warn)
+    limit = config.dead_fail if status == "fail" else config.dead_warn
+    return CheckResult(
+        check, status, f"{bad['dead']} of {bad['units']} units of {bad['name']} "
+        f"({bad['dead_fraction']:.0%}) never fire over {samples} positions (limit {limit:.0%}). "
+        f"Per layer: {profile}.", metrics, evidence,
+        "Dead units pass no gradient. Look at the bias and weights feeding that layer (a "
+        "large negative bias kills units); after training, many dead units mean the "
+        "learning rate was too high; He init or LeakyReLU keep units alive.")

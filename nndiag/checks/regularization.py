@@ -1,0 +1,52 @@
+"""``regularization_loss``: raising the regularization strength must raise the loss.
+
+CS231n notes: with regularization 0 the loss is the data loss; cranking it up (to 1e3)
+must raise it. A loss that does not move is a loss that ignores the knob.
+"""
+
+from __future__ import annotations
+
+import math
+
+from nndiag.backends import Session
+from nndiag.config import Config
+from nndiag.results import CheckResult
+
+CHECK = "regularization_loss"
+
+
+def regularization_loss(session: Session, config: Config) -> CheckResult:
+    if not session.has_regularization:
+        return CheckResult(CHECK, "skip", "No regularization knob: pass regularization= (a "
+                           "model attribute name or a function (model, strength) -> None).")
+    batch = session.rows(config.max_samples)
+    strengths = list(config.regularization_strengths)
+    losses = []
+    for strength in strengths:
+        session.set_regularization(strength)
+        losses.append(session.losses(batch, per_sample=False)[0])
+    first, last = losses[0], losses[-1]
+    curve = ", ".join(f"{l:.4g} ({s:g})" for s, l in zip(strengths, losses))
+    metrics = {"loss_at_" + f"{s:g}": l for s, l in zip(strengths, losses)}
+    metrics["min_relative_rise"] = config.regularization_min_rise
+    evidence = {"strengths": strengths, "losses": losses}
+    tolerance = config.regularization_min_rise * max(abs(first), 1e-12)
+    if not all(math.isfinite(l) for l in losses):
+        return CheckResult(CHECK, "fail", f"The loss becomes non-finite as regularization "
+                           f"rises: {curve}.", metrics, evidence,
+                           "Look for an overflow in the penalty (e.g. exp of the weights).")
+    falls = [(strengths[i + 1], losses[i + 1]) for i in range(len(losses) - 1)
+             if losses[i + 1] < losses[i] - tolerance]
+    if last - first <= tolerance:
+        return CheckResult(
+            CHECK, "fail", f"The loss ignores the regularization strength: {curve}.", metrics,
+            evidence, "The knob is not what the loss reads: make the loss add "
+            "strength * penalty from the same attribute the knob sets, and make sure the "
+            "penalty is not computed once and cached.")
+    if falls:
+        where = ", ".join(f"{s:g}" for s, _ in falls)
+        return CheckResult(CHECK, "fail", f"The loss falls as regularization rises (at {where}): "
+                           f"{curve}.", metrics, evidence,
+                           "The penalty enters the loss with the wrong sign.")
+    return CheckResult(CHECK, "pass", f"The loss rises with the regularization strength: "
+                       f"{curve}.", metrics, evidence)

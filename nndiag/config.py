@@ -1,0 +1,145 @@
+"""Thresholds, budgets and seeds, in one frozen object.
+
+Every default names its source: the CS231n lecture 5 / notes ("lecture", "notes"), a cited
+tool or paper, or our own calibration on the models in ``tests/models.py`` (runs across
+seeds recorded in the comment).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from nndiag.errors import describe
+
+__all__ = ["DEFAULT_CHECKS", "Config"]
+
+DEFAULT_CHECKS: tuple[str, ...] = (
+    "initial_loss",
+    "regularization_loss",
+    "overfit_small",
+    "gradient_check",
+    "activation_stats",
+    "dead_neurons",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one run of the checks. Build with keywords or :meth:`from_mapping`."""
+
+    # Seed of every generator nndiag draws from (directions, subsets, dropout masks).
+    seed: int = 0
+    # Batches read from an iterable ``data`` (a DataLoader): enough for stable statistics.
+    max_batches: int = 4
+    # Rows used by initial_loss and the activation checks (calibration: 256 rows put the
+    # PyTorch-default 10-class loss within 2.300-2.313, see REFERENCE).
+    max_samples: int = 512
+
+    # initial_loss: two-sided relative band around the expected loss. CS231n-style nets at
+    # weight scale 5e-2 land at +5.6% above ln C; a "huge last layer" lands at several x.
+    initial_loss_warn: float = 0.10
+    initial_loss_fail: float = 0.25
+    # Plus this many standard errors of the mean per-sample loss (small batches are noisy).
+    initial_loss_sigmas: float = 3.0
+
+    # regularization_loss: strengths swept (notes: 0 -> 1e3 must raise the loss) and the
+    # smallest relative rise that counts as "raised".
+    regularization_strengths: tuple[float, ...] = (0.0, 1e-3, 1.0, 1e3)
+    regularization_min_rise: float = 1e-6
+
+    # overfit_small (lecture: ~20 samples, regularization off, ~100% accuracy, loss ~0).
+    overfit_samples: int = 20
+    overfit_steps: int = 300
+    # Default optimizer: Adam at this rate fits 20 samples in 18-22 steps (REFERENCE).
+    overfit_lr: float = 1e-3
+    # "Near zero": final loss below this fraction of the initial loss.
+    overfit_loss_ratio: float = 0.02
+    # Lecture: loss above 3x its start means diverging.
+    overfit_diverge_factor: float = 3.0
+    # "Barely moves": the best loss stays above this fraction of the initial loss.
+    overfit_flat_ratio: float = 0.9
+
+    # gradient_check: centered differences in float64 (notes: h ~ 1e-5; one-sided
+    # differences at a kink agree for h <= 1e-6, REFERENCE). Steps tried in order until
+    # the error is small: a kink's error shrinks with h, a wrong gradient's does not.
+    gradient_steps: tuple[float, ...] = (1e-6, 1e-7, 1e-5)
+    # Relative error bands: <= warn passes (clean models: max 8.5e-8 per direction,
+    # REFERENCE), <= fail warns (notes: < 1e-4 "fine with kinks"), above fails.
+    gradient_warn: float = 1e-6
+    gradient_fail: float = 1e-4
+    # Rows of the first batch the check differentiates (cost grows with the batch).
+    gradient_batch: int = 32
+    # Below this, an analytic and a numeric directional derivative both count as zero.
+    gradient_zero: float = 1e-10
+    # Single coordinates checked for evidence (largest analytic entry of the worst tensors).
+    gradient_coordinates: int = 2
+
+    # activation_stats: a layer is saturated when this fraction of its tanh/sigmoid outputs
+    # sit within 1% of a rail (tanh 1.0-init: 90%, Xavier: <1%, REFERENCE).
+    saturation_warn: float = 0.10
+    saturation_fail: float = 0.30
+    # Collapse: std of an activation layer over the first one's (lecture demo: 0.01-init
+    # tanh 1e-6, Xavier on 10-layer ReLU 0.043, He ~1, Xavier tanh 0.36; PyTorch's default
+    # init on a healthy 5-layer ReLU MLP 0.12-0.2, calibrated). Explosion: the inverse.
+    collapse_warn: float = 0.1
+    collapse_fail: float = 0.05
+    histogram_bins: int = 40
+
+    # dead_neurons: fraction of a layer's ReLU units at 0 for every sample. SageMaker
+    # Debugger warns at 50%, DeepDiagnosis/AUTOTRAINER at 70%; PyTorch's default init
+    # leaves up to 27% dead in a healthy 5-layer MLP (REFERENCE).
+    dead_warn: float = 0.5
+    dead_fail: float = 0.7
+
+    checks: tuple[str, ...] = DEFAULT_CHECKS
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Config.{f.name} expects a number, got {describe(value)}")
+            if value < 0:
+                raise ValueError(f"Config.{f.name} must be >= 0, got {value!r}")
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (validated like :meth:`from_mapping`)."""
+        return self.from_mapping(changes, base=self)
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any], base: Config | None = None) -> Config:
+        """Build from ``[tool.nndiag]``-style keys; unknown keys raise with the known ones.
+
+        Raises:
+            ValueError: an unknown key, or a value of the wrong type.
+        """
+        base = base or cls()
+        known = {f.name: f for f in fields(cls)}
+        changes: dict[str, Any] = {}
+        for key, value in options.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ValueError(
+                    f"unknown nndiag option {key!r}; known options: {', '.join(sorted(known))}"
+                )
+            default = getattr(base, name)
+            if isinstance(default, tuple):
+                if isinstance(value, str):
+                    value = [v.strip() for v in value.split(",") if v.strip()]
+                if not isinstance(value, (list, tuple)):
+                    raise TypeError(f"nndiag option {key!r} expects a list, got {describe(value)}")
+                value = tuple(value)
+            elif isinstance(default, float) and isinstance(value, int) and not isinstance(
+                value, bool
+            ):
+                value = float(value)
+            elif type(value) is not type(default):
+                raise TypeError(
+                    f"nndiag option {key!r} expects {type(default).__name__}, got {describe(value)}"
+                )
+            changes[name] = value
+        return dataclasses.replace(base, **changes)

@@ -1,0 +1,102 @@
+"""``diagnose`` and ``Runner``: run checks on a subject and collect their results."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from nndiag.checks import CHECKS, get_check
+from nndiag.config import Config
+from nndiag.errors import InvalidSubject, ModelError, describe
+from nndiag.results import CheckResult, Cost, Report, environment
+
+if TYPE_CHECKING:
+    from nndiag.backends import Session
+    from nndiag.subject import Subject
+
+__all__ = ["Runner", "diagnose"]
+
+
+class Runner:
+    """Runs checks one at a time on one subject, sharing one backend session.
+
+    The session (a probe forward pass, the activation capture shared by
+    ``activation_stats`` and ``dead_neurons``) is opened on the first :meth:`run`.
+
+    Raises:
+        InvalidSubject: from :meth:`run`, when the probe shows the subject unusable
+            (labels out of range, a non-scalar loss, a model that raises in forward).
+    """
+
+    def __init__(self, subject: Subject, config: Config | None = None) -> None:
+        from nndiag.subject import Subject
+
+        if not isinstance(subject, Subject):
+            raise InvalidSubject("subject", f"expected an nndiag.Subject, got {describe(subject)}",
+                                 "wrap the model: nndiag.Subject(model, (X, y))")
+        self.subject = subject
+        self.config = config or Config()
+        self._session: Session | None = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = self.subject.backend.session(self.subject, self.config)
+        return self._session
+
+    def run(self, check: str) -> CheckResult:
+        """Run one check; model errors and nndiag bugs become ``error`` results."""
+        function = get_check(check)
+        session = self.session
+        forward0, backward0 = session.passes()
+        start = time.perf_counter()
+        try:
+            with session.isolated(check):
+                result = function(session, self.config)
+        except ModelError as exc:
+            result = CheckResult(check, "error", f"{exc.call} raised {type(exc.original).__name__}"
+                                 f" during {check}: {exc.original}", hint=exc.fix)
+        except InvalidSubject as exc:
+            result = CheckResult(check, "error", f"{exc.argument}: {exc.problem}", hint=exc.fix)
+        except Exception as exc:  # a bug in nndiag: say so, keep the other checks running
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            result = CheckResult(
+                check, "error",
+                f"internal nndiag error in {check}: {type(exc).__name__}: {exc} "
+                f"({where.filename.rsplit('/', 1)[-1]}:{where.lineno})",
+                hint="please report this with the subject that triggers it")
+        forward1, backward1 = session.passes()
+        cost = Cost(forward1 - forward0, backward1 - backward0,
+                    round(time.perf_counter() - start, 4))
+        return CheckResult(result.check, result.status, result.message, result.metrics,
+                           result.evidence, result.hint, cost, self.subject.name)
+
+
+def diagnose(subject: Subject, checks: Iterable[str] | None = None,
+             config: Config | None = None) -> Report:
+    """Run checks on a subject and return their report.
+
+    Args:
+        subject: What to diagnose.
+        checks: Check ids to run, in order; ``None`` runs ``config.checks`` (all six).
+        config: Thresholds, budgets and seed; ``None`` uses the defaults.
+
+    Returns:
+        A :class:`Report`; ``report.passed`` is False iff a check failed or errored.
+
+    Raises:
+        InvalidSubject: the subject cannot be diagnosed (see :class:`Runner`).
+        ValueError: an unknown check id.
+    """
+    config = config or Config()
+    if isinstance(checks, str):
+        checks = [checks]
+    selected = list(config.checks if checks is None else checks)
+    for check in selected:
+        if check not in CHECKS:
+            raise ValueError(f"unknown check {check!r}; known checks: {', '.join(CHECKS)}")
+    runner = Runner(subject, config)
+    results = [runner.run(check) for check in selected]
+    return Report(results, meta=environment(config.seed))

@@ -74,6 +74,9 @@ class Config:
     gradient_batch: int = 32
     # Below this, an analytic and a numeric directional derivative both count as zero.
     gradient_zero: float = 1e-10
+    # The check runs at a point moved by +/- this fraction of each tensor's rms, so that
+    # no unit sits exactly on a kink (zero biases behind dead units do).
+    gradient_jitter: float = 1e-4
     # Single coordinates checked for evidence (largest analytic entry of the worst tensors).
     gradient_coordinates: int = 2
 

@@ -106,6 +106,12 @@ class Objective(Protocol):
     def value(self, shifts: Mapping[str, Any]) -> float:
         """Loss with each named tensor shifted by the given float64 numpy array."""
 
+    def move(self, shifts: Mapping[str, Any]) -> None:
+        """Shift the point itself (on nndiag's private float64 copy)."""
+
+    def values(self) -> dict[str, Any]:
+        """The tensors' current float64 values, as numpy arrays."""
+
 
 class Trainer(Protocol):
     optimizer: str  # description stated in results

@@ -488,6 +488,15 @@ class _Objective:
         torch.manual_seed(self.session.config.seed)  # same dropout mask in every evaluation
         return self.session._run_loss(self.session._run_model(self.X), self.y)
 
+    def values(self) -> dict[str, Any]:
+        return {n: b.cpu().numpy().copy() for n, b in self.base.items()}
+
+    def move(self, shifts: Mapping[str, Any]) -> None:
+        with torch.no_grad():
+            for name, shift in shifts.items():
+                self.base[name] += torch.from_numpy(shift).to(self.base[name].device)
+                self.params[name].copy_(self.base[name])
+
     def value_and_grad(self) -> tuple[float, dict[str, Any]]:
         for p in self.params.values():
             p.grad = None
@@ -597,6 +606,8 @@ class _Recorder(TorchFunctionMode):
         top = self.stack[-1] if self.stack else None
         if top is not None and isinstance(top, _ACTIVATION_MODULES):
             base = self.names[top]
+            if base.rpartition(".")[2].isdigit():  # "layers.3" says little; "layers.3:relu"
+                base = f"{base}:{kind}"
         else:
             where = self.names.get(top, "") if top is not None else ""
             base = f"{where}.{kind}" if where else kind

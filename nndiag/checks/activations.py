@@ -61,7 +61,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
     first = layers[0]
     ratios = [layer.std / first.std if first.std > 0 else math.nan for layer in layers]
     saturated = [layer for layer in layers if layer.kind in _SATURATING]
-    worst_saturation = max(saturated, key=lambda l: l.saturated_fraction, default=None)
+    worst_saturation = max(saturated, key=lambda x: x.saturated_fraction, default=None)
     finite = [r for r in ratios if math.isfinite(r)]
     metrics: dict[str, Any] = {
         "layers": len(layers), "first_std": first.std, "last_std": layers[-1].std,
@@ -80,7 +80,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
                            metrics, evidence, "Find where the forward pass overflows.")
     findings: list[tuple[str, str, LayerRecord]] = []  # (status, text, layer)
     for level, limit in (("fail", config.saturation_fail), ("warn", config.saturation_warn)):
-        hit = [l for l in saturated if l.saturated_fraction > limit]
+        hit = [x for x in saturated if x.saturated_fraction > limit]
         if hit:
             layer = hit[0]
             findings.append((level, f"{layer.kind} saturates: {layer.saturated_fraction:.0%} of "
@@ -88,7 +88,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
                              f"{limit:.0%}); init too large", layer))
             break
     for level, limit in (("fail", config.collapse_fail), ("warn", config.collapse_warn)):
-        hit = [l for l, r in zip(layers, ratios) if r < limit]
+        hit = [x for x, r in zip(layers, ratios) if r < limit]
         if hit:
             layer = hit[0]
             findings.append((level, f"std collapses with depth: {first.std:.3g} ({first.name}) "
@@ -96,7 +96,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
                              "layer; init too small", layer))
             break
     for level, limit in (("fail", 1 / config.collapse_fail), ("warn", 1 / config.collapse_warn)):
-        hit = [l for l, r in zip(layers, ratios) if r > limit and l.kind not in _SATURATING]
+        hit = [x for x, r in zip(layers, ratios) if r > limit and x.kind not in _SATURATING]
         if hit:
             layer = hit[0]
             findings.append((level, f"std explodes with depth: {first.std:.3g} ({first.name}) "
@@ -116,7 +116,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
 
 def dead_neurons(session: Session, config: Config) -> CheckResult:
     check = "dead_neurons"
-    layers = [l for l in session.capture() if l.kind == "relu" and l.fires is not None]
+    layers = [x for x in session.capture() if x.kind == "relu" and x.fires is not None]
     if not layers:
         return CheckResult(check, "skip", "No ReLU units in the forward pass (only ReLU-family "
                            "outputs can be exactly 0 for every sample).")

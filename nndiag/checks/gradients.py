@@ -10,7 +10,7 @@ kink agree for h <= 1e-6). A failing tensor is then bisected down to one coordin
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,10 +23,13 @@ CHECK = "gradient_check"
 BANDS = {"good": 1e-7, "kinks_ok": 1e-4, "wrong": 1e-2}  # CS231n notes
 
 
-def relative_error(analytic: float, numeric: float, zero: float) -> float:
-    """|a - n| / max(|a|, |n|); 0 when both are below ``zero``."""
+def relative_error(analytic: float, numeric: float, zero: float, noise: float = 0.0) -> float:
+    """|a - n| / max(|a|, |n|), less ``noise`` (the float64 resolution of the numeric
+    estimate) in the numerator; 0 when both are below ``zero``."""
     scale = max(abs(analytic), abs(numeric))
-    return 0.0 if scale < zero else abs(analytic - numeric) / scale
+    if not math.isfinite(numeric):
+        return math.inf
+    return 0.0 if scale < zero else max(abs(analytic - numeric) - noise, 0.0) / scale
 
 
 def band(error: float) -> str:
@@ -44,25 +47,52 @@ def _difference(f: Objective, name: str, direction: np.ndarray, h: float) -> flo
     return (f.value({name: h * direction}) - f.value({name: -h * direction})) / (2 * h)
 
 
-def _checked(f: Objective, name: str, grad: np.ndarray, direction: np.ndarray,
-             config: Config) -> tuple[float, float, float, float]:
-    """(relative error, analytic, numeric, step) along ``direction``: the smallest error
-    over the configured steps, stopping early once it passes."""
+def _noise(loss: float, h: float) -> float:
+    """Rounding error of a centered difference: a few ulps of the loss over the step."""
+    return 4 * np.finfo(np.float64).eps * max(abs(loss), 1.0) / h
+
+
+@dataclass
+class _Finding:
+    error: float  # what the verdict uses: rounding noise discounted, kinks ruled out
+    raw: float  # the notes' relative error of the best centered difference
+    analytic: float
+    numeric: float
+    step: float
+    kink: bool = False
+
+
+def _checked(f: Objective, name: str, grad: np.ndarray, direction: np.ndarray, loss: float,
+             config: Config) -> _Finding:
+    """Compare along ``direction`` over the configured steps, stopping once it passes.
+
+    A step that crosses a kink (a ReLU unit changing sides) spoils the centered difference
+    but not both one-sided ones: the side that stays on the point's own linear piece
+    matches the analytic gradient. A wrong gradient matches neither side.
+    """
     analytic = float(np.vdot(grad, direction))
-    best = (math.inf, analytic, math.nan, math.nan)
+    best: _Finding | None = None
+    one_sided = math.inf
     for h in config.gradient_steps:
-        numeric = _difference(f, name, direction, h)
-        error = relative_error(analytic, numeric, config.gradient_zero)
-        if not math.isfinite(numeric):
-            error = math.inf
-        if error < best[0]:
-            best = (error, analytic, numeric, h)
+        up, down = f.value({name: h * direction}), f.value({name: -h * direction})
+        numeric = (up - down) / (2 * h)
+        noise = _noise(loss, h)
+        error = relative_error(analytic, numeric, config.gradient_zero, noise)
+        if best is None or error < best.error:
+            raw = relative_error(analytic, numeric, config.gradient_zero)
+            best = _Finding(error, raw, analytic, numeric, h)
         if error <= config.gradient_warn:
-            break
+            return best
+        one_sided = min(one_sided,
+                        relative_error(analytic, (up - loss) / h, config.gradient_zero, noise),
+                        relative_error(analytic, (loss - down) / h, config.gradient_zero, noise))
+    assert best is not None
+    if one_sided < best.error and one_sided <= config.gradient_fail:
+        best.error, best.kink = one_sided, True
     return best
 
 
-def _localize(f: Objective, name: str, grad: np.ndarray, direction: np.ndarray,
+def _localize(f: Objective, name: str, grad: np.ndarray, direction: np.ndarray, loss: float,
               config: Config, rng: np.random.Generator) -> dict[str, Any]:
     """Bisect the direction's support towards the coordinate with the largest mismatch."""
     flat = np.flatnonzero(direction)
@@ -81,19 +111,27 @@ def _localize(f: Objective, name: str, grad: np.ndarray, direction: np.ndarray,
     unit.flat[index] = 1.0
     numeric = _difference(f, name, unit, h)
     analytic = float(grad.flat[index])
-    return {"tensor": name, "index": list(np.unravel_index(index, grad.shape)),
+    return {"tensor": name, "index": [int(i) for i in np.unravel_index(index, grad.shape)],
             "analytic": analytic, "numeric": numeric,
-            "rel_error": relative_error(analytic, numeric, config.gradient_zero)}
+            "rel_error": relative_error(analytic, numeric, config.gradient_zero,
+                                        _noise(loss, h))}
 
 
-def _largest(f: Objective, name: str, grad: np.ndarray, config: Config) -> dict[str, Any]:
+def _largest(f: Objective, name: str, grad: np.ndarray, loss: float,
+             config: Config) -> dict[str, Any]:
     """The coordinate with the largest analytic gradient, checked on its own."""
     index = int(np.argmax(np.abs(grad)))
     unit = np.zeros_like(grad)
     unit.flat[index] = 1.0
-    error, analytic, numeric, _ = _checked(f, name, grad, unit, config)
-    return {"tensor": name, "index": list(np.unravel_index(index, grad.shape)),
-            "analytic": analytic, "numeric": numeric, "rel_error": error}
+    found = _checked(f, name, grad, unit, loss, config)
+    return {"tensor": name, "index": [int(i) for i in np.unravel_index(index, grad.shape)],
+            "analytic": found.analytic, "numeric": found.numeric, "rel_error": found.raw,
+            "kink": found.kink}
+
+
+def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random +/-1 entries: as good as normals for a direction, and 5x cheaper to draw."""
+    return (rng.random(shape, dtype=np.float32) < 0.5).astype(np.float64) * 2 - 1
 
 
 def gradient_check(session: Session, config: Config) -> CheckResult:
@@ -102,34 +140,39 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
     tensors: list[dict[str, Any]] = []
     coordinates: list[dict[str, Any]] = []
     with session.objective(first) as f:
+        # Move off exact kinks (zero biases behind dead units sit on ReLU's corner): a
+        # +/-jitter of the tensor's rms, far larger than the steps, far smaller than it.
+        f.move({name: config.gradient_jitter * (float(np.sqrt(np.mean(v * v))) or 1.0)
+                * _signs(rng, v.shape) for name, v in f.values().items()})
         loss, grads = f.value_and_grad()
         if not math.isfinite(loss):
             return CheckResult(CHECK, "fail", f"The float64 loss is {loss}: gradients cannot "
                                "be checked.", {"loss": loss}, {},
                                "Fix the non-finite loss first (see initial_loss).")
-        directions: Mapping[str, np.ndarray] = {
-            name: rng.integers(0, 2, size=f.shapes[name]).astype(np.float64) * 2 - 1
-            for name in f.names}
+        directions = {name: _signs(rng, f.shapes[name]) for name in f.names}
         for name in f.names:
             grad = grads[name]
             missing = grad is None
             g = np.zeros(f.shapes[name]) if missing else grad
-            error, analytic, numeric, h = _checked(f, name, g, directions[name], config)
-            status = ("pass" if error <= config.gradient_warn
-                      else "warn" if error <= config.gradient_fail else "fail")
-            unused = missing and error == 0.0
-            tensors.append({"name": name, "shape": list(f.shapes[name]), "rel_error": error,
-                            "analytic": analytic, "numeric": numeric, "step": h,
-                            "band": band(error), "status": "warn" if unused else status,
-                            "no_grad": missing, "_grad": g})
-        ranked = sorted(tensors, key=lambda t: -t["rel_error"])
+            found = _checked(f, name, g, directions[name], loss, config)
+            status = ("pass" if found.error <= config.gradient_warn
+                      else "warn" if found.error <= config.gradient_fail else "fail")
+            if missing and found.error == 0.0:
+                status = "warn"  # the loss does not depend on it: an unused parameter
+            tensors.append({"name": name, "shape": list(f.shapes[name]),
+                            "rel_error": found.raw, "judged_error": found.error,
+                            "analytic": found.analytic, "numeric": found.numeric,
+                            "step": found.step, "kink": found.kink,
+                            "band": band(found.raw), "status": status, "no_grad": missing,
+                            "_grad": g})
+        ranked = sorted(tensors, key=lambda t: -t["judged_error"])
         worst = ranked[0]
         if worst["status"] == "fail":
             coordinates.append(_localize(f, worst["name"], worst["_grad"],
-                                         directions[worst["name"]], config, rng))
+                                         directions[worst["name"]], loss, config, rng))
         for t in ranked[len(coordinates):config.gradient_coordinates]:
             if not t["no_grad"]:
-                coordinates.append(_largest(f, t["name"], t["_grad"], config))
+                coordinates.append(_largest(f, t["name"], t["_grad"], loss, config))
     for t in tensors:
         del t["_grad"]
 
@@ -137,8 +180,9 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
     warned = [t for t in tensors if t["status"] == "warn"]
     cut = [t["name"] for t in failed if t["no_grad"]]
     unused = [t["name"] for t in warned if t["no_grad"]]
+    kinks = [t["name"] for t in tensors if t["kink"]]
     metrics = {"tensors": len(tensors), "failed": len(failed), "warned": len(warned),
-               "max_rel_error": worst["rel_error"], "worst_tensor": worst["name"],
+               "max_rel_error": worst["judged_error"], "worst_tensor": worst["name"],
                "warn_above": config.gradient_warn, "fail_above": config.gradient_fail,
                "batch": len(first), "loss": loss}
     evidence = {"tensors": tensors, "coordinates": coordinates, "bands": BANDS,
@@ -150,9 +194,9 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
             c = coordinates[0]
             where = (f"; worst coordinate {tuple(c['index'])}: analytic {c['analytic']:.4g}, "
                      f"numeric {c['numeric']:.4g}")
-        names = ", ".join(f"{t['name']} ({t['rel_error']:.2g})" for t in failed[:5])
+        names = ", ".join(f"{t['name']} ({t['judged_error']:.2g})" for t in failed[:5])
         message = (f"{len(failed)} / {len(tensors)} parameter tensors disagree with centered "
-                   f"differences: {names}. Greatest relative error {worst['rel_error']:.2g} in "
+                   f"differences: {names}. Greatest relative error {worst['judged_error']:.2g} in "
                    f"{worst['name']} ({worst['band']}){where}; allowed {config.gradient_fail:g} "
                    f"after ruling out kinks (h = {steps}).")
         if cut:
@@ -164,14 +208,19 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
                     "the forward values are not at fault.")
         return CheckResult(CHECK, "fail", message, metrics, evidence, hint)
     if warned:
-        names = ", ".join(f"{t['name']} ({t['rel_error']:.2g})" for t in warned[:5])
+        names = ", ".join(f"{t['name']} ({t['judged_error']:.2g})" for t in warned[:5])
         hint = ("Errors between 1e-6 and 1e-4 are fine for objectives with kinks (notes); "
                 "if the model is smooth, look at these tensors' backward.")
         if unused:
             hint = (f"{', '.join(unused[:4])} get no gradient and do not affect the loss: "
                     "unused parameters.")
+        elif kinks:
+            hint = (f"The steps along {', '.join(kinks[:4])} cross a kink; judged by the "
+                    "one-sided difference that stays on the point's side of it.")
         return CheckResult(CHECK, "warn", f"{len(warned)} / {len(tensors)} tensors match only "
                            f"loosely: {names}.", metrics, evidence, hint)
+    note = (f" Steps along {', '.join(kinks[:3])} crossed a ReLU kink; judged by the "
+            "one-sided difference on the point's side." if kinks else "")
     return CheckResult(CHECK, "pass", f"All {len(tensors)} parameter tensors match centered "
-                       f"differences: greatest relative error {worst['rel_error']:.2g} in "
-                       f"{worst['name']} ({worst['band']}).", metrics, evidence)
+                       f"differences: greatest relative error {worst['judged_error']:.2g} in "
+                       f"{worst['name']} ({band(worst['judged_error'])}).{note}", metrics, evidence)

@@ -63,14 +63,20 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
                 "fail_band": band(config.initial_loss_fail)}
 
     if classify:
-        reference = (f"expected {expected:.4g} (entropy of the labels; ln {session.task.num_classes}"
-                     f" = {math.log(session.task.num_classes):.4g} for uniform scores)")
+        classes = session.task.num_classes
+        reference = (f"expected {expected:.4g} (entropy of the labels; ln {classes} = "
+                     f"{math.log(classes):.4g} for uniform scores)")
     else:
         reference = f"expected {expected:.4g} (the loss of all-zero outputs)"
     reg_note = "" if session.has_regularization else " Regularization could not be turned off" \
         " (no knob given), so it is included."
     status = "pass"
     hint = None
+    # The baselines go through the user's loss, so a loss summed over the batch looks
+    # consistent with itself; the lecture's ln C for uniform scores tells it apart.
+    summed = (classify and len(batch) > 4 and abs(
+        baselines["uniform"] / math.log(session.task.num_classes) - len(batch)
+    ) < 0.25 * len(batch))
     if not math.isfinite(measured):
         status = "fail"
         head = f"Loss at init is {measured} on {len(batch)} samples, {reference}."
@@ -81,7 +87,13 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
             status = "fail"
         elif deviation > config.initial_loss_warn:
             status = "warn"
-        if status == "pass":
+        if summed:
+            status = "warn" if status == "pass" else status
+            head += (f"; the loss of uniform scores is {baselines['uniform']:.4g}, "
+                     f"{len(batch)} (the batch size) times ln C.")
+            hint = ("The loss sums over the batch (reduction='sum'): its scale and the "
+                    "learning rate then depend on the batch size; average it instead.")
+        elif status == "pass":
             head += "; within tolerance."
         elif measured > high:
             head += f"; {deviation:.0%} too high."

@@ -1,0 +1,146 @@
+"""gradient_check: finds wrong backward passes, names them, ignores kinks and dropout."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nndiag
+from tests.models import IN, WIDTH, _classification, dead_relu, wrong_backward
+
+
+class _ScaledGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x, scale):  # type: ignore[no-untyped-def]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        return grad * ctx.scale, None
+
+
+class ScaledWeightGrad(nn.Module):
+    """fc2.weight's gradient comes out ``scale`` times too large; the forward is exact."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(IN, WIDTH)
+        self.fc2 = nn.Linear(WIDTH, 10)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = _ScaledGrad.apply(self.fc2.weight, self.scale)
+        return F.linear(F.relu(self.fc1(x)), weight, self.fc2.bias)
+
+
+class FunctionalDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(IN, WIDTH)
+        self.fc2 = nn.Linear(WIDTH, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(F.relu(self.fc1(x)), p=0.5, training=self.training)
+        return self.fc2(h * torch.rand_like(h).add(0.5))  # more randomness, drawn each call
+
+
+def _check(model: nn.Module, seed: int = 0) -> nndiag.CheckResult:
+    torch.manual_seed(seed)
+    subject = nndiag.Subject(model, _classification(seed))
+    return nndiag.diagnose(subject, ["gradient_check"])["gradient_check"]
+
+
+def test_one_percent_wrong_weight_gradient_is_caught_and_named() -> None:
+    # REFERENCE: gradcheck fast mode misses this bug; the per-tensor direction does not.
+    torch.manual_seed(0)
+    result = _check(ScaledWeightGrad(1.01))
+    assert result.status == "fail", result.summary()
+    assert result.metrics["worst_tensor"] == "fc2.weight"
+    failed = [t["name"] for t in result.evidence["tensors"] if t["status"] == "fail"]
+    assert failed == ["fc2.weight"]
+    coordinate = result.evidence["coordinates"][0]
+    assert coordinate["tensor"] == "fc2.weight" and len(coordinate["index"]) == 2
+    assert "fc2.weight" in result.message and "worst coordinate" in result.message
+
+
+def test_exact_gradient_through_the_same_function_passes() -> None:
+    torch.manual_seed(0)
+    result = _check(ScaledWeightGrad(1.0))
+    assert result.status == "pass", result.summary()
+    assert result.metrics["max_rel_error"] < 1e-6
+
+
+def test_wrong_relu_backward_fails_on_every_seed() -> None:
+    for seed in range(5):
+        result = nndiag.diagnose(wrong_backward(seed), ["gradient_check"])["gradient_check"]
+        assert result.status == "fail", result.summary()
+        assert result.metrics["worst_tensor"].startswith("fc1.")
+
+
+def test_dropout_and_random_ops_in_forward_do_not_fail() -> None:
+    for seed in range(3):
+        result = _check(FunctionalDropout(), seed)
+        assert result.status == "pass", result.summary()
+
+
+def test_units_sitting_exactly_on_a_kink_do_not_fail() -> None:
+    # Behind a dead layer every unit's input is 0, so zero biases sit exactly on ReLU's
+    # corner, where the centered difference is 1/2 and autograd's subgradient is 0.
+    for seed in range(3):
+        result = nndiag.diagnose(dead_relu(seed), ["gradient_check"])["gradient_check"]
+        assert result.status == "pass", result.summary()
+
+
+def test_cut_graph_names_the_tensor_and_the_cause() -> None:
+    class Cut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(IN, WIDTH)
+            self.fc2 = nn.Linear(WIDTH, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.tanh(self.fc1(x)).detach())
+
+    result = _check(Cut())
+    assert result.status == "fail"
+    no_grad = {t["name"] for t in result.evidence["tensors"] if t["no_grad"]}
+    assert no_grad == {"fc1.weight", "fc1.bias"}
+    assert "cuts the graph" in result.hint
+
+
+def test_unused_parameter_warns() -> None:
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(IN, 10)
+            self.spare = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    result = _check(Unused())
+    assert result.status == "warn"
+    assert "spare.weight" in result.hint
+
+
+def test_cost_grows_with_tensors_not_parameters() -> None:
+    def passes(width: int) -> int:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(IN, width), nn.Tanh(), nn.Linear(width, 10))
+        return _check(model).cost.forward
+
+    assert passes(8) == passes(512)
+    # one backward pass, two forwards per tensor, two per coordinate shown as evidence
+    assert passes(8) <= 1 + 2 * 4 + 2 * 2
+
+
+def test_float32_model_is_checked_in_float64_and_left_in_float32() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(IN, WIDTH), nn.ReLU(), nn.Linear(WIDTH, 10))
+    result = _check(model)
+    assert result.status == "pass"
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -10,6 +10,7 @@ sees exactly what the check differentiates or trains. The originals are put back
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Iterator, Mapping
@@ -63,13 +64,21 @@ def _rng_guard_devices(model: nn.Module) -> list[int]:
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
+def _seed(seed: int, devices: list[int]) -> None:
+    """Seed the generators a model on these devices draws from. Not ``torch.manual_seed``:
+    without CUDA initialized it queues a CUDA seeding with a formatted stack, ~2 ms a call."""
+    torch.default_generator.manual_seed(seed)
+    for index in devices:
+        torch.cuda.default_generators[index].manual_seed(seed)
+
+
 @contextmanager
 def _rng_guard(devices: list[int], seed: int | None = None) -> Iterator[None]:
     """Leave torch, numpy and ``random`` generators exactly as they were."""
     np_state, py_state = np.random.get_state(), random.getstate()
     with torch.random.fork_rng(devices=devices):
         if seed is not None:
-            torch.manual_seed(seed)
+            _seed(seed, devices)
         try:
             yield
         finally:
@@ -117,13 +126,13 @@ class TorchBackend:
         if is_pair:
             items = [data]
         else:
-            try:
-                iterator = iter(data)
-            except TypeError:
-                raise InvalidSubject("data", f"expected (X, y) or an iterable of batches, got "
-                                     f"{describe(data)}", "pass data=(X, y)") from None
             items = []
             with _rng_guard(_rng_guard_devices(model)):
+                try:
+                    iterator = iter(data)  # a DataLoader draws its seed here
+                except TypeError:
+                    raise InvalidSubject("data", "expected (X, y) or an iterable of batches, "
+                                         f"got {describe(data)}", "pass data=(X, y)") from None
                 for item in iterator:
                     items.append(item)
                     if len(items) >= limit:
@@ -174,16 +183,29 @@ def _default_loss(y: torch.Tensor) -> Any:
     return mse
 
 
+def _loss_modules(loss: Any) -> list[nn.Module]:
+    """Modules a loss is or refers to (``nn.CrossEntropyLoss(weight=...)`` captured by a
+    closure): their tensors must follow the model into float64 and back."""
+    if isinstance(loss, nn.Module):
+        return [loss]
+    try:
+        refs = inspect.getclosurevars(loss)
+    except (TypeError, ValueError):
+        return []
+    found = [*refs.nonlocals.values(), *refs.globals.values()]
+    return [m for m in found if isinstance(m, nn.Module)]
+
+
 class _Snapshot:
     """Everything a check could change on the user's side, to restore exactly."""
 
     def __init__(self, model: nn.Module, loss: Any) -> None:
         self.modules = list(model.modules())
         owners: list[Any] = list(self.modules)
-        if isinstance(loss, nn.Module):
-            owners += [m for m in loss.modules() if m not in owners]
-        elif hasattr(loss, "__dict__"):  # a loss object may hold the strength
-            owners.append(loss)
+        for module in _loss_modules(loss):
+            owners += [m for m in module.modules() if m not in owners]
+        if not isinstance(loss, nn.Module) and hasattr(loss, "__dict__"):
+            owners.append(loss)  # a loss object may hold the strength
         self.training = [(m, m.training) for m in self.modules]
         # Plain-number attributes: where a regularization setter keeps its strength.
         self.numbers = [(o, k, v) for o in owners for k, v in vars(o).items()
@@ -298,8 +320,8 @@ class TorchSession:
 
     def _owners(self) -> list[nn.Module]:
         owners = list(self.model.modules())
-        if isinstance(self.loss_fn, nn.Module):
-            owners += [m for m in self.loss_fn.modules() if m not in owners]
+        for module in _loss_modules(self.loss_fn):
+            owners += [m for m in module.modules() if m not in owners]
         return owners
 
     @contextmanager
@@ -485,7 +507,7 @@ class _Objective:
         self.X, self.y = X, y
 
     def _loss(self) -> torch.Tensor:
-        torch.manual_seed(self.session.config.seed)  # same dropout mask in every evaluation
+        _seed(self.session.config.seed, self.session._devices)  # same dropout mask each time
         return self.session._run_loss(self.session._run_model(self.X), self.y)
 
     def values(self) -> dict[str, Any]:

@@ -1,0 +1,119 @@
+"""Cost of the checks, as multiples of baselines measured in the same run.
+
+Run with ``pytest benchmarks/bench_core.py``; each benchmark stores its ratio in
+``extra_info`` (shown with ``--benchmark-json``) and prints it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+import nndiag
+from nndiag.core import Runner
+
+torch.set_num_threads(2)
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3072, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
+                         nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
+                         nn.Linear(100, 10))
+
+
+def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3072, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _median(fn: Callable[[], object], repeats: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _forward_backward(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(X), y).backward()
+
+    return step
+
+
+def _report(benchmark: pytest.FixtureRequest, name: str, baseline: float) -> None:
+    ratio = benchmark.stats.stats.median / baseline
+    benchmark.extra_info[name] = round(ratio, 2)
+    print(f"\n{name}: {ratio:.1f}x (baseline {baseline * 1e3:.2f} ms)")
+
+
+def test_default_checks_on_the_mlp(benchmark: pytest.FixtureRequest) -> None:
+    """Issue target: <= 3 s for the six checks on 3072-100x4-10, batch 64, 2 cores."""
+    model, (X, y) = _mlp(), _data(64)
+    baseline = _median(_forward_backward(model, X, y))
+    subject = nndiag.Subject(model, (X, y))
+    benchmark.pedantic(lambda: nndiag.diagnose(subject), rounds=3, iterations=1,
+                       warmup_rounds=1)
+    _report(benchmark, "diagnose_vs_forward_backward", baseline)
+    benchmark.extra_info["diagnose_seconds"] = round(benchmark.stats.stats.median, 3)
+
+
+def test_gradient_check_vs_gradcheck_fast_mode(benchmark: pytest.FixtureRequest) -> None:
+    """Issue target: no more than torch.autograd.gradcheck(fast_mode=True), same model."""
+    model, (X, y) = _mlp(), _data(32)
+    model64, X64 = _mlp().double(), X.double()
+    params = [p for p in model64.parameters()]
+    names = [n for n, _ in model64.named_parameters()]
+
+    def loss_of(*tensors: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(model64, dict(zip(names, tensors)), (X64,))
+        return nn.functional.cross_entropy(out, y)
+
+    fast = _median(lambda: torch.autograd.gradcheck(
+        loss_of, tuple(p.detach().requires_grad_() for p in params), fast_mode=True,
+        eps=1e-6, atol=1e-5, rtol=1e-3), repeats=3)
+    fb = _median(_forward_backward(model64, X64, y))
+    runner = Runner(nndiag.Subject(model, (X, y)))
+    benchmark.pedantic(lambda: runner.run("gradient_check"), rounds=5, iterations=1,
+                       warmup_rounds=1)
+    _report(benchmark, "gradient_check_vs_gradcheck_fast", fast)
+    _report(benchmark, "gradient_check_vs_float64_forward_backward", fb)
+    benchmark.extra_info["gradcheck_fast_vs_float64_forward_backward"] = round(fast / fb, 2)
+
+
+@pytest.mark.parametrize("batch", [64, 512])
+def test_activation_capture_overhead(benchmark: pytest.FixtureRequest, batch: int) -> None:
+    """Issue target: capture adds <= 30% to a bare forward; memory flat in the batch."""
+    from nndiag.backends.torch import _Recorder
+
+    model, (X, _) = _mlp(), _data(batch)
+
+    def bare() -> None:
+        with torch.no_grad():
+            model(X)
+
+    def captured() -> list:
+        recorder = _Recorder(model, 40)
+        with torch.no_grad(), recorder:
+            model(X)
+        return recorder.layers()
+
+    baseline = _median(bare, repeats=30)
+    benchmark.pedantic(captured, rounds=30, iterations=1, warmup_rounds=2)
+    _report(benchmark, "capture_vs_bare_forward", baseline)
+    tracemalloc.start()
+    layers = captured()
+    kept = sum(x.fires.nbytes + x.hist_counts.nbytes for x in layers if x.fires is not None)
+    tracemalloc.stop()
+    benchmark.extra_info["kept_bytes"] = kept
+    print(f"statistics kept: {kept} bytes for batch {batch}")

@@ -1,0 +1,138 @@
+"""Misuse gets a typed nndiag error naming the argument and the fix, never a deep traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nndiag
+from nndiag.errors import InvalidSubject, ModelError, NndiagError
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+X, Y = torch.randn(16, 4), torch.arange(16) % 3
+
+
+class Raises(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("shapes do not match")
+
+
+class NoParameters(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _frozen() -> nn.Module:
+    model = _mlp()
+    model.requires_grad_(False)
+    return model
+
+
+def _nan_data() -> tuple[torch.Tensor, torch.Tensor]:
+    x = X.clone()
+    x[3, 1] = float("nan")
+    return x, Y
+
+
+# (case, make the subject and run it, argument named, words the message must contain)
+CASES: list[tuple[str, Callable[[], Any], str, str]] = [
+    ("no data", lambda: nndiag.Subject(_mlp(), None), "data", "got None"),
+    ("empty iterable", lambda: nndiag.Subject(_mlp(), []), "data", "no batch"),
+    ("empty batch", lambda: nndiag.Subject(_mlp(), (X[:0], Y[:0])), "data", "empty"),
+    ("not a pair", lambda: nndiag.Subject(_mlp(), [X]), "data", "pair (X, y)"),
+    ("length mismatch", lambda: nndiag.Subject(_mlp(), (X, Y[:10])), "data",
+     "16 samples but y has 10"),
+    ("NaN in the data", lambda: nndiag.Subject(_mlp(), _nan_data()), "data", "NaN"),
+    ("not a model", lambda: nndiag.Subject("resnet", (X, Y)), "model", "no nndiag backend"),
+    ("no parameters", lambda: nndiag.Subject(NoParameters(), (X, Y)), "model",
+     "no parameters"),
+    ("all frozen", lambda: nndiag.Subject(_frozen(), (X, Y)), "model", "requires_grad"),
+    ("loss not callable", lambda: nndiag.Subject(_mlp(), (X, Y), loss="ce"), "loss",
+     "callable"),
+    ("knob not an attribute", lambda: nndiag.Subject(_mlp(), (X, Y), regularization="l2"),
+     "regularization", "'l2'"),
+    ("bad optimizer", lambda: nndiag.Subject(_mlp(), (X, Y), optimizer=0.1), "optimizer",
+     "callable"),
+    ("empty name", lambda: nndiag.Subject(_mlp(), (X, Y), name=""), "name", "non-empty"),
+    ("labels out of range", lambda: nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y + 5))),
+     "data", "labels span 5..7 but the model outputs 3"),
+    ("negative labels", lambda: nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y - 1))),
+     "data", "labels span -1..1"),
+    ("forward raises", lambda: nndiag.diagnose(nndiag.Subject(Raises(), (X, Y))), "model",
+     "model(X) raised RuntimeError: shapes do not match"),
+    ("non-scalar loss", lambda: nndiag.diagnose(nndiag.Subject(
+        _mlp(), (X, Y), loss=nn.CrossEntropyLoss(reduction="none"))), "loss", "not a scalar"),
+    ("loss raises", lambda: nndiag.diagnose(nndiag.Subject(
+        _mlp(), (X, Y), loss=nn.MSELoss())), "loss", "loss(output, y) raised"),
+    ("not a subject", lambda: nndiag.diagnose(_mlp()), "subject", "nndiag.Subject"),
+]
+
+
+@pytest.mark.parametrize("case, run, argument, words", CASES, ids=[c[0] for c in CASES])
+def test_misuse_names_argument_and_fix(case: str, run: Callable[[], Any], argument: str,
+                                       words: str) -> None:
+    with pytest.raises(InvalidSubject) as info:
+        run()
+    error = info.value
+    assert isinstance(error, NndiagError) and isinstance(error, ValueError)
+    assert error.argument == argument
+    assert words in str(error)
+    assert error.fix and "Fix:" in str(error)
+
+
+def test_model_errors_say_which_call() -> None:
+    with pytest.raises(ModelError) as info:
+        nndiag.diagnose(nndiag.Subject(Raises(), (X, Y)))
+    assert info.value.call == "model(X)" and info.value.check == "validation"
+
+
+def test_numpy_arrays_are_accepted_for_a_torch_model() -> None:
+    subject = nndiag.Subject(_mlp(), (X.numpy(), Y.numpy()))
+    assert isinstance(subject.batches[0].X, torch.Tensor)
+
+
+def test_unknown_check_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="known checks: initial_loss"):
+        nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y)), checks=["overfit"])
+
+
+def test_config_rejects_unknown_and_mistyped_options() -> None:
+    with pytest.raises(ValueError, match="unknown nndiag option 'dead_warning'"):
+        nndiag.Config.from_mapping({"dead_warning": 0.1})
+    with pytest.raises(TypeError, match="expects int, got '10' \\(type=str\\)"):
+        nndiag.Config.from_mapping({"overfit_steps": "10"})
+    assert nndiag.Config.from_mapping({"dead-warn": 1}).dead_warn == 1.0
+    assert nndiag.Config.from_mapping({"checks": "a, b"}).checks == ("a", "b")
+
+
+def test_a_bug_inside_a_check_is_an_error_result_not_a_crash(monkeypatch: Any) -> None:
+    from nndiag.checks import initial_loss as module
+
+    def broken(*args: Any) -> Any:
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(module, "initial_loss", broken)
+    report = nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y)), ["initial_loss", "dead_neurons"])
+    assert report["initial_loss"].status == "error"
+    assert "internal nndiag error" in report["initial_loss"].message
+    assert report["dead_neurons"].status != "error"
+
+
+def test_float_targets_and_integer_arrays_from_numpy() -> None:
+    y = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    report = nndiag.diagnose(nndiag.Subject(_mlp(), (X, y)), ["initial_loss"])
+    assert report["initial_loss"].status in ("pass", "warn")

@@ -1,0 +1,152 @@
+"""A diagnosis never changes the user's model or any global state: checked bit for bit."""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nndiag
+from tests.models import CLASSES, HEALTHY
+
+
+class Everything(nn.Module):
+    """BatchNorm buffers, dropout, a frozen layer, a submodule left in eval mode, tied
+    weights, an L2 knob the loss reads, and an attribute alias of a parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.3)
+        self.frozen = nn.Linear(8 * 8 * 8, 32)
+        self.frozen.requires_grad_(False)
+        self.enc = nn.Linear(32, 32)
+        self.dec = nn.Linear(32, 32)
+        self.dec.weight = self.enc.weight  # tied
+        self.head = nn.Linear(32, CLASSES)
+        self.head.eval()  # a mode the user chose; must survive
+        self.l2 = 1e-3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        x = self.drop(torch.tanh(self.frozen(x.flatten(1))))
+        x = F.relu(self.dec(F.relu(self.enc(x))))
+        return self.head(x)
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    return {
+        "tensors": [(n, t.detach().clone(), t.dtype, t.data_ptr(), t.requires_grad)
+                    for n, t in [*model.named_parameters(), *model.named_buffers()]],
+        "objects": [id(t) for t in [*model.parameters(), *model.buffers()]],
+        "grads": [(id(p.grad), None if p.grad is None else p.grad.clone())
+                  for p in model.parameters()],
+        "training": [m.training for m in model.modules()],
+        "attributes": {k: v for k, v in vars(model).items() if isinstance(v, (int, float))},
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+                  for m in model.modules()],
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state()[1].copy(),
+        "python_rng": random.getstate(),
+        "default_dtype": torch.get_default_dtype(),
+        "grad_enabled": torch.is_grad_enabled(),
+    }
+
+
+def _assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
+    for (n, t0, d0, p0, r0), (_, t1, d1, p1, r1) in zip(before["tensors"], after["tensors"]):
+        assert (d0, p0, r0) == (d1, p1, r1), n
+        assert torch.equal(t0.reshape(-1).view(torch.uint8), t1.reshape(-1).view(torch.uint8)), n
+    assert before["objects"] == after["objects"]
+    for (i0, g0), (i1, g1) in zip(before["grads"], after["grads"]):
+        assert i0 == i1
+        assert (g0 is None and g1 is None) or torch.equal(g0, g1)
+    for key in ("training", "attributes", "hooks", "python_rng", "default_dtype",
+                "grad_enabled"):
+        assert before[key] == after[key], key
+    assert torch.equal(before["torch_rng"], after["torch_rng"])
+    assert np.array_equal(before["numpy_rng"], after["numpy_rng"])
+    o0, o1 = before["optimizer"], after["optimizer"]
+    assert o0["param_groups"] == o1["param_groups"]
+    assert o0["state"].keys() == o1["state"].keys()
+    for k in o0["state"]:
+        for name, v in o0["state"][k].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(o1["state"][k][name]))
+
+
+def test_full_diagnosis_leaves_model_optimizer_and_rng_bit_identical() -> None:
+    torch.manual_seed(0)
+    model = Everything()
+    X, y = torch.randn(48, 3, 16, 16), torch.randint(0, CLASSES, (48,))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss(weight=torch.rand(CLASSES) + 0.5)
+
+    def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        penalty = sum((p**2).sum() for p in model.parameters() if p.ndim > 1)
+        return loss_fn(out, target) + 0.5 * model.l2 * penalty
+
+    loss(model(X), y).backward()  # leave real .grad values and optimizer state
+    optimizer.step()
+    torch.manual_seed(123)
+    np.random.seed(7)
+    random.seed(5)
+    before = _state(model, optimizer)
+    subject = nndiag.Subject(model, (X, y), loss=loss, optimizer=optimizer, regularization="l2")
+    report = nndiag.diagnose(subject)
+    assert {r.status for r in report} <= {"pass", "warn", "fail", "skip"}, report.results
+    assert report["regularization_loss"].status == "pass"
+    _assert_same(before, _state(model, optimizer))
+
+
+@pytest.mark.parametrize("name", ["cnn_batchnorm", "tiny_transformer"])
+def test_healthy_models_are_untouched(name: str) -> None:
+    subject = HEALTHY[name](0)
+    optimizer = torch.optim.SGD(subject.model.parameters(), lr=0.1)
+    subject.model.eval()
+    before = _state(subject.model, optimizer)
+    nndiag.diagnose(subject)
+    _assert_same(before, _state(subject.model, optimizer))
+
+
+def test_reading_a_shuffling_dataloader_leaves_the_global_rng_alone() -> None:
+    dataset = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randint(0, 3, (64,)))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=True)
+    model = nn.Linear(4, 3)
+    state = torch.get_rng_state()
+    subject = nndiag.Subject(model, loader)
+    assert torch.equal(state, torch.get_rng_state())
+    assert len(subject.batches) == 4 and subject.num_samples == 64
+
+
+def test_a_model_that_raises_midway_is_still_restored() -> None:
+    class Flaky(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.bn = nn.BatchNorm1d(3)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls > 3:
+                raise RuntimeError("boom")
+            return self.bn(self.fc(x))
+
+    torch.manual_seed(0)
+    model = Flaky()
+    model.eval()
+    buffers = [b.clone() for b in model.buffers()]
+    report = nndiag.diagnose(nndiag.Subject(model, (torch.randn(8, 4), torch.randint(0, 3, (8,)))))
+    errors = [r for r in report if r.status == "error"]
+    assert errors and "model(X) raised RuntimeError" in errors[0].message
+    assert errors[0].check in errors[0].message
+    assert not model.training and all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+    assert model.calls == 0 or isinstance(model.calls, int)

@@ -31,6 +31,8 @@ __all__ = [
 # name -> (framework module that must already be imported, "module:attribute" of the backend)
 _BUILTIN: dict[str, tuple[str, str]] = {
     "torch": ("torch", "nndiag.backends.torch:BACKEND"),
+    "jax": ("jax", "nndiag.backends.jax:BACKEND"),
+    "numpy": ("numpy", "nndiag.backends.numpy:BACKEND"),  # last: every framework loads numpy
 }
 ENTRY_POINT_GROUP = "nndiag.backends"
 
@@ -99,6 +101,7 @@ class Objective(Protocol):
 
     names: list[str]
     shapes: Mapping[str, tuple[int, ...]]
+    note: str  # said in the result, e.g. that float32 parameters were promoted
 
     def value_and_grad(self) -> tuple[float, dict[str, Any]]:
         """Loss and analytic gradients (numpy float64; None where no gradient reached)."""
@@ -178,7 +181,10 @@ def _load(target: str) -> Backend:
 def _candidates() -> Iterator[Backend]:
     for framework, target in _BUILTIN.values():
         if framework in sys.modules:
-            yield _load(target)
+            try:
+                yield _load(target)
+            except ImportError:  # a backend module not shipped in this version
+                continue
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -197,7 +203,8 @@ def backend_for(model: Any) -> Backend:
     raise InvalidSubject(
         "model",
         f"no nndiag backend accepts {describe(model)}",
-        "pass a torch.nn.Module (pip install 'nndiag[torch]')",
+        "pass a torch.nn.Module, a (apply_fn, params) pair for JAX, or an object with a "
+        "params dict and loss(X, y) -> (loss, grads) (the CS231n protocol)",
     )
 
 

@@ -23,12 +23,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from nndiag.backends import Batch, LayerRecord, Task
+from nndiag.backends.capture import Accumulator
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["BACKEND", "TorchBackend", "TorchSession"]
 
 _PER_SAMPLE_ROWS = 256  # rows whose individual losses estimate the initial loss's noise
-_HIST_ROWS = 1024  # rows per batch that feed a layer's histogram (a strided sample)
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
             nn.FeatureAlphaDropout)
 
@@ -446,8 +446,14 @@ class TorchSession:
         y = batch.y.double() if batch.y.is_floating_point() else batch.y
         # Tensors the model creates inside forward follow the default dtype.
         torch.set_default_dtype(torch.float64)
+        promoted = sorted({str(p.dtype).removeprefix("torch.") for p in
+                           self.model.parameters()} - {"float64"})
         with self._clones(torch.float64) as params:
-            yield _Objective(self, params, X, y)
+            objective = _Objective(self, params, X, y)
+            if promoted:
+                objective.note = (f"Parameters are {', '.join(promoted)}: checked on a "
+                                  "float64 copy.")
+            yield objective
 
     # -- training ----------------------------------------------------------------------
     @contextmanager
@@ -496,6 +502,8 @@ class TorchSession:
 
 class _Objective:
     """The loss on one batch as a float64 function of the trainable clones."""
+
+    note = ""
 
     def __init__(self, session: TorchSession, params: Mapping[str, nn.Parameter],
                  X: torch.Tensor, y: torch.Tensor) -> None:
@@ -582,8 +590,7 @@ class _Recorder(TorchFunctionMode):
     def __init__(self, model: nn.Module, bins: int) -> None:
         super().__init__()
         self.model = model
-        self.bins = bins
-        self.records: dict[str, LayerRecord] = {}
+        self.stats = Accumulator(bins)
         self.stack: list[nn.Module] = []
         self.names = {m: n for n, m in model.named_modules()}
         self.weight: tuple[str, nn.Module] | None = None
@@ -640,49 +647,15 @@ class _Recorder(TorchFunctionMode):
         name = self._layer_name(kind)
         conv = self.weight is not None and isinstance(self.weight[1], nn.modules.conv._ConvNd)
         if x.ndim >= 2:
-            x = x.movedim(1, -1) if conv else x
+            x = x.movedim(1, -1) if conv else x  # a conv layer's units are its channels
             x = x.reshape(-1, x.shape[-1])
         else:
             x = x.reshape(-1, 1)
-        record = self.records.get(name)
-        if record is None:
-            record = self.records[name] = self._new(name, kind, x)
-        elif record.units != x.shape[1]:
-            return  # a layer that changes width between calls: keep the first shape
-        x32 = x.float()
-        record.count += x32.numel()
-        record.total += float(x32.sum())
-        record.total_sq += float((x32 * x32).sum())
-        if kind == "relu":
-            record.fires += (x32 > 0).sum(0).cpu().numpy()
-        elif kind == "tanh":
-            record.saturated += int((x32.abs() > 0.99).sum())
-        elif kind == "sigmoid":
-            record.saturated += int(((x32 < 0.01) | (x32 > 0.99)).sum())
-        sample = x32[:: max(1, len(x32) // _HIST_ROWS)]
-        low, high = record.hist_edges
-        record.hist_counts += torch.histc(sample.clamp(low, high), self.bins, low, high
-                                          ).cpu().numpy().astype(np.int64)
-
-    def _new(self, name: str, kind: str, x: torch.Tensor) -> LayerRecord:
-        if kind == "tanh":
-            edges = (-1.0, 1.0)
-        elif kind == "sigmoid":
-            edges = (0.0, 1.0)
-        else:
-            low = 0.0 if kind == "relu" else float(x.min())
-            high = float(x.max())
-            edges = (low, high if high > low else low + 1.0)
-        record = LayerRecord(name, kind, depth=len(self.records), units=int(x.shape[1]),
-                             hist_counts=np.zeros(self.bins, dtype=np.int64), hist_edges=edges)
-        if kind == "relu":
-            record.fires = np.zeros(record.units, dtype=np.int64)
-        if self.weight is not None:
-            weight = self.weight[1].weight
-            record.weight_layer = self.weight[0]
-            record.fan_in = int(weight[0].numel())
-            record.weight_std = float(weight.detach().float().std())
-        return record
+        weight = None
+        if self.weight is not None and name not in self.stats.records:
+            w = self.weight[1].weight
+            weight = (self.weight[0], int(w[0].numel()), float(w.detach().float().std(correction=0)))
+        self.stats.add(name, kind, x.float().cpu().numpy(), weight)
 
     def layers(self) -> list[LayerRecord]:
-        return sorted(self.records.values(), key=lambda r: r.depth)
+        return self.stats.layers()

@@ -140,6 +140,7 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
     tensors: list[dict[str, Any]] = []
     coordinates: list[dict[str, Any]] = []
     with session.objective(first) as f:
+        note = f" {f.note}" if f.note else ""
         # Move off exact kinks (zero biases behind dead units sit on ReLU's corner): a
         # +/-jitter of the tensor's rms, far larger than the steps, far smaller than it.
         f.move({name: config.gradient_jitter * (float(np.sqrt(np.mean(v * v))) or 1.0)
@@ -201,12 +202,13 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
                    f"after ruling out kinks (h = {steps}).")
         if cut:
             hint = (f"No gradient reaches {', '.join(cut[:4])} although the loss depends on "
-                    "it: a .detach(), .data, .item() or numpy round trip cuts the graph.")
+                    "it: a .detach(), .data, .item() or numpy round trip cuts the graph, or "
+                    "a hand-written backward leaves it out of grads.")
         else:
             hint = (f"The backward pass feeding {worst['name']} is wrong: check custom "
                     "autograd Functions and hand-written backward code of that layer; "
                     "the forward values are not at fault.")
-        return CheckResult(CHECK, "fail", message, metrics, evidence, hint)
+        return CheckResult(CHECK, "fail", message + note, metrics, evidence, hint)
     if warned:
         names = ", ".join(f"{t['name']} ({t['judged_error']:.2g})" for t in warned[:5])
         hint = ("Errors between 1e-6 and 1e-4 are fine for objectives with kinks (notes); "
@@ -218,9 +220,10 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
             hint = (f"The steps along {', '.join(kinks[:4])} cross a kink; judged by the "
                     "one-sided difference that stays on the point's side of it.")
         return CheckResult(CHECK, "warn", f"{len(warned)} / {len(tensors)} tensors match only "
-                           f"loosely: {names}.", metrics, evidence, hint)
-    note = (f" Steps along {', '.join(kinks[:3])} crossed a ReLU kink; judged by the "
+                           f"loosely: {names}.{note}", metrics, evidence, hint)
+    kink_note = (f" Steps along {', '.join(kinks[:3])} crossed a ReLU kink; judged by the "
             "one-sided difference on the point's side." if kinks else "")
     return CheckResult(CHECK, "pass", f"All {len(tensors)} parameter tensors match centered "
                        f"differences: greatest relative error {worst['judged_error']:.2g} in "
-                       f"{worst['name']} ({band(worst['judged_error'])}).{note}", metrics, evidence)
+                       f"{worst['name']} ({band(worst['judged_error'])}).{kink_note}{note}", metrics,
+                       evidence)

@@ -1,0 +1,71 @@
+"""Per-layer activation statistics, reduced the same way for every backend.
+
+A backend hands each activation function's output to :meth:`Accumulator.add` as a
+``(rows, units)`` array while the forward pass runs; only per-unit counters and a
+fixed-bin histogram are kept, so memory grows with layers x units, not with the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nndiag.backends import LayerRecord
+
+__all__ = ["HIST_ROWS", "Accumulator"]
+
+HIST_ROWS = 1024  # rows per call that feed a layer's histogram (a strided sample)
+
+
+class Accumulator:
+    """Statistics keyed by layer name; layers are numbered in the order first seen."""
+
+    def __init__(self, bins: int) -> None:
+        self.bins = bins
+        self.records: dict[str, LayerRecord] = {}
+
+    def add(self, name: str, kind: str, x: np.ndarray,
+            weight: tuple[str, int, float] | None = None) -> None:
+        """Fold one ``(rows, units)`` output of layer ``name`` into its statistics.
+
+        ``weight`` is the (name, fan-in, std) of the weight layer feeding it, if known.
+        """
+        record = self.records.get(name)
+        if record is None:
+            record = self.records[name] = self._new(name, kind, x, weight)
+        elif record.units != x.shape[1]:
+            return  # a layer whose width changes between calls: keep the first shape
+        x = np.asarray(x, dtype=np.float32)
+        record.count += x.size
+        record.total += float(x.sum(dtype=np.float64))
+        record.total_sq += float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+        if kind == "relu":
+            record.fires += np.count_nonzero(x > 0, axis=0)
+        elif kind == "tanh":
+            record.saturated += int(np.count_nonzero(np.abs(x) > 0.99))
+        elif kind == "sigmoid":
+            record.saturated += int(np.count_nonzero((x < 0.01) | (x > 0.99)))
+        sample = x[:: max(1, len(x) // HIST_ROWS)]
+        low, high = record.hist_edges
+        counts, _ = np.histogram(np.clip(sample, low, high), self.bins, (low, high))
+        record.hist_counts += counts
+
+    def _new(self, name: str, kind: str, x: np.ndarray,
+             weight: tuple[str, int, float] | None) -> LayerRecord:
+        if kind == "tanh":
+            edges = (-1.0, 1.0)
+        elif kind == "sigmoid":
+            edges = (0.0, 1.0)
+        else:  # unbounded: the first batch's range, later values clipped into the end bins
+            low = 0.0 if kind == "relu" else float(x.min())
+            high = float(x.max())
+            edges = (low, high if high > low else low + 1.0)
+        record = LayerRecord(name, kind, depth=len(self.records), units=int(x.shape[1]),
+                             hist_counts=np.zeros(self.bins, dtype=np.int64), hist_edges=edges)
+        if kind == "relu":
+            record.fires = np.zeros(record.units, dtype=np.int64)
+        if weight is not None:
+            record.weight_layer, record.fan_in, record.weight_std = weight
+        return record
+
+    def layers(self) -> list[LayerRecord]:
+        return sorted(self.records.values(), key=lambda r: r.depth)

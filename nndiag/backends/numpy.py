@@ -1,0 +1,426 @@
+"""numpy backend: models written to the CS231n assignment protocol.
+
+The protocol:
+
+- ``model.params``: dict name -> ``np.ndarray``, read by ``loss`` on every call;
+- ``model.loss(X, y=None)``: class scores ``(N, C)`` when ``y`` is None, else
+  ``(loss, grads)`` with ``grads`` keyed like ``params``;
+- optional ``model.reg``: the regularization strength the loss reads;
+- optional ``model.activations(X)``: an ordered mapping name -> post-activation array,
+  which enables ``activation_stats`` and ``dead_neurons`` (a name containing ``relu``,
+  ``tanh`` or ``sigmoid`` says the kind; otherwise non-negative outputs with exact zeros
+  count as ReLU).
+
+As in the torch backend, checks never touch the user's arrays: for the length of a check
+``model.params`` holds private copies, and the original arrays go back in ``finally``.
+Batch-norm and dropout state kept on the model (``bn_params``, ``dropout_param``) is
+restored too, and the global numpy RNG (CS231n dropout draws from it) is reseeded before
+each loss evaluation, so every evaluation sees the same dropout mask. Classification
+losses are assumed to be softmax cross-entropy, as in the assignments: the expected
+initial loss is ln C / the label entropy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from nndiag.backends import Batch, LayerRecord, Task
+from nndiag.backends.capture import Accumulator
+from nndiag.errors import InvalidSubject, ModelError, describe
+
+__all__ = ["BACKEND", "NumpyBackend", "NumpySession"]
+
+_STATE_ATTRIBUTES = ("bn_params", "dropout_param")
+_KINDS = ("relu", "tanh", "sigmoid")
+
+
+class NumpyBackend:
+    """Adapter for CS231n-protocol models (``params`` dict + ``loss(X, y)``)."""
+
+    name = "numpy"
+
+    def accepts(self, model: Any) -> bool:
+        params = getattr(model, "params", None)
+        return isinstance(params, dict) and callable(getattr(model, "loss", None)) and all(
+            isinstance(v, np.ndarray) for v in params.values())
+
+    def validate_model(self, model: Any, *, optimizer: Any, regularization: Any) -> None:
+        if not model.params:
+            raise InvalidSubject("model", "model.params is empty",
+                                 "store the weights in model.params before diagnosing")
+        if optimizer is not None and not callable(optimizer):
+            raise InvalidSubject("optimizer", f"expected an update rule, got {describe(optimizer)}",
+                                 "pass a CS231n-style rule: optimizer=optim.sgd_momentum")
+        if regularization not in (None, "reg") and not callable(regularization):
+            raise InvalidSubject("regularization", f"{regularization!r} is not supported",
+                                 "leave it out: a numeric model.reg is used as the knob")
+
+    def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
+        if data is None:
+            raise InvalidSubject("data", "got None", "pass one batch (X, y)")
+        if isinstance(data, (tuple, list)) and len(data) == 2 and all(
+                isinstance(v, np.ndarray) for v in data):
+            items = [data]
+        else:
+            state = np.random.get_state()
+            try:
+                items = []
+                for item in data:
+                    items.append(item)
+                    if len(items) >= limit:
+                        break
+            except TypeError:
+                raise InvalidSubject("data", f"expected (X, y) or an iterable of batches, got "
+                                     f"{describe(data)}", "pass data=(X, y)") from None
+            finally:
+                np.random.set_state(state)
+        if not items:
+            raise InvalidSubject("data", "holds no batch", "pass at least one batch (X, y)")
+        return [self._batch(item, i) for i, item in enumerate(items)]
+
+    def _batch(self, item: Any, index: int) -> Batch:
+        where = "data" if index == 0 else f"data (batch {index})"
+        if not (isinstance(item, (tuple, list)) and len(item) >= 2):
+            raise InvalidSubject(where, f"a batch must be a pair (X, y), got {describe(item)}",
+                                 "pass (inputs, targets)")
+        X, y = (np.asarray(v) for v in item[:2])
+        for arg, value in (("X", X), ("y", y)):
+            if value.ndim == 0 or len(value) == 0:
+                raise InvalidSubject(where, f"{arg} is empty (shape {value.shape})",
+                                     "pass a batch with at least one sample")
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise InvalidSubject(where, f"{arg} holds {int((~np.isfinite(value)).sum())} "
+                                     "NaN/Inf value(s)", "clean or impute the data first")
+        if len(X) != len(y):
+            raise InvalidSubject(where, f"X has {len(X)} samples but y has {len(y)}",
+                                 "pass inputs and targets of the same length")
+        return Batch(X, y)
+
+    def session(self, subject: Any, config: Any) -> NumpySession:
+        return NumpySession(subject, config)
+
+
+BACKEND = NumpyBackend()
+
+
+def _adam(w: np.ndarray, dw: np.ndarray, config: dict[str, Any]) -> tuple[np.ndarray, dict]:
+    """Adam as CS231n's ``optim.adam`` writes it (same signature, same defaults)."""
+    config.setdefault("learning_rate", 1e-3)
+    m = config.setdefault("m", np.zeros_like(w))
+    v = config.setdefault("v", np.zeros_like(w))
+    config["t"] = t = config.get("t", 0) + 1
+    m[...] = 0.9 * m + 0.1 * dw
+    v[...] = 0.999 * v + 0.001 * dw * dw
+    step = config["learning_rate"] * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    return w - step, config
+
+
+class NumpySession:
+    """One diagnose run of one CS231n-protocol subject."""
+
+    def __init__(self, subject: Any, config: Any) -> None:
+        self.subject = subject
+        self.config = config
+        self.model = subject.model
+        self.batches: list[Batch] = subject.batches[: max(1, config.max_batches)]
+        self.has_regularization = isinstance(getattr(self.model, "reg", None), (int, float)) \
+            or callable(subject.regularization)
+        self.framework = f"numpy {np.__version__}"
+        self._forward = 0
+        self._backward = 0
+        self._capture: list[LayerRecord] | None = None
+        with self.isolated("validation"):
+            self.task = self._probe()
+
+    def passes(self) -> tuple[int, int]:
+        return self._forward, self._backward
+
+    # -- calls into the user's code ----------------------------------------------------
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        self._forward += 1
+        try:
+            scores = self.model.loss(X)
+        except Exception as exc:
+            raise ModelError("model", "model.loss(X)", exc) from exc
+        if not isinstance(scores, np.ndarray) or scores.shape[:1] != X.shape[:1]:
+            raise InvalidSubject("model", f"loss(X) returned {describe(scores)}, not scores of "
+                                 f"shape ({len(X)}, C)", "return the class scores when y is None")
+        return scores
+
+    def _loss(self, X: np.ndarray, y: np.ndarray, grads: bool = False,
+              reseed: bool = False) -> tuple[float, Any]:
+        self._forward += 1
+        self._backward += int(grads)
+        if reseed:  # the same random draws in every evaluation of one function
+            np.random.seed(self.config.seed)
+        try:
+            returned = self.model.loss(X, y)
+        except Exception as exc:  # NotImplementedError too: an unfinished assignment
+            raise ModelError("model", "model.loss(X, y)", exc) from exc
+        if not (isinstance(returned, tuple) and len(returned) == 2):
+            raise InvalidSubject("model", f"loss(X, y) returned {describe(returned)}, not "
+                                 "(loss, grads)", "return (loss, grads) when y is given")
+        loss, found = returned
+        if loss is None or np.ndim(loss) != 0:
+            raise InvalidSubject("loss", f"model.loss(X, y) returned a loss of shape "
+                                 f"{np.shape(loss)}, not a scalar", "average the loss")
+        if grads and not isinstance(found, dict):
+            raise InvalidSubject("model", f"the gradients are {describe(found)}, not a dict",
+                                 "return grads as a dict keyed like model.params")
+        return float(loss), found
+
+    # -- isolation ---------------------------------------------------------------------
+    @contextmanager
+    def isolated(self, check: str) -> Iterator[None]:
+        params = self.model.params
+        originals = dict(params)
+        values = {k: v.copy() for k, v in params.items()}
+        state = {a: copy.deepcopy(getattr(self.model, a)) for a in _STATE_ATTRIBUTES
+                 if hasattr(self.model, a)}
+        reg = getattr(self.model, "reg", None)
+        np_state, py_state = np.random.get_state(), random.getstate()
+        dropout = getattr(self.model, "dropout_param", None)
+        try:
+            np.random.seed(self.config.seed)
+            for name, value in originals.items():  # private copies, as in the torch backend
+                params[name] = value.copy()
+            if isinstance(dropout, dict):  # dropout is regularization: off, whatever loss sets
+                self.model.dropout_param = _PinnedMode(dropout, mode="test")
+            yield
+        except ModelError as exc:
+            exc.check = check
+            raise
+        finally:
+            params.clear()
+            params.update(originals)
+            for name, value in originals.items():
+                if not np.array_equal(value, values[name], equal_nan=True):
+                    np.copyto(value, values[name])
+            if isinstance(dropout, dict):
+                self.model.dropout_param = dropout
+            for attribute, saved in state.items():
+                _restore_in_place(self.model, attribute, saved)
+            if reg is not None:
+                self.model.reg = reg
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+    # -- probe and losses --------------------------------------------------------------
+    def _probe(self) -> Task:
+        first = self.batches[0]
+        scores = self._scores(first.X)  # the loss itself may be unfinished: checks say so
+        ys = [b.y for b in self.batches]
+        if np.issubdtype(ys[0].dtype, np.floating):
+            return Task("regression")
+        classes = scores.shape[1] if scores.ndim == 2 else 0
+        low, high = min(int(y.min()) for y in ys), max(int(y.max()) for y in ys)
+        if classes < 2 or low < 0 or high >= classes:
+            raise InvalidSubject("data", f"labels span {low}..{high} but the model outputs "
+                                 f"{classes} class scores", f"use labels in 0..{classes - 1}")
+        counts = np.bincount(np.concatenate(ys).reshape(-1).astype(np.int64),
+                             minlength=classes)
+        return Task("classification", classes, tuple(int(c) for c in counts))
+
+    def rows(self, n: int) -> Batch:
+        X = np.concatenate([b.X for b in self.batches])[:n]
+        y = np.concatenate([b.y for b in self.batches])[:n]
+        return Batch(X, y)
+
+    def set_regularization(self, strength: float) -> None:
+        knob = self.subject.regularization
+        try:
+            if callable(knob):
+                knob(self.model, strength)
+            else:
+                self.model.reg = float(strength)
+        except Exception as exc:
+            raise ModelError("regularization", f"regularization(model, {strength:g})",
+                             exc) from exc
+
+    def losses(self, batch: Batch, per_sample: bool = True) -> tuple[float, Any]:
+        loss, _ = self._loss(batch.X, batch.y)
+        if not per_sample or self.task.kind != "classification":
+            return loss, None
+        scores = self._scores(batch.X).astype(np.float64)
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=1))
+        per = log_norm - shifted[np.arange(len(batch.y)), batch.y.astype(np.int64)]
+        return loss, per
+
+    def baselines(self, batch: Batch) -> dict[str, float]:
+        if self.task.kind == "classification":
+            counts = np.asarray(self.task.label_counts, dtype=np.float64)
+            prior = np.log(np.maximum(counts, 1e-9) / counts.sum())
+            y = batch.y.astype(np.int64)
+            return {"uniform": math.log(self.task.num_classes),
+                    "prior": float(-prior[y].mean() + np.log(np.exp(prior).sum()))}
+        y = batch.y.astype(np.float64)
+        return {"uniform": float((y**2).mean()), "mean": float(y.var(axis=0).mean())}
+
+    # -- gradient check ----------------------------------------------------------------
+    @contextmanager
+    def objective(self, batch: Batch) -> Iterator[_Objective]:
+        X = batch.X.astype(np.float64) if np.issubdtype(batch.X.dtype, np.floating) else batch.X
+        params = self.model.params
+        promoted = sorted({str(v.dtype) for v in params.values()} - {"float64"})
+        for name in list(params):
+            params[name] = params[name].astype(np.float64)  # a copy, in float64
+        objective = _Objective(self, X, batch.y)
+        if promoted:
+            objective.note = f"Parameters are {', '.join(promoted)}: checked on a float64 copy."
+        yield objective
+
+    # -- training ----------------------------------------------------------------------
+    @contextmanager
+    def trainer(self, batch: Batch) -> Iterator[_Trainer]:
+        yield _Trainer(self, batch)
+
+    # -- activations -------------------------------------------------------------------
+    def capture(self) -> list[LayerRecord]:
+        if self._capture is None:
+            self._capture = []
+            activations = getattr(self.model, "activations", None)
+            if callable(activations):
+                self._capture = self._run_capture(activations)
+        return self._capture
+
+    def _run_capture(self, activations: Callable[[np.ndarray], Mapping[str, Any]]
+                     ) -> list[LayerRecord]:
+        stats = Accumulator(self.config.histogram_bins)
+        X = self.rows(self.config.max_samples).X
+        self._forward += 1
+        try:
+            found = activations(X)
+        except Exception as exc:
+            raise ModelError("model", "model.activations(X)", exc) from exc
+        weights = [(k, v) for k, v in self.model.params.items() if v.ndim >= 2]
+        for index, (name, value) in enumerate(found.items()):
+            a = np.asarray(value)
+            a = np.moveaxis(a, 1, -1) if a.ndim == 4 else a  # (N, C, H, W): units = channels
+            a = a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(-1, 1)
+            weight = None
+            if index < len(weights):  # CS231n order: W1 feeds the first activation, ...
+                wname, w = weights[index]
+                weight = (wname, int(np.prod(w.shape[:-1]) if w.ndim == 2 else
+                                     np.prod(w.shape[1:])), float(w.std()))
+            stats.add(str(name), _kind(str(name), a), a, weight)
+        return stats.layers()
+
+
+class _PinnedMode(dict):
+    """A copy of ``dropout_param`` whose ``mode`` stays put: assignment-style losses set
+    ``mode = 'train'`` on every call with labels."""
+
+    def __init__(self, original: dict[str, Any], mode: str) -> None:
+        super().__init__(original)
+        super().__setitem__("mode", mode)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key != "mode":
+            super().__setitem__(key, value)
+
+
+def _kind(name: str, values: np.ndarray) -> str:
+    lowered = name.lower()
+    for kind in _KINDS:
+        if kind in lowered:
+            return kind
+    if values.size and values.min() >= 0 and (values == 0).any():
+        return "relu"
+    return "other"
+
+
+def _restore_in_place(model: Any, attribute: str, saved: Any) -> None:
+    """Put saved values back into the user's own dicts/lists, keeping their identity."""
+    current = getattr(model, attribute)
+    if isinstance(current, dict) and isinstance(saved, dict):
+        current.clear()
+        current.update(saved)
+    elif isinstance(current, list) and isinstance(saved, list) and len(current) == len(saved):
+        for now, was in zip(current, saved):
+            if isinstance(now, dict) and isinstance(was, dict):
+                now.clear()
+                now.update(was)
+    else:
+        setattr(model, attribute, saved)
+
+
+class _Objective:
+    """The loss on one batch as a float64 function of ``model.params`` (private copies)."""
+
+    note = ""
+
+    def __init__(self, session: NumpySession, X: np.ndarray, y: np.ndarray) -> None:
+        self.session = session
+        self.params = session.model.params
+        self.names = list(self.params)
+        self.shapes = {n: tuple(v.shape) for n, v in self.params.items()}
+        self.base = {n: v.copy() for n, v in self.params.items()}
+        self.X, self.y = X, y
+
+    def values(self) -> dict[str, Any]:
+        return {n: v.copy() for n, v in self.base.items()}
+
+    def move(self, shifts: Mapping[str, Any]) -> None:
+        for name, shift in shifts.items():
+            self.base[name] += shift
+            np.copyto(self.params[name], self.base[name])
+
+    def value_and_grad(self) -> tuple[float, dict[str, Any]]:
+        loss, grads = self.session._loss(self.X, self.y, grads=True, reseed=True)
+        return loss, {n: None if grads.get(n) is None else np.asarray(grads[n], np.float64)
+                      for n in self.names}
+
+    def value(self, shifts: Mapping[str, Any]) -> float:
+        for name, shift in shifts.items():
+            np.add(self.base[name], shift, out=self.params[name])
+        try:
+            return self.session._loss(self.X, self.y, reseed=True)[0]
+        finally:
+            for name in shifts:
+                np.copyto(self.params[name], self.base[name])
+
+
+class _Trainer:
+    """Steps ``model.params`` (private copies) with a CS231n-style update rule."""
+
+    def __init__(self, session: NumpySession, batch: Batch) -> None:
+        self.session = session
+        self.batch = batch
+        self.params = session.model.params
+        self.rule = session.subject.optimizer or _adam
+        lr = session.config.overfit_lr
+        self.configs: dict[str, dict[str, Any]] = {n: {"learning_rate": lr} for n in self.params}
+        name = getattr(self.rule, "__name__", type(self.rule).__name__)
+        self.optimizer = (f"adam(learning_rate={lr:g}) (nndiag's default)"
+                          if self.rule is _adam else f"{name}(learning_rate={lr:g})")
+        self.start = {n: v.copy() for n, v in self.params.items()}
+
+    def step(self) -> tuple[float, float | None]:
+        X, y = self.batch.X, self.batch.y
+        accuracy = None
+        if self.session.task.kind == "classification":
+            accuracy = float((self.session._scores(X).argmax(axis=1) == y).mean())
+        loss, grads = self.session._loss(X, y, grads=True)
+        if math.isfinite(loss):
+            for name in self.params:
+                grad = grads.get(name)
+                if grad is None:
+                    continue
+                try:
+                    updated, self.configs[name] = self.rule(self.params[name], grad,
+                                                            self.configs[name])
+                except Exception as exc:
+                    raise ModelError("optimizer", "optimizer(w, dw, config)", exc) from exc
+                np.copyto(self.params[name], updated)
+        return loss, accuracy
+
+    def unchanged(self) -> list[str]:
+        return [n for n, v in self.params.items() if np.array_equal(v, self.start[n])]

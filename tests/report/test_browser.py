@@ -1,0 +1,149 @@
+"""The page in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+Skipped when /usr/bin/chromium or the playwright package is missing; CI installs both.
+Playwright's own browser download is never used: the system Chromium is launched directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import report_synthetic as synthetic
+
+from nndiag.report import write_html
+from nndiag.results import STATUSES
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path(os.environ.get("NNDIAG_CHROMIUM", "/usr/bin/chromium"))
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+if not CHROMIUM.is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Page:
+    """A loaded report page and everything its console said."""
+
+    def __init__(self, browser: Any, path: Path) -> None:
+        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.requests: list[str] = []
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.dialogs: list[str] = []  # an injected alert() would land here
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.goto(path.as_uri(), wait_until="load")
+
+    def visible(self, selector: str) -> list[Any]:
+        return [e for e in self.page.query_selector_all(selector) if e.is_visible()]
+
+
+@pytest.fixture(scope="module")
+def demo_page(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    path = write_html(synthetic.demo_report(), tmp_path_factory.mktemp("page") / "demo.html")
+    page = Page(browser, path)
+    yield page
+    page.page.close()
+
+
+def test_loads_without_errors_or_network(demo_page: Page) -> None:
+    assert demo_page.errors == []
+    assert all(url.startswith(("file:", "data:")) for url in demo_page.requests), (
+        demo_page.requests)
+    assert demo_page.page.title().startswith("nndiag report: failed")
+
+
+def test_every_image_decodes(demo_page: Page) -> None:
+    # Collapsed results hold images too: they must decode all the same.
+    sizes = demo_page.page.eval_on_selector_all(
+        "img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+    assert len(sizes) >= 10
+    assert all(complete and width > 0 and height > 0 for complete, width, height in sizes), sizes
+
+
+@pytest.mark.parametrize("status", STATUSES)
+def test_status_filter_shows_only_matching_results(demo_page: Page, status: str) -> None:
+    page = demo_page.page
+    page.click(f'button[data-filter="{status}"]')
+    shown = demo_page.visible("details.result")
+    assert shown, f"no {status} result visible"
+    assert {e.get_attribute("data-status") for e in shown} == {status}
+    for section in demo_page.visible("section.subject"):
+        assert section.query_selector(f"details.result.st-{status}") is not None
+    rows = demo_page.visible("table.grid tbody tr")
+    assert rows and all(r.query_selector(f"td.cell.st-{status}") for r in rows)
+    assert all(e.get_attribute("open") is not None for e in shown)  # opened for reading
+    assert page.get_attribute(f'button[data-filter="{status}"]', "aria-pressed") == "true"
+
+    page.click('button[data-filter="all"]')
+    assert len(demo_page.visible("details.result")) == len(synthetic.demo_report())
+    assert demo_page.errors == []
+
+
+def test_grid_cell_opens_its_collapsed_result(demo_page: Page) -> None:
+    page = demo_page.page
+    page.click('button[data-expand="close"]')
+    page.click('button[data-filter="fail"]')
+    passing = page.query_selector("section.has-fail details.result.st-pass")
+    anchor = passing.get_attribute("id")
+    assert passing.get_attribute("open") is None and not passing.is_visible()
+    page.click(f'td.cell a[href="#{anchor}"]')  # dimmed by the filter, still a link
+    page.wait_for_function(f"document.getElementById('{anchor}').open")
+    assert passing.is_visible()
+    assert page.get_attribute("body", "data-show") == "all"
+
+
+def test_expand_and_collapse_all(demo_page: Page) -> None:
+    page = demo_page.page
+    page.click('button[data-expand="close"]')
+    assert page.eval_on_selector_all("details.result", "ds => ds.filter(d => d.open).length") == 0
+    page.click('button[data-expand="open"]')
+    assert page.eval_on_selector_all("details.result", "ds => ds.every(d => d.open)")
+
+
+def test_hostile_names_show_as_text(browser: Any, tmp_path: Path) -> None:
+    path = write_html(synthetic.hostile_report(), tmp_path / "hostile.html")
+    page = Page(browser, path)
+    try:
+        assert page.errors == []
+        # Nothing injected ran or loaded: no alert, no image but the plots, one script.
+        page.page.wait_for_timeout(100)
+        assert page.dialogs == []
+        assert page.page.eval_on_selector_all("script", "s => s.length") == 1
+        sources = page.page.eval_on_selector_all("img", "imgs => imgs.map(i => i.src)")
+        assert all(src.startswith("data:image/png;base64,") for src in sources)
+        text = page.page.inner_text("body")
+        for raw in synthetic.HOSTILE:
+            assert raw in text
+        names = page.page.eval_on_selector_all(
+            "section.subject > h2 .name", "ns => ns.map(n => n.textContent)")
+        assert names == list(synthetic.hostile_report().subjects)
+    finally:
+        page.page.close()
+
+
+def test_screenshot(demo_page: Page, tmp_path: Path) -> None:
+    """A full-page screenshot renders (a smoke test of layout; the PNG is in tmp_path)."""
+    demo_page.page.click('button[data-filter="all"]')
+    shot = demo_page.page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert shot.startswith(b"\x89PNG")

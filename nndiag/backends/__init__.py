@@ -19,6 +19,7 @@ from nndiag.errors import InvalidSubject, describe
 
 __all__ = [
     "Backend",
+    "SessionBase",
     "Batch",
     "LayerRecord",
     "Objective",
@@ -157,6 +158,51 @@ class Session(Protocol):
 
     def capture(self) -> list[LayerRecord]:
         """Activation statistics over the stored batches (computed once per session)."""
+
+
+class SessionBase:
+    """Bookkeeping every backend's session shares: the subject's batches, pass counters,
+    the one activation capture per session, and the label checks of the probe."""
+
+    framework: str
+
+    def __init__(self, subject: Any, config: Any) -> None:
+        self.subject = subject
+        self.config = config
+        self.model = subject.model
+        self.batches: list[Batch] = subject.batches[: max(1, config.max_batches)]
+        self._forward = 0
+        self._backward = 0
+        self._capture: list[LayerRecord] | None = None
+
+    def passes(self) -> tuple[int, int]:
+        return self._forward, self._backward
+
+    def capture(self) -> list[LayerRecord]:
+        if self._capture is None:
+            self._capture = self._capture_layers()
+        return self._capture
+
+    def _capture_layers(self) -> list[LayerRecord]:
+        raise NotImplementedError
+
+    @staticmethod
+    def classification(classes: int, labels: list[Any]) -> Task:
+        """The task for integer ``labels`` (numpy arrays) against ``classes`` scores.
+
+        Raises:
+            InvalidSubject: labels outside ``0 .. classes-1``.
+        """
+        import numpy as np
+
+        flat = np.concatenate([np.asarray(y).reshape(-1) for y in labels]).astype(np.int64)
+        low, high = int(flat.min()), int(flat.max())
+        if classes < 2 or low < 0 or high >= classes:
+            raise InvalidSubject("data", f"labels span {low}..{high} but the model outputs "
+                                 f"{classes} class scores", f"use labels in 0..{classes - 1} "
+                                 "or widen the last layer")
+        counts = np.bincount(flat, minlength=classes)
+        return Task("classification", classes, tuple(int(c) for c in counts))
 
 
 class Backend(Protocol):

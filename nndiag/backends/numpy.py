@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from nndiag.backends import Batch, LayerRecord, Task
+from nndiag.backends import Batch, LayerRecord, SessionBase, Task
 from nndiag.backends.capture import Accumulator
 from nndiag.errors import InvalidSubject, ModelError, describe
 
@@ -122,25 +122,16 @@ def _adam(w: np.ndarray, dw: np.ndarray, config: dict[str, Any]) -> tuple[np.nda
     return w - step, config
 
 
-class NumpySession:
+class NumpySession(SessionBase):
     """One diagnose run of one CS231n-protocol subject."""
 
     def __init__(self, subject: Any, config: Any) -> None:
-        self.subject = subject
-        self.config = config
-        self.model = subject.model
-        self.batches: list[Batch] = subject.batches[: max(1, config.max_batches)]
+        super().__init__(subject, config)
         self.has_regularization = isinstance(getattr(self.model, "reg", None), (int, float)) \
             or callable(subject.regularization)
         self.framework = f"numpy {np.__version__}"
-        self._forward = 0
-        self._backward = 0
-        self._capture: list[LayerRecord] | None = None
         with self.isolated("validation"):
             self.task = self._probe()
-
-    def passes(self) -> tuple[int, int]:
-        return self._forward, self._backward
 
     # -- calls into the user's code ----------------------------------------------------
     def _scores(self, X: np.ndarray) -> np.ndarray:
@@ -219,14 +210,7 @@ class NumpySession:
         ys = [b.y for b in self.batches]
         if np.issubdtype(ys[0].dtype, np.floating):
             return Task("regression")
-        classes = scores.shape[1] if scores.ndim == 2 else 0
-        low, high = min(int(y.min()) for y in ys), max(int(y.max()) for y in ys)
-        if classes < 2 or low < 0 or high >= classes:
-            raise InvalidSubject("data", f"labels span {low}..{high} but the model outputs "
-                                 f"{classes} class scores", f"use labels in 0..{classes - 1}")
-        counts = np.bincount(np.concatenate(ys).reshape(-1).astype(np.int64),
-                             minlength=classes)
-        return Task("classification", classes, tuple(int(c) for c in counts))
+        return self.classification(scores.shape[1] if scores.ndim == 2 else 0, ys)
 
     def rows(self, n: int) -> Batch:
         X = np.concatenate([b.X for b in self.batches])[:n]
@@ -283,16 +267,11 @@ class NumpySession:
         yield _Trainer(self, batch)
 
     # -- activations -------------------------------------------------------------------
-    def capture(self) -> list[LayerRecord]:
-        if self._capture is None:
-            self._capture = []
-            activations = getattr(self.model, "activations", None)
-            if callable(activations):
-                self._capture = self._run_capture(activations)
-        return self._capture
-
-    def _run_capture(self, activations: Callable[[np.ndarray], Mapping[str, Any]]
-                     ) -> list[LayerRecord]:
+    def _capture_layers(self) -> list[LayerRecord]:
+        activations: Callable[[np.ndarray], Mapping[str, Any]] | None = getattr(
+            self.model, "activations", None)
+        if not callable(activations):
+            return []  # the activation checks skip, saying why
         stats = Accumulator(self.config.histogram_bins)
         X = self.rows(self.config.max_samples).X
         self._forward += 1

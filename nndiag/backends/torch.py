@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from nndiag.backends import Batch, LayerRecord, Task
+from nndiag.backends import Batch, LayerRecord, SessionBase, Task
 from nndiag.backends.capture import Accumulator
 from nndiag.errors import InvalidSubject, ModelError, describe
 
@@ -209,7 +209,7 @@ class _Snapshot:
         self.training = [(m, m.training) for m in self.modules]
         # Plain-number attributes: where a regularization setter keeps its strength.
         self.numbers = [(o, k, v) for o in owners for k, v in vars(o).items()
-                        if isinstance(v, (int, float)) and not k.startswith("__")]
+                        if isinstance(v, (int, float, torch.Tensor)) and not k.startswith("__")]
         self.slots = []
         for owner in owners:
             if not isinstance(owner, nn.Module):
@@ -244,28 +244,21 @@ class _Snapshot:
             module.training = training
 
 
-class TorchSession:
+class TorchSession(SessionBase):
     """One diagnose run of one subject on the torch backend."""
 
+    model: nn.Module
+
     def __init__(self, subject: Any, config: Any) -> None:
-        self.subject = subject
-        self.config = config
-        self.model: nn.Module = subject.model
-        self.batches: list[Batch] = subject.batches[: max(1, config.max_batches)]
+        super().__init__(subject, config)
         self.loss_fn = subject.loss or _default_loss(self.batches[0].y)
         self.has_regularization = subject.regularization is not None
         self.framework = f"torch {torch.__version__}"
         self._devices = _rng_guard_devices(self.model)
-        self._forward = 0
-        self._backward = 0
-        self._capture: list[LayerRecord] | None = None
         with self.isolated("validation"):
             self.task = self._probe()
 
-    # -- bookkeeping -------------------------------------------------------------------
-    def passes(self) -> tuple[int, int]:
-        return self._forward, self._backward
-
+    # -- calls into the user's code ----------------------------------------------------
     def _run_model(self, X: torch.Tensor) -> torch.Tensor:
         self._forward += 1
         try:
@@ -374,14 +367,7 @@ class TorchSession:
             raise InvalidSubject("data", f"integer labels need class scores of shape (N, C), "
                                  f"the model outputs {tuple(out.shape)}",
                                  "output one score per class, or pass float targets")
-        classes = out.shape[1]
-        low, high = min(int(y.min()) for y in ys), max(int(y.max()) for y in ys)
-        if low < 0 or high >= classes:
-            raise InvalidSubject("data", f"labels span {low}..{high} but the model outputs "
-                                 f"{classes} class scores", f"use labels in 0..{classes - 1} "
-                                 "or widen the last layer")
-        counts = torch.bincount(torch.cat([y.reshape(-1) for y in ys]).cpu(), minlength=classes)
-        return Task("classification", classes, tuple(int(c) for c in counts))
+        return self.classification(out.shape[1], [y.cpu().numpy() for y in ys])
 
     def rows(self, n: int) -> Batch:
         Xs, ys, have = [], [], 0
@@ -399,9 +385,8 @@ class TorchSession:
         try:
             if isinstance(knob, str):
                 current = getattr(self.model, knob)
-                if isinstance(current, torch.Tensor):
-                    with torch.no_grad():
-                        current.fill_(strength)
+                if isinstance(current, torch.Tensor):  # a new tensor: the user's stays as is
+                    setattr(self.model, knob, torch.full_like(current, strength))
                 else:
                     setattr(self.model, knob, type(current)(strength) if isinstance(
                         current, float) else float(strength))
@@ -485,19 +470,17 @@ class TorchSession:
         return made, f"{type(made).__name__}(lr={lr}) (the subject's optimizer)"
 
     # -- activations -------------------------------------------------------------------
-    def capture(self) -> list[LayerRecord]:
-        if self._capture is None:
-            recorder = _Recorder(self.model, self.config.histogram_bins)
-            left = self.config.max_samples
-            with torch.no_grad():
-                for batch in self.batches:
-                    if left <= 0:
-                        break
-                    with recorder:
-                        self._run_model(batch.X[:left])
-                    left -= len(batch)
-            self._capture = recorder.layers()
-        return self._capture
+    def _capture_layers(self) -> list[LayerRecord]:
+        recorder = _Recorder(self.model, self.config.histogram_bins)
+        left = self.config.max_samples
+        with torch.no_grad():
+            for batch in self.batches:
+                if left <= 0:
+                    break
+                with recorder:
+                    self._run_model(batch.X[:left])
+                left -= len(batch)
+        return recorder.layers()
 
 
 class _Objective:
@@ -654,7 +637,8 @@ class _Recorder(TorchFunctionMode):
         weight = None
         if self.weight is not None and name not in self.stats.records:
             w = self.weight[1].weight
-            weight = (self.weight[0], int(w[0].numel()), float(w.detach().float().std(correction=0)))
+            std = float(w.detach().float().std(correction=0))
+            weight = (self.weight[0], int(w[0].numel()), std)
         self.stats.add(name, kind, x.float().cpu().numpy(), weight)
 
     def layers(self) -> list[LayerRecord]:

@@ -225,5 +225,5 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
             "one-sided difference on the point's side." if kinks else "")
     return CheckResult(CHECK, "pass", f"All {len(tensors)} parameter tensors match centered "
                        f"differences: greatest relative error {worst['judged_error']:.2g} in "
-                       f"{worst['name']} ({band(worst['judged_error'])}).{kink_note}{note}", metrics,
-                       evidence)
+                       f"{worst['name']} ({band(worst['judged_error'])}).{kink_note}{note}",
+                       metrics, evidence)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,7 +115,8 @@ def test_regularization_sign_error_fails() -> None:
     def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out, y) - model.penalty()
 
-    subject = nndiag.Subject(model, (subject.batches[0].X, subject.batches[0].y), loss=loss, regularization="l2")
+    batch = subject.batches[0]
+    subject = nndiag.Subject(model, (batch.X, batch.y), loss=loss, regularization="l2")
     result = nndiag.diagnose(subject, ["regularization_loss"])["regularization_loss"]
     assert result.status == "fail" and "sign" in result.hint
 
@@ -127,10 +129,21 @@ def test_regularization_through_a_setter_function() -> None:
         calls.append(strength)
         model.l2 = strength
 
-    subject = nndiag.Subject(subject.model, (subject.batches[0].X, subject.batches[0].y), loss=subject.loss,
+    batch = subject.batches[0]
+    subject = nndiag.Subject(subject.model, (batch.X, batch.y), loss=subject.loss,
                              regularization=knob)
     result = nndiag.diagnose(subject, ["regularization_loss"])["regularization_loss"]
     assert result.status == "pass"
     assert calls == [0.0, 1e-3, 1.0, 1e3]
     assert subject.model.l2 == 1e-4  # restored
     assert result.evidence["losses"] == sorted(result.evidence["losses"])
+
+
+def test_a_tensor_knob_is_replaced_never_written_to() -> None:
+    subject = l2_mlp(0)
+    model = subject.model
+    strength = torch.tensor(1e-4)
+    model.l2 = strength  # a plain tensor attribute the penalty reads
+    result = nndiag.diagnose(subject, ["regularization_loss"])["regularization_loss"]
+    assert result.status == "pass", result.summary()
+    assert model.l2 is strength and float(strength) == pytest.approx(1e-4)

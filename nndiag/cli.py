@@ -1,0 +1,139 @@
+"""The ``nndiag`` console script.
+
+Subcommands:
+    report    re-render a saved JSON report as a self-contained HTML page.
+
+Exit codes: 0 success, 1 the output could not be written, 2 bad usage or bad input (a
+missing file, a file that is not an nndiag JSON report). Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nndiag.results import Report
+
+__all__ = ["main"]
+
+PROG = "nndiag"
+EXIT_OK, EXIT_OUTPUT, EXIT_USAGE = 0, 1, 2
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as one line, no traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``nndiag`` command line.
+
+    Args:
+        argv: Arguments without the program name; ``None`` reads ``sys.argv[1:]``.
+
+    Returns:
+        The exit code: 0 on success, 1 when the output cannot be written, 2 on bad usage
+        or bad input.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage (or --help) already
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    command: Callable[[argparse.Namespace], int] | None = getattr(args, "command", None)
+    if command is None:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: choose a command (see {PROG} --help)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return command(args)
+    except CommandError as exc:
+        print(f"{PROG} {args.name}: error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each subcommand registers itself through an ``_add_*`` function."""
+    from nndiag import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The CS231n neural-network sanity checks from the command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_report(subparsers)
+    return parser
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _add_report(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="render a saved JSON report as a self-contained HTML page",
+        description="Render a JSON report written by nndiag (Report.to_json, or the pytest "
+        "plugin's reports/nndiag.json) as one self-contained HTML page, the same page "
+        "Report.to_html writes.",
+    )
+    parser.add_argument("input", metavar="REPORT.json", help="the JSON report to read")
+    parser.add_argument(
+        "-o", "--output", metavar="PAGE.html", default=None,
+        help="where to write the page (default: the input's path with the suffix .html)",
+    )
+    parser.set_defaults(command=_report, name="report")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from nndiag.report import write_html
+
+    source = Path(args.input)
+    target = Path(args.output) if args.output else source.with_suffix(".html")
+    report = _load(source)
+    if target.resolve() == source.resolve():
+        raise CommandError(f"the output {target} would overwrite the input; pass -o PAGE.html")
+    try:
+        written = write_html(report, target)
+    except OSError as exc:
+        raise CommandError(f"cannot write {target}: {exc.strerror or exc}", EXIT_OUTPUT) from None
+    print(f"wrote {written}")
+    return EXIT_OK
+
+
+def _load(path: Path) -> Report:
+    from nndiag.results import load_report  # lazily: --help stays fast
+
+    if not path.exists():
+        raise CommandError(f"no such file: {path}")
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory, expected a JSON report file")
+    try:
+        return load_report(path)
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"{path} is not a text file; expected an nndiag JSON report") from None
+    except json.JSONDecodeError as exc:
+        raise CommandError(
+            f"{path} is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "expected an nndiag JSON report"
+        ) from None
+    except ValueError as exc:  # Report.from_dict: wrong or missing schema
+        raise CommandError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CommandError(
+            f"{path} is not a well-formed nndiag report ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,375 @@
+"""The HTML report: one self-contained page drawn from a report's JSON document.
+
+``render_html(report)`` returns the page as a string and ``write_html(report, path)`` writes
+it; :meth:`nndiag.Report.to_html` and ``nndiag report saved.json`` both end here. The page
+is built from ``report.to_dict()`` (the JSON document), so a report rendered live and the
+same report re-read from its JSON file give the same bytes.
+
+Every user string (subject and layer names, messages, hints, metric keys) reaches the page
+through Jinja2 autoescaping; the Python side prepares plain text only, never markup.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nndiag.report.plots import Plot, plots_for
+from nndiag.results import STATUSES, CheckResult, Report
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+__all__ = ["format_value", "render_html", "write_html"]
+
+TEMPLATE = "report.html"
+
+# Worst first: a subject's or a grid cell's colour is its worst result.
+_SEVERITY = {"error": 4, "fail": 3, "warn": 2, "pass": 1, "skip": 0}
+# Results a reader has to look at start expanded; the rest are one click away.
+_OPEN = frozenset({"fail", "error", "warn"})
+# Metric keys that hold a limit or a reference value rather than a measurement.
+_THRESHOLD_KEY = re.compile(
+    r"(^|_)(warn|fail|threshold|thresholds|band|bands|expected|target|limit|limits|tol"
+    r"|tolerance|allowed|min_rise)(_|$)"
+)
+# Evidence keys that are thresholds; shown beside the metrics when the metrics lack them.
+_EVIDENCE_THRESHOLDS = ("expected", "band", "warn_band", "fail_band", "target_loss", "warn",
+                        "fail", "bands")
+_TABLE_ROWS = 30
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a metrics table: a key, its formatted value, and whether it is a limit."""
+
+    key: str
+    value: str
+    threshold: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    """An evidence table: column headers and formatted cells, plus a note when truncated."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultView:
+    """What the template shows for one :class:`CheckResult`."""
+
+    anchor: str
+    subject: str
+    check: str
+    status: str
+    message: str
+    hint: str | None
+    metrics: list[Row]
+    thresholds: list[Row]
+    cost: str
+    plots: list[Plot]
+    tables: list[Table]
+    counterexample: str | None
+    open: bool
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One square of the summary grid; ``status`` is None where the check did not run."""
+
+    status: str | None
+    anchor: str | None = None
+    title: str = ""
+
+
+@dataclass
+class SubjectView:
+    """A subject's section and its row in the summary grid."""
+
+    anchor: str
+    name: str
+    results: list[ResultView] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def statuses(self) -> list[str]:
+        return [s for s in STATUSES if any(r.status == s for r in self.results)]
+
+    @property
+    def counts(self) -> list[tuple[str, int]]:
+        return [(s, sum(r.status == s for r in self.results)) for s in self.statuses]
+
+    @property
+    def worst(self) -> str:
+        return _worst(r.status for r in self.results)
+
+
+def render_html(report: Report) -> str:
+    """Render ``report`` as one self-contained HTML page.
+
+    Plots are PNG data URIs, CSS and the status filter's script are inline: the page needs
+    no network and no other file.
+
+    Args:
+        report: The report to render.
+
+    Returns:
+        The page's HTML source.
+    """
+    # Render from the JSON document, not the live objects: numpy scalars, tuples and other
+    # Python-only values are already normalised, so a re-read JSON file renders identically.
+    document = report.to_dict()
+    normal = Report.from_dict(document)
+    return _environment().get_template(TEMPLATE).render(**_context(normal, document["meta"]))
+
+
+def write_html(report: Report, path: str | os.PathLike[str]) -> Path:
+    """Write the HTML page of ``report`` to ``path`` (creating parent folders).
+
+    Args:
+        report: The report to render.
+        path: Where the page goes; an existing file is replaced.
+
+    Returns:
+        The path written, as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    html = render_html(report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    return Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,  # a misspelt field fails the tests, not a user's page
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
+    checks = report.checks
+    subjects: dict[str, SubjectView] = {}
+    for name in report.subjects:
+        subjects[name] = SubjectView(anchor=f"s{len(subjects) + 1}", name=name or "(unnamed)")
+    for index, result in enumerate(report.results, start=1):
+        subjects[result.subject].results.append(_result_view(result, f"r{index}"))
+    for view in subjects.values():
+        for check in checks:
+            found = [r for r in view.results if r.check == check]
+            if not found:
+                view.cells.append(Cell(None, title=f"{check}: not run"))
+                continue
+            worst = max(found, key=lambda r: _SEVERITY[r.status])
+            view.cells.append(Cell(worst.status, worst.anchor, f"{worst.status}: {worst.message}"))
+
+    frameworks = meta.get("frameworks")
+    framework_text = (
+        ", ".join(f"{name} {version}" for name, version in frameworks.items())
+        if isinstance(frameworks, Mapping) and frameworks
+        else "none recorded"
+    )
+    forward = int(sum(_finite_or_zero(r.cost.forward) for r in report.results))
+    backward = int(sum(_finite_or_zero(r.cost.backward) for r in report.results))
+    seconds = sum(_finite_or_zero(r.cost.seconds) for r in report.results)
+    return {
+        "passed": report.passed,
+        "statuses": STATUSES,
+        "counts": {s: sum(r.status == s for r in report.results) for s in STATUSES},
+        "total": len(report.results),
+        "checks": checks,
+        "subjects": list(subjects.values()),
+        "meta": [
+            ("subjects", ", ".join(v.name for v in subjects.values()) or "none"),
+            ("created", _when(meta.get("created"))),
+            ("seed", _text(meta.get("seed"))),
+            ("nndiag", _text(meta.get("nndiag"))),
+            ("frameworks", framework_text),
+            ("python", _text(meta.get("python"))),
+            ("cost", _cost_text(forward, backward, seconds)),
+        ],
+        "nndiag_version": _text(meta.get("nndiag")),
+    }
+
+
+def _result_view(result: CheckResult, anchor: str) -> ResultView:
+    metrics = [Row(str(k), format_value(v), bool(_THRESHOLD_KEY.search(str(k).lower())))
+               for k, v in result.metrics.items()]
+    evidence = result.evidence if isinstance(result.evidence, Mapping) else {}
+    known = {row.key for row in metrics}
+    extra = [Row(k, format_value(evidence[k]), True) for k in _EVIDENCE_THRESHOLDS
+             if k in evidence and k not in known and evidence[k] is not None]
+    counterexample = evidence.get("counterexample")
+    if counterexample is not None and not isinstance(counterexample, str):
+        counterexample = format_value(counterexample)
+    return ResultView(
+        anchor=anchor,
+        subject=result.subject,
+        check=result.check,
+        status=result.status,
+        message=result.message,
+        hint=result.hint or None,
+        metrics=[row for row in metrics if not row.threshold],
+        thresholds=[row for row in metrics if row.threshold] + extra,
+        cost=_cost_text(result.cost.forward, result.cost.backward, result.cost.seconds),
+        plots=plots_for(result),
+        tables=_tables(result.check, evidence),
+        counterexample=counterexample,
+        open=result.status in _OPEN,
+    )
+
+
+# --------------------------------------------------------------------------- evidence tables
+
+_TABLES: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
+    # check id -> (evidence key holding records, table title, [(record key, header)])
+    "gradient_check": ("coordinates", "sampled coordinates", [
+        ("tensor", "tensor"), ("index", "index"), ("analytic", "analytic"),
+        ("numeric", "numeric"), ("rel_error", "rel. error")]),
+    "activation_stats": ("layers", "layers (depth order)", [
+        ("name", "layer"), ("kind", "kind"), ("mean", "mean"), ("std", "std"),
+        ("saturated", "saturated"), ("weight_layer", "weights"), ("weight_std", "weight std"),
+        ("recommended_std", "recommended std")]),
+    "dead_neurons": ("layers", "layers", [
+        ("name", "layer"), ("units", "units"), ("dead", "dead"),
+        ("dead_fraction", "dead fraction")]),
+}
+
+
+def _tables(check: str, evidence: Mapping[str, Any]) -> list[Table]:
+    tables: list[Table] = []
+    if check == "gradient_check":
+        tables += _table(evidence.get("tensors"), "tensors", [
+            ("name", "tensor"), ("shape", "shape"), ("rel_error", "rel. error"),
+            ("step", "step h"), ("status", "status")])
+    spec = _TABLES.get(check)
+    if spec is not None:
+        key, title, columns = spec
+        records = evidence.get(key)
+        if check == "activation_stats" and isinstance(records, list):
+            records = sorted(
+                (r for r in records if isinstance(r, Mapping)),
+                key=lambda r: _number_or(r.get("depth"), math.inf),
+            )
+        tables += _table(records, title, columns)
+    return tables
+
+
+def _table(records: Any, title: str, columns: list[tuple[str, str]]) -> list[Table]:
+    if not isinstance(records, Sequence) or isinstance(records, str):
+        return []
+    items = [r for r in records if isinstance(r, Mapping)]
+    if not items:
+        return []
+    rows = [[format_value(item.get(key)) for key, _ in columns] for item in items[:_TABLE_ROWS]]
+    note = f"first {_TABLE_ROWS} of {len(items)} rows" if len(items) > _TABLE_ROWS else None
+    return [Table(title, [header for _, header in columns], rows, note)]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def format_value(value: Any, *, limit: int = 240) -> str:
+    """Plain text for a metric or evidence value: compact numbers, short sequences.
+
+    Args:
+        value: Any JSON-like value (``None``, bool, number, string, list, mapping).
+        limit: Longest text returned; longer text ends with an ellipsis.
+
+    Returns:
+        The text; markup characters are left as they are (the template escapes them).
+    """
+    text = _format(value)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _format(value: Any, depth: int = 0) -> str:
+    if value is None:
+        return "\u2014"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "\u221e" if value > 0 else "\u2212\u221e"
+        if value == 0:
+            return "0"
+        if value.is_integer() and abs(value) < 1e6:
+            return f"{value:.0f}"
+        if abs(value) < 1e-3 or abs(value) >= 1e5:
+            mantissa, _, exponent = f"{value:.3g}".partition("e")
+            return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        if depth > 1:
+            return "{\u2026}"
+        return "{" + ", ".join(f"{k}: {_format(v, depth + 1)}" for k, v in value.items()) + "}"
+    if isinstance(value, Sequence):
+        if depth > 1:
+            return "[\u2026]"
+        shown = [_format(v, depth + 1) for v in list(value)[:8]]
+        if len(value) > 8:
+            shown.append(f"\u2026 {len(value)} items")
+        return "[" + ", ".join(shown) + "]"
+    return str(value)
+
+
+def _text(value: Any) -> str:
+    return "\u2014" if value is None or value == "" else _format(value)
+
+
+def _when(value: Any) -> str:
+    """``2025-01-31 12:00:00 UTC`` from the ISO time stamp of ``environment()``."""
+    from datetime import datetime, timezone
+
+    if not isinstance(value, str):
+        return _text(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is not None and moment.utcoffset() == timezone.utc.utcoffset(None):
+        return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return moment.isoformat(sep=" ")
+
+
+def _cost_text(forward: Any, backward: Any, seconds: Any) -> str:
+    return (f"{_text(forward)} forward \u00b7 {_text(backward)} backward \u00b7 "
+            f"{_format(_finite_or_zero(seconds))} s")
+
+
+def _finite_or_zero(value: Any) -> float:
+    number = _number_or(value, 0.0)
+    return number if math.isfinite(number) else 0.0
+
+
+def _number_or(value: Any, default: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    return float(value) if not math.isnan(value) else default
+
+
+def _worst(statuses: Iterable[str]) -> str:
+    return max(statuses, key=_SEVERITY.__getitem__, default="skip")

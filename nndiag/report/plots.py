@@ -1,0 +1,577 @@
+"""Plots of check evidence: matplotlib ``Figure`` objects on the Agg canvas, as PNG data URIs.
+
+Every function here reads a result's ``evidence`` mapping (see each plotter for the keys it
+uses) and tolerates missing keys, ``None`` and non-finite numbers. No pyplot and no rcParams
+changes: a user's global matplotlib state is neither read for layout nor modified, and
+matplotlib is imported only when a plot is drawn, so importing nndiag stays cheap.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from nndiag.results import CheckResult
+
+__all__ = ["PLOTTERS", "Plot", "figure_to_data_uri", "plots_for"]
+
+logger = logging.getLogger(__name__)
+
+# Small images: a report holds hundreds of them and each costs draw time and bytes.
+DPI = 90
+FONT = 8
+# Figures wider than this get a row of their own on the page.
+WIDE_INCHES = 6.5
+
+# Same palette as the page's CSS, so a bar and its badge agree.
+COLORS = {
+    "pass": "#2e7d32",
+    "warn": "#e0a100",
+    "fail": "#c62828",
+    "skip": "#8a8f98",
+    "error": "#7b1fa2",
+}
+TINT = {"pass": "#e3f1e4", "warn": "#fbf0cf", "fail": "#f8dcdc"}
+INK = "#1f2430"
+MUTED = "#6b7280"
+ACCENT = "#1f5fbf"
+KIND_COLORS = {"relu": "#1f77b4", "tanh": "#ff7f0e", "sigmoid": "#9467bd"}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One rendered plot: a PNG data URI and its alt text, or a note saying why there is none."""
+
+    alt: str
+    uri: str | None = None
+    note: str | None = None
+    wide: bool = False  # drawn across the whole result card rather than beside its metrics
+
+
+Plotter = Callable[[Mapping[str, Any]], "list[tuple[str, Figure]]"]
+
+
+def plots_for(result: CheckResult) -> list[Plot]:
+    """Draw the plots for one check result; never raises.
+
+    Args:
+        result: A check result; its ``check`` id selects the plotter in :data:`PLOTTERS`.
+
+    Returns:
+        The plots, in display order. Empty when the evidence is empty or the check id has
+        no plotter; a single note-only :class:`Plot` when drawing failed.
+    """
+    evidence = result.evidence
+    plotter = PLOTTERS.get(result.check)
+    if not evidence or plotter is None:
+        return []
+    try:
+        with warnings.catch_warnings():
+            # Overflow and "non-positive limit" warnings say nothing a reader of the page
+            # could act on; the numbers themselves are in the metrics table.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            return [
+                Plot(alt=alt, uri=figure_to_data_uri(fig), wide=fig.get_figwidth() > WIDE_INCHES)
+                for alt, fig in plotter(evidence)
+            ]
+    except Exception as exc:  # a bad evidence value must cost one plot, not the page
+        logger.debug("plot for %s/%s failed", result.subject, result.check, exc_info=True)
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        if len(reason) > 160:
+            reason = reason[:157] + "..."
+        return [Plot(alt=f"{result.check} plot", note=f"plot unavailable ({reason})")]
+
+
+def figure_to_data_uri(fig: Figure) -> str:
+    """Render ``fig`` with the Agg canvas and return it as a ``data:image/png;base64`` URI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    # No "Software" chunk: the bytes then depend only on the evidence, not the version.
+    canvas.print_png(buffer, metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _figure(width: float, height: float, *, left: float = 0.55, bottom: float = 0.42,
+            right: float = 0.15, top: float = 0.12, wspace: float = 0.3) -> Figure:
+    """A figure with fixed margins in inches (constrained layout would double the draw time)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=wspace)
+    return fig
+
+
+def _label_inches(labels: Sequence[str], size: float) -> float:
+    """Rough width of the widest label, for the margin that holds tick labels."""
+    return 0.15 + 0.6 * size / 72 * max((len(label) for label in labels), default=0)
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for missing, non-numeric and non-finite values."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _series(values: Any) -> list[float]:
+    """Floats with NaN standing for every missing or non-finite entry (a gap in a line)."""
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        return []
+    return [math.nan if (v := _number(x)) is None else v for x in values]
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        return None
+    lo, hi = _number(value[0]), _number(value[1])
+    if lo is None or hi is None:
+        return None
+    return (lo, hi) if lo <= hi else (hi, lo)
+
+
+def _records(value: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def _label(value: Any, width: int = 28) -> str:
+    """A user string made safe for a matplotlib label: shortened, ``$`` not read as math."""
+    text = "" if value is None else str(value)
+    if len(text) > width:
+        text = text[: width - 1] + "\u2026"
+    return text.replace("$", r"\$")
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
+        mantissa, _, power = f"{value:.2e}".partition("e")
+        return f"{mantissa}e{int(power)}"
+    return f"{value:.4g}"
+
+
+def _short(value: float | None) -> str:
+    return "n/a" if value is None else _tick_label(float(f"{value:.2g}"))
+
+
+def _style(ax: Axes) -> None:
+    ax.tick_params(labelsize=FONT - 1, length=2.5, colors=INK)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    for side in ("left", "bottom"):
+        ax.spines[side].set_color("#9aa0aa")
+
+
+def _log_scale(axis: Any, scale: str = "log", **kwargs: Any) -> None:
+    """A log axis labelled in plain text: the default mathtext labels triple the draw time."""
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    set_scale = axis.axes.set_xscale if axis.axis_name == "x" else axis.axes.set_yscale
+    set_scale(scale, **kwargs)
+    axis.set_major_formatter(FuncFormatter(_tick_label))
+    # Minor ticks are unlabelled on a log axis but each one still costs a Tick to draw.
+    axis.set_minor_locator(NullLocator())
+
+
+def _tick_label(value: float, _position: Any = None) -> str:
+    if value == 0:
+        return "0"
+    exponent = math.log10(abs(value))
+    if abs(exponent) >= 3 and abs(exponent - round(exponent)) < 1e-9:
+        return f"{'-' if value < 0 else ''}1e{round(exponent)}"
+    mantissa, _, power = f"{value:g}".partition("e")
+    return f"{mantissa}e{int(power)}" if power else mantissa
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+# --------------------------------------------------------------------------- plotters
+
+
+def plot_initial_loss(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Measured initial loss against the expected one, on a number line with its bands.
+
+    Regions take the colour of the verdict a measurement there gets: inside ``warn_band``
+    pass, between ``warn_band`` and ``fail_band`` warn, outside ``fail_band`` fail; ``band``
+    (the noise band around the expected value) is outlined.
+    """
+    measured = _number(evidence.get("measured"))
+    expected = _number(evidence.get("expected"))
+    band = _pair(evidence.get("band"))
+    warn_band = _pair(evidence.get("warn_band"))
+    fail_band = _pair(evidence.get("fail_band"))
+    if measured is None and expected is None:
+        return []
+    fig = _figure(5.6, 1.6, left=0.15, right=0.2, top=0.3)
+    ax = fig.subplots()
+    _style(ax)
+    ax.spines["left"].set_visible(False)
+    ax.set_yticks([])
+
+    # The view spans the bands; a measurement far outside is pinned to the edge with its value.
+    span = [v for pair in (band, warn_band, fail_band) if pair for v in pair]
+    span += [v for v in (expected,) if v is not None]
+    if not span and measured is not None:
+        span = [measured]
+    lo, hi = min(span), max(span)
+    width = hi - lo or max(abs(hi), 1.0) * 0.2
+    view = (lo - 0.35 * width, hi + 0.35 * width)
+    if measured is not None and abs(measured - (lo + hi) / 2) < 4 * width:
+        view = (min(view[0], measured - 0.1 * width), max(view[1], measured + 0.1 * width))
+    ax.set_xlim(*view)
+    ax.set_ylim(0, 1)
+
+    if fail_band:
+        ax.set_facecolor(TINT["fail"])
+        ax.axvspan(*fail_band, color=TINT["warn"], lw=0)
+    if warn_band:
+        ax.axvspan(*warn_band, color=TINT["pass"], lw=0)
+    if band:
+        ax.axvspan(*band, ymin=0.3, ymax=0.7, facecolor="none", edgecolor=COLORS["pass"],
+                   hatch="////", lw=0.8)
+    if expected is not None:
+        ax.axvline(expected, color=INK, ls="--", lw=1)
+        ax.text(expected, 0.97, f" expected {_fmt(expected)}", va="top", ha="left",
+                fontsize=FONT - 1, color=INK)
+    if measured is not None:
+        x = min(max(measured, view[0]), view[1])
+        pinned = x != measured
+        marker = ">" if measured > view[1] else "<" if pinned else "D"
+        ax.plot([x], [0.5], marker=marker, ms=9, color=ACCENT, ls="none", clip_on=False)
+        ax.text(x, 0.08, f"measured {_fmt(measured)}", ha="right" if x > sum(view) / 2 else "left",
+                fontsize=FONT, color=ACCENT, weight="bold")
+    else:
+        ax.text(0.02, 0.4, "measured: not finite", transform=ax.transAxes, fontsize=FONT,
+                color=COLORS["fail"], weight="bold")
+    ax.set_xlabel("initial loss", fontsize=FONT)
+    if band or warn_band or fail_band:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=TINT[s], label=f"{s} region") for s in ("pass", "warn", "fail")]
+        if band:
+            handles.append(Patch(facecolor="none", edgecolor=COLORS["pass"], hatch="////",
+                                 label="noise band"))
+        ax.legend(handles=handles, fontsize=FONT - 2, loc="lower right", frameon=False,
+                  ncols=len(handles), bbox_to_anchor=(1, 0.98), borderaxespad=0,
+                  handlelength=1.4)
+    return [("initial loss: measured against expected, with the pass/warn bands", fig)]
+
+
+def plot_regularization_loss(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Loss against regularization strength (symlog x: the sweep starts at 0)."""
+    strengths = _series(evidence.get("strengths"))
+    losses = _series(evidence.get("losses"))
+    points = [(s, v) for s, v in zip(strengths, losses) if math.isfinite(s) and math.isfinite(v)]
+    if not points:
+        return []
+    fig = _figure(4.2, 2.3, left=0.62, bottom=0.45)
+    ax = fig.subplots()
+    _style(ax)
+    xs, ys = zip(*points)
+    positive = [abs(s) for s in xs if s != 0]
+    _log_scale(ax.xaxis, "symlog", linthresh=min(positive) if positive else 1.0)
+    if min(ys) > 0 and max(ys) / min(ys) > 50:
+        _log_scale(ax.yaxis)
+    ax.plot(xs, ys, marker="o", ms=4, color=ACCENT, lw=1.4)
+    for x, y in points:
+        ax.annotate(_fmt(y), (x, y), textcoords="offset points", xytext=(3, 5),
+                    fontsize=FONT - 2, color=MUTED)
+    dropped = len(strengths) - len(points)
+    if dropped > 0:
+        ax.text(0.02, 0.95, f"{dropped} non-finite point(s) not shown", transform=ax.transAxes,
+                va="top", fontsize=FONT - 1, color=COLORS["fail"])
+    ax.set_xlabel("regularization strength", fontsize=FONT)
+    ax.set_ylabel("loss", fontsize=FONT)
+    return [("loss against regularization strength", fig)]
+
+
+def plot_overfit_small(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Training loss per step (log y where possible) and, when recorded, training accuracy."""
+    loss = _series(evidence.get("loss"))
+    accuracy = _series(evidence.get("accuracy"))
+    target = _number(evidence.get("target_loss"))
+    has_accuracy = bool(_finite(accuracy))
+    if not _finite(loss) and not has_accuracy:
+        return []
+    fig = _figure(6.2 if has_accuracy else 4.2, 2.3, left=0.62, bottom=0.45, wspace=0.38)
+    axes = fig.subplots(1, 2 if has_accuracy else 1, squeeze=False)[0]
+    ax = axes[0]
+    _style(ax)
+    finite = _finite(loss)
+    if finite and min(finite) > 0 and (target is None or target > 0):
+        _log_scale(ax.yaxis)
+    ax.plot(range(len(loss)), loss, color=ACCENT, lw=1.3, label="loss")
+    if target is not None:
+        ax.axhline(target, color=COLORS["pass"], ls="--", lw=1, label=f"target {_fmt(target)}")
+    bad = next((i for i, v in enumerate(loss) if not math.isfinite(v)), None)
+    if bad is not None:
+        ax.axvline(bad, color=COLORS["fail"], lw=1, ls=":")
+        ax.text(bad, 0.5, f" non-finite from step {bad}", transform=ax.get_xaxis_transform(),
+                fontsize=FONT - 1, color=COLORS["fail"])
+    ax.set_xlabel("step", fontsize=FONT)
+    ax.set_ylabel("training loss", fontsize=FONT)
+    ax.legend(fontsize=FONT - 1, frameon=False)
+    if has_accuracy:
+        ax = axes[1]
+        _style(ax)
+        top = 100.0 if max(_finite(accuracy)) > 1.0 + 1e-9 else 1.0
+        ax.plot(range(len(accuracy)), accuracy, color=COLORS["pass"], lw=1.3)
+        ax.set_ylim(-0.03 * top, 1.05 * top)
+        ax.set_xlabel("step", fontsize=FONT)
+        ax.set_ylabel("training accuracy", fontsize=FONT)
+    return [("training loss and accuracy per step on the small subset", fig)]
+
+
+# CS231n notes on relative error: > 1e-2 usually wrong, 1e-2..1e-4 uncomfortable,
+# < 1e-4 fine with kinks, < 1e-7 happy.
+_GRAD_BANDS = {"good": 1e-7, "kinks_ok": 1e-4, "wrong": 1e-2}
+_ZERO_FLOOR = 1e-16  # an exact match (0) is drawn here: log axes have no 0
+_MAX_BARS = 40
+
+
+def plot_gradient_check(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Relative error per tensor, horizontal bars on a log axis over the lecture's bands."""
+    tensors = _records(evidence.get("tensors"))
+    if not tensors:
+        return []
+    shown = tensors[:_MAX_BARS]
+    bands = dict(_GRAD_BANDS)
+    given = evidence.get("bands")
+    if isinstance(given, Mapping):
+        bands.update({k: v for k in _GRAD_BANDS if (v := _number(given.get(k))) and v > 0})
+    raw = [t.get("rel_error") for t in shown]
+    errors = [_number(v) for v in raw]
+    finite = [e for e in errors if e is not None and e > 0]
+    left = min([1e-10, *(e / 5 for e in finite)])
+    right = min(max([1.0, *(e * 5 for e in finite)]), 1e12)
+    left = max(left, _ZERO_FLOOR)
+
+    labels = [_label(t.get("name")) for t in shown]
+    fig = _figure(5.8, 1.05 + 0.24 * len(shown), left=_label_inches(labels, FONT - 1),
+                  bottom=0.45, top=0.22, right=0.2)
+    ax = fig.subplots()
+    _style(ax)
+    _log_scale(ax.xaxis)
+    ax.set_xlim(left, right)
+    edges = [left, bands["good"], bands["kinks_ok"], bands["wrong"], right]
+    regions = [("good", TINT["pass"]), ("kinks ok", "#eef5d9"), ("suspicious", TINT["warn"]),
+               ("wrong", TINT["fail"])]
+    for (name, color), lo, hi in zip(regions, edges, edges[1:]):
+        if hi > lo:
+            ax.axvspan(lo, hi, color=color, lw=0)
+            ax.text(math.sqrt(lo * hi), 1.0, name, transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=FONT - 2, color=MUTED)
+    for key, status in (("warn", "warn"), ("fail", "fail")):
+        value = _number(evidence.get(key))
+        if value is not None and value > 0:
+            ax.axvline(value, color=COLORS[status], ls="--", lw=1)
+            # In the empty slot under the last bar, so the label never covers a bar.
+            ax.text(value, len(shown) - 0.1, f" {key} {_tick_label(value)}", va="center",
+                    fontsize=FONT - 2, color=COLORS[status])
+
+    ys = list(range(len(shown)))
+    widths, colors, hatches = [], [], []
+    for tensor, error in zip(shown, errors):
+        status = tensor.get("status")
+        colors.append(COLORS.get(status if isinstance(status, str) else "", MUTED))
+        if error is None:  # NaN/inf/missing: a full-length hatched bar says "no number"
+            widths.append(right)
+            hatches.append("xx")
+        else:
+            widths.append(max(error, left))
+            hatches.append("")
+    bars = ax.barh(ys, [w - left for w in widths], left=left, height=0.62, color=colors)
+    for bar, hatch, error, value in zip(bars, hatches, errors, raw):
+        if hatch:
+            bar.set_hatch(hatch)
+            bar.set_alpha(0.45)
+        text = _fmt(error) if error is not None else ("missing" if value is None else str(value))
+        if error == 0:
+            text = "0 (exact)"
+        ax.text(min(bar.get_width() + left, right), bar.get_y() + bar.get_height() / 2,
+                f" {text}", va="center", ha="left" if error is not None else "right",
+                fontsize=FONT - 2, color=INK, clip_on=True)
+    ax.set_yticks(ys, labels)
+    ax.set_ylim(len(shown) + 0.25, -0.6)
+    ax.set_xlabel("relative error |analytic - numeric| / max(|analytic|, |numeric|)",
+                  fontsize=FONT - 1)
+    alt = "relative gradient error per tensor, log scale"
+    if len(tensors) > len(shown):
+        alt += f" (first {len(shown)} of {len(tensors)} tensors)"
+        ax.set_title(f"first {len(shown)} of {len(tensors)} tensors", fontsize=FONT, loc="left")
+    return [(alt, fig)]
+
+
+_MAX_HISTOGRAMS = 30
+_PER_ROW = 10
+
+
+def _ordered_layers(evidence: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    layers = _records(evidence.get("layers"))
+
+    def depth(item: tuple[int, Mapping[str, Any]]) -> tuple[float, int]:
+        value = _number(item[1].get("depth"))
+        return (math.inf if value is None else value, item[0])
+
+    return [layer for _, layer in sorted(enumerate(layers), key=depth)]
+
+
+def plot_activation_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """A row of per-layer activation histograms in depth order, and mean/std per depth.
+
+    This is the figure of the CS231n weight-initialization slides: with a bad scale the
+    histograms collapse to a spike at 0 or pile up at the tanh rails as depth grows.
+    """
+    import numpy as np
+
+    layers = _ordered_layers(evidence)
+    if not layers:
+        return []
+    plots: list[tuple[str, Figure]] = []
+
+    # One Axes with a slot per layer: a grid of Axes would cost ~15 ms per layer to draw.
+    shown = layers[:_MAX_HISTOGRAMS]
+    cols = min(len(shown), _PER_ROW)
+    rows = math.ceil(len(shown) / cols)
+    fig = _figure(max(1.25 * cols, 6.6) + 0.1, 1.3 * rows, left=0.05, right=0.05, bottom=0.02,
+                  top=0.02)
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.set_xlim(0, max(cols, 6.6 / 1.25))  # few layers: keep slots at their usual size
+    ax.set_ylim(-rows, 0)
+    small = FONT - 1.5
+    for i, layer in enumerate(shown):
+        row, col = divmod(i, cols)
+        x0, x1 = col + 0.08, col + 0.92
+        base, height = -(row + 1) + 0.14, 0.54
+        counts = _series(layer.get("hist_counts"))
+        edges = _pair(layer.get("hist_edges"))
+        mean, std = _number(layer.get("mean")), _number(layer.get("std"))
+        saturated = _number(layer.get("saturated"))
+        ax.text((x0 + x1) / 2, base + height + 0.03,
+                f"{_label(layer.get('name'), 18)}\n\u03bc {_short(mean)}  \u03c3 {_short(std)}",
+                ha="center", va="bottom", fontsize=small, color=INK, linespacing=1.35)
+        ax.plot([x0, x1], [base, base], color="#9aa0aa", lw=0.6)
+        peak = max(_finite(counts), default=0.0)
+        if edges and edges[1] > edges[0] and peak > 0:
+            heights = np.nan_to_num(np.asarray(counts, dtype=float), nan=0.0, posinf=0.0)
+            heights = base + height * np.clip(heights, 0.0, None) / peak
+            kind = layer.get("kind")
+            color = KIND_COLORS.get(kind if isinstance(kind, str) else "", MUTED)
+            ax.stairs(heights, np.linspace(x0, x1, len(counts) + 1), baseline=base, fill=True,
+                      color=color, alpha=0.85)
+            ax.text(x0, base - 0.02, _short(edges[0]), ha="left", va="top", fontsize=small,
+                    color=MUTED)
+            ax.text(x1, base - 0.02, _short(edges[1]), ha="right", va="top", fontsize=small,
+                    color=MUTED)
+            if edges[0] < 0 < edges[1]:
+                zero = x0 + (x1 - x0) * -edges[0] / (edges[1] - edges[0])
+                ax.plot([zero, zero], [base, base - 0.04], color=MUTED, lw=0.6)
+        else:
+            ax.text((x0 + x1) / 2, base + height / 2, "no histogram", ha="center",
+                    va="center", fontsize=small, color=MUTED)
+        if saturated is not None and saturated > 0.05:  # between the two range labels
+            ax.text((x0 + x1) / 2, base - 0.05, f"{saturated:.0%} sat.", ha="center",
+                    va="top", fontsize=small, color=COLORS["fail"], weight="bold")
+    alt = "activation histograms per layer in depth order"
+    if len(layers) > len(shown):
+        alt += f" (first {len(shown)} of {len(layers)} layers)"
+    plots.append((alt, fig))
+
+    means = [(_number(layer.get("mean"))) for layer in layers]
+    stds = [(_number(layer.get("std"))) for layer in layers]
+    if any(v is not None for v in means + stds):
+        fig = _figure(5.6, 2.0, left=0.5, bottom=0.42, top=0.25, wspace=0.35)
+        left, right = fig.subplots(1, 2)
+        xs = list(range(1, len(layers) + 1))
+        for ax, values, name in ((left, means, "mean"), (right, stds, "std")):
+            _style(ax)
+            ys = [math.nan if v is None else v for v in values]
+            ax.plot(xs, ys, marker="o", ms=3.5, lw=1.2, color=ACCENT)
+            positive = [v for v in values if v is not None]
+            if name == "std" and positive and min(positive) > 0 and (
+                max(positive) / min(positive) > 100
+            ):
+                _log_scale(ax.yaxis)
+            ax.set_title(f"layer {name}", fontsize=FONT, color=INK)
+            ax.set_xlabel("layer (depth order)", fontsize=FONT - 1)
+            ax.set_xticks(xs if len(xs) <= 12 else xs[:: math.ceil(len(xs) / 12)])
+        plots.append(("activation mean and standard deviation per layer", fig))
+    return plots
+
+
+def plot_dead_neurons(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Dead fraction per layer as horizontal bars, with the warn and fail thresholds."""
+    layers = _records(evidence.get("layers"))[:_MAX_BARS]
+    if not layers:
+        return []
+    warn, fail = _number(evidence.get("warn")), _number(evidence.get("fail"))
+    labels = [_label(layer.get("name")) for layer in layers]
+    fig = _figure(5.0, 0.9 + 0.24 * len(layers), left=_label_inches(labels, FONT - 1),
+                  bottom=0.42, top=0.24, right=0.2)
+    ax = fig.subplots()
+    _style(ax)
+    ys = list(range(len(layers)))
+    fractions = [_number(layer.get("dead_fraction")) for layer in layers]
+    fractions = [None if v is None else min(max(v, 0.0), 1.0) for v in fractions]
+    colors = []
+    for value in fractions:
+        status = "pass"
+        if value is None:
+            status = "skip"
+        elif fail is not None and value >= fail:
+            status = "fail"
+        elif warn is not None and value >= warn:
+            status = "warn"
+        colors.append(COLORS[status])
+    ax.barh(ys, [v or 0.0 for v in fractions], height=0.62, color=colors)
+    for y, value, layer in zip(ys, fractions, layers):
+        dead, units = _number(layer.get("dead")), _number(layer.get("units"))
+        text = "n/a" if value is None else f"{value:.0%}"
+        if dead is not None and units is not None:
+            text += f" ({int(dead)}/{int(units)})"
+        ax.text(value or 0.0, y, f" {text}", va="center", fontsize=FONT - 2, color=INK)
+    for value, status in ((warn, "warn"), (fail, "fail")):
+        if value is not None and 0 <= value <= 1:
+            ax.axvline(value, color=COLORS[status], ls="--", lw=1)
+            ax.text(value, 1.0, f"{status} {value:.0%}", transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=FONT - 2, color=COLORS[status])
+    ax.set_xlim(0, 1.12)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
+    ax.set_yticks(ys, labels)
+    ax.set_ylim(len(layers) - 0.5, -0.6)
+    ax.set_xlabel("fraction of units that never fire", fontsize=FONT - 1)
+    return [("fraction of dead units per layer", fig)]
+
+
+PLOTTERS: dict[str, Plotter] = {
+    "initial_loss": plot_initial_loss,
+    "regularization_loss": plot_regularization_loss,
+    "overfit_small": plot_overfit_small,
+    "gradient_check": plot_gradient_check,
+    "activation_stats": plot_activation_stats,
+    "dead_neurons": plot_dead_neurons,
+}
+"""Check id -> plotter; a check without an entry gets its metrics table only."""

@@ -78,7 +78,7 @@ class Config:
     # no unit sits exactly on a kink (zero biases behind dead units do).
     gradient_jitter: float = 1e-4
     # Single coordinates checked for evidence (largest analytic entry of the worst tensors).
-    gradient_coordinates: int = 2
+    gradient_coordinates: int = 1
 
     # activation_stats: a layer is saturated when this fraction of its tanh/sigmoid outputs
     # sit within 1% of a rail (tanh 1.0-init: 90%, Xavier: <1%, REFERENCE).

@@ -521,9 +521,9 @@ class _Objective:
 
     def value(self, shifts: Mapping[str, Any]) -> float:
         with torch.no_grad():
-            for name, shift in shifts.items():
+            for name, shift in shifts.items():  # in place: no tensor-sized temporaries
                 p = self.params[name]
-                p.copy_(self.base[name] + torch.from_numpy(shift).to(p.device))
+                p.copy_(self.base[name]).add_(torch.from_numpy(shift).to(p.device))
             try:
                 return float(self._loss())
             finally:

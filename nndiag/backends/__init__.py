@@ -62,8 +62,10 @@ class Task:
 class LayerRecord:
     """Per-layer activation statistics, reduced while the forward pass runs.
 
-    ``depth`` orders layers as the forward pass reached them. ``fires`` counts, per unit,
-    the samples where the unit's output was > 0 (ReLU family only).
+    ``depth`` orders layers as the forward pass reached them. ``m2`` is the sum of squared
+    deviations from the mean (merged per call, so no cancellation in float32). ``fires``
+    counts, per unit, the forward calls in which the unit output > 0 for some sample: 0
+    means dead (ReLU family only).
     """
 
     name: str
@@ -72,7 +74,7 @@ class LayerRecord:
     units: int
     count: int = 0
     total: float = 0.0
-    total_sq: float = 0.0
+    m2: float = 0.0
     saturated: int = 0
     fires: Any = None  # numpy int array over units, or None
     hist_counts: Any = None
@@ -88,9 +90,7 @@ class LayerRecord:
 
     @property
     def std(self) -> float:
-        if not self.count:
-            return float("nan")
-        return max(self.total_sq / self.count - self.mean**2, 0.0) ** 0.5
+        return (self.m2 / self.count) ** 0.5 if self.count else float("nan")
 
     @property
     def saturated_fraction(self) -> float:

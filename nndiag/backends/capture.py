@@ -11,9 +11,9 @@ import numpy as np
 
 from nndiag.backends import LayerRecord
 
-__all__ = ["HIST_ROWS", "Accumulator"]
+__all__ = ["HIST_VALUES", "Accumulator"]
 
-HIST_ROWS = 1024  # rows per call that feed a layer's histogram (a strided sample)
+HIST_VALUES = 4096  # values per call that feed a layer's histogram (a strided row sample)
 
 
 class Accumulator:
@@ -34,20 +34,33 @@ class Accumulator:
             record = self.records[name] = self._new(name, kind, x, weight)
         elif record.units != x.shape[1]:
             return  # a layer whose width changes between calls: keep the first shape
-        x = np.asarray(x, dtype=np.float32)
-        record.count += x.size
-        record.total += float(x.sum(dtype=np.float64))
-        record.total_sq += float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = x.size
+        mean = float(x.sum(dtype=np.float64)) / n
+        centered = (x - np.float32(mean)).ravel()
+        m2 = float(np.dot(centered, centered))
+        if record.count:  # Chan et al.'s merge of two (count, mean, m2) summaries
+            delta = mean - record.mean
+            m2 += delta * delta * record.count * n / (record.count + n)
+        record.count += n
+        record.total += mean * n
+        record.m2 += m2
         if kind == "relu":
-            record.fires += np.count_nonzero(x > 0, axis=0)
+            record.fires += x.max(axis=0) > 0
         elif kind == "tanh":
             record.saturated += int(np.count_nonzero(np.abs(x) > 0.99))
         elif kind == "sigmoid":
             record.saturated += int(np.count_nonzero((x < 0.01) | (x > 0.99)))
-        sample = x[:: max(1, len(x) // HIST_ROWS)]
-        low, high = record.hist_edges
-        counts, _ = np.histogram(np.clip(sample, low, high), self.bins, (low, high))
-        record.hist_counts += counts
+        record.hist_counts += self._histogram(x, record.hist_edges)
+
+    def _histogram(self, x: np.ndarray, edges: tuple[float, float]) -> np.ndarray:
+        """Counts over fixed bins of a strided sample of at most HIST_VALUES values
+        (``np.histogram`` is several times slower than binning by hand)."""
+        sample = x[:: -(-x.size // HIST_VALUES)].ravel()
+        low, high = edges
+        index = ((np.clip(sample, low, high) - low) * (self.bins / (high - low))).astype(np.intp)
+        np.minimum(index, self.bins - 1, out=index)
+        return np.bincount(index, minlength=self.bins)
 
     def _new(self, name: str, kind: str, x: np.ndarray,
              weight: tuple[str, int, float] | None) -> LayerRecord:

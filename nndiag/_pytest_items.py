@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
 import random
+import re
 import shutil
 import sys
 import traceback
@@ -27,7 +29,7 @@ from nndiag.checks import CHECKS
 from nndiag.config import Config
 from nndiag.core import Runner
 from nndiag.errors import CheckFailed, InvalidSubject, describe
-from nndiag.plugin import NndiagWarning
+from nndiag.plugin import REPORT_ATTRIBUTE, NndiagWarning
 from nndiag.properties import PROPERTY_CHECKS, run_property
 from nndiag.results import STATUSES, CheckResult, Report, environment
 from nndiag.subject import Subject, SubjectFactory
@@ -54,7 +56,9 @@ OVERRIDE_KEYS: dict[str, str] = {
     "property_examples": "Hypothesis examples per property check",
 }
 _CONFIG_FIELDS = tuple(f.name for f in fields(Config))
-_NNDIAG_DIR = str(Path(__file__).resolve().parent)
+# Subject names become test ids: no spaces (-k expressions) and no '::' or '/' (node ids).
+_ID = re.compile(r"[\w.\-]+")
+_NNDIAG_DIR = str(Path(__file__).resolve().parent) + os.sep
 _SHOWN = {"pass": "pass", "warn": "WARN", "fail": "FAIL", "skip": "skip", "error": "ERROR",
           "xfail": "xfail"}
 _MARKUP: dict[str, dict[str, bool]] = {"pass": {"green": True}, "warn": {"yellow": True},
@@ -159,7 +163,8 @@ class NndiagSession:
 
     def __init__(self, *, seed: int, seed_origin: str, seed_forced: bool,
                  cli_checks: tuple[str, ...] | None, report_dir: Path, strict: bool,
-                 property_examples: int, base: Config, global_checks: tuple[str, ...] | None,
+                 property_examples: int, examples_forced: bool, base: Config,
+                 global_checks: tuple[str, ...] | None,
                  overrides: dict[str, dict[str, Any]], subject_paths: tuple[str, ...],
                  pyproject: Path | None, invocation_dir: Path) -> None:
         self.seed = seed
@@ -169,6 +174,7 @@ class NndiagSession:
         self.report_dir = report_dir
         self.strict = strict
         self.property_examples = property_examples
+        self.examples_forced = examples_forced
         self.base = base
         self.global_checks = global_checks
         self.overrides = overrides
@@ -179,6 +185,7 @@ class NndiagSession:
         self.results: dict[str, dict[str, Any]] = {}
         self.written: list[Path] = []
         self.notes: list[str] = []
+        self.discovered: int | None = None  # subjects found (None: not collected here)
 
     # -- reading the options ------------------------------------------------------------------
     @classmethod
@@ -238,7 +245,8 @@ class NndiagSession:
             report_dir = invocation_dir / "reports"
         return cls(seed=seed, seed_origin=origin, seed_forced=forced, cli_checks=cli_checks,
                    report_dir=report_dir, strict=bool(config.getoption("nndiag_strict"))
-                   or strict_toml, property_examples=property_examples, base=base,
+                   or strict_toml, property_examples=property_examples,
+                   examples_forced=examples is not None, base=base,
                    global_checks=global_checks, overrides=overrides,
                    subject_paths=tuple(subject_paths), pyproject=path,
                    invocation_dir=invocation_dir)
@@ -290,7 +298,7 @@ class NndiagSession:
             "each subject's own (all 8 by default)"
         return [f"nndiag: seed {self.seed} ({self.seed_origin}; rerun with --nndiag-seed "
                 f"{self.seed}), checks: {checks}, strict: {'on' if self.strict else 'off'}, "
-                f"report: {self._shown(self.report_dir)}{'/' if not self.written else ''}"]
+                f"report: {self._shown(self.report_dir)}/"]
 
     def _shown(self, path: Path) -> str:
         try:
@@ -380,15 +388,15 @@ class NndiagSession:
         declared = _check_ids(override.get("checks"), f"[tool.nndiag.overrides.{spec.name}] "
                                                       "checks")
         if declared is None and factory is not None:
-            declared = _check_ids(factory.checks, f"subject {spec.name!r} ({spec.origin}) "
-                                                  "checks")
+            declared = _check_ids(factory.checks, "@nndiag.subject(checks=...)")
         if declared is None:
             declared = self.global_checks if self.global_checks is not None else ALL_CHECKS
         checks = declared if self.cli_checks is None else tuple(
             c for c in self.cli_checks if c in declared)
         config = dataclasses.replace(config, checks=tuple(c for c in checks if c in CHECKS))
         xfail = frozenset(_check_ids(override.get("xfail", []), "xfail") or ())
-        examples = override.get("property_examples", self.property_examples)
+        examples = self.property_examples if self.examples_forced else override.get(
+            "property_examples", self.property_examples)
         return Plan(checks, config, xfail, examples)
 
     # -- running ---------------------------------------------------------------------------------
@@ -474,6 +482,10 @@ class NndiagSession:
 
     def summary(self, terminal: Any) -> None:
         """The check x subject table (split to fit the terminal), then the report paths."""
+        if self.discovered == 0:
+            terminal.write_line("nndiag: no subjects found; declare them with @nndiag.subject "
+                                "in a conftest.py, or list them in [tool.nndiag] subjects",
+                                yellow=True)
         if not self.results and not self.notes:
             return
         payloads = self._ordered()
@@ -520,9 +532,10 @@ def _table(terminal: Any, subjects: list[str], checks: list[str],
         s.ljust(_column(s)) for s in subjects)).rstrip())
     for check in checks:
         terminal.write(check.ljust(label))
-        for subject in subjects:
+        for i, subject in enumerate(subjects):
             status = cells.get((subject, check), "")
-            terminal.write(_SHOWN.get(status, "-").ljust(_column(subject)),
+            text = _SHOWN.get(status, "-")
+            terminal.write(text if i == len(subjects) - 1 else text.ljust(_column(subject)),
                            **_MARKUP.get(status, {}))
         terminal.line("")
 
@@ -557,16 +570,17 @@ def _factory_failure(spec: SubjectSpec, exc: Exception) -> _Broken:
                        f"{exc.problem}", exc.fix, frames)
     return _Broken(f"subject {spec.name!r} could not be built: its factory ({spec.origin}) "
                    f"raised {type(exc).__name__}: {exc}",
-                   "run the factory on its own (python -c 'import conftest; "
-                   f"conftest.{getattr(spec.factory, '__name__', spec.name)}()') and fix "
-                   "what it raises", frames)
+                   "call the factory on its own and fix what it raises (the traceback "
+                   "below shows where)", frames)
 
 
-def _properties(result: CheckResult) -> list[tuple[str, Any]]:
-    """Key metrics for --junitxml: the status, the cost and the scalar metrics."""
-    found: list[tuple[str, Any]] = [("nndiag.status", result.status),
-                                    ("nndiag.seconds", result.cost.seconds)]
-    for key, value in result.metrics.items():
+def _properties(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Key metrics for --junitxml: the status, the cost and the scalar metrics, from the
+    result's JSON form (plain Python values: xdist sends them to the controller as they are,
+    and cannot send numpy scalars)."""
+    found: list[tuple[str, Any]] = [("nndiag.status", data["status"]),
+                                    ("nndiag.seconds", data["cost"]["seconds"])]
+    for key, value in data["metrics"].items():
         if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) < 80):
             found.append((f"nndiag.{key}", value))
     return found[:24]
@@ -585,6 +599,15 @@ class NndiagRoot(pytest.Collector):
             specs = self.nndiag.discover(self.config)
         except ValueError as exc:
             raise self.CollectError(f"nndiag: {exc}") from None
+        self.nndiag.discovered = len(specs)
+        names = [spec.name for spec in specs]
+        stray = [name for name in self.nndiag.overrides if name not in names]
+        if stray:  # a typo, or a subject whose conftest this run does not load
+            tables = ", ".join(f"[tool.nndiag.overrides.{n}]" for n in stray)
+            warnings.warn_explicit(
+                pytest.PytestConfigWarning(f"nndiag: {tables} match(es) no subject collected "
+                                           f"in this run (subjects: {', '.join(names) or 'none'})"),
+                pytest.PytestConfigWarning, str(self.nndiag.pyproject or self.path), 1)
         return [SubjectNode.from_parent(self, name=spec.name, path=spec.path, spec=spec)
                 for spec in specs]
 
@@ -597,8 +620,7 @@ class SubjectNode(pytest.Collector):
         self.spec = spec
 
     def collect(self) -> list[pytest.Item]:
-        bad = [c for c in ("::", "/", "\\", "[", "]") if c in self.spec.name]
-        if bad or not self.spec.name.strip() or self.spec.name != self.spec.name.strip():
+        if not _ID.fullmatch(self.spec.name):
             raise self.CollectError(
                 f"nndiag: subject name {self.spec.name!r} ({self.spec.origin}) cannot be part of "
                 "a test id; use letters, digits, '_', '-' or '.' (@nndiag.subject(name=...))")
@@ -640,14 +662,15 @@ class CheckItem(pytest.Item):
     def setup(self) -> None:
         result = self.nndiag.run(self.spec, self.plan, self.check)
         self.result = result
+        data = result.to_dict()
         self.nndiag_payload = {
             "v": PAYLOAD_VERSION,
-            "result": result.to_dict(),
+            "result": data,
             "order": [self.spec.index, self.plan.checks.index(self.check)],
             "frameworks": environment()["frameworks"],
             "xfail": self.check in self.plan.xfail,
         }
-        self.user_properties.extend(_properties(result))
+        self.user_properties.extend(_properties(data))
         if result.status == "error":
             text = result.summary()
             frames = result.evidence.get("traceback")
@@ -663,7 +686,9 @@ class CheckItem(pytest.Item):
         if result.status == "warn":
             if self.nndiag.strict:
                 raise _StrictWarning(result)
-            warnings.warn(NndiagWarning(result.summary()), stacklevel=1)
+            # Located at the subject's factory: the warning is about the user's model.
+            warnings.warn_explicit(NndiagWarning(result.summary()), NndiagWarning,
+                                   str(self.spec.path), self.spec.lineno or 1)
         elif result.status == "skip":
             pytest.skip(result.message)
 
@@ -672,6 +697,14 @@ class CheckItem(pytest.Item):
         if isinstance(excinfo.value, CheckFailed):  # the summary, no nndiag frames
             return excinfo.getrepr(style="value", chain=False)
         return super().repr_failure(excinfo, style=style)
+
+    def nndiag_report(self, report: pytest.TestReport) -> None:
+        """Called by the plugin on each of this item's reports: the setup report carries the
+        result; a skip is located at the subject's factory rather than in nndiag."""
+        if report.when == "setup" and self.nndiag_payload is not None:
+            setattr(report, REPORT_ATTRIBUTE, self.nndiag_payload)
+        if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+            report.longrepr = (str(self.spec.path), self.spec.lineno or None, report.longrepr[2])
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         # pytest counts lines from 0 here

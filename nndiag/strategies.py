@@ -61,6 +61,11 @@ def _check_int(name: str, value: Any, *, minimum: int | None = None,
         raise InvalidArgument(f"Expected {name} >= {minimum} but got {name}={value!r}")
 
 
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _type_error("bool", name, value)
+
+
 def _check_number(name: str, value: Any) -> None:
     if value is None:
         return
@@ -253,11 +258,16 @@ def _float32_inside(value: float, *, up: bool) -> float:
     return float(v)
 
 
-def _row_strategy(spec: _Spec, real_rows: bool) -> SearchStrategy[Row]:
+def _row_strategy(spec: _Spec, real_rows: bool, synthetic_rows: bool = True
+                  ) -> SearchStrategy[Row]:
     """Rows in shrinking order: real data first, then constants, then random rows."""
+    if not (real_rows or synthetic_rows):
+        raise InvalidArgument("real_rows=False and synthetic_rows=False leave no row to draw")
     choices: list[SearchStrategy[Row]] = []
     if real_rows:
         choices.append(st.integers(0, spec.count - 1).map(lambda i: Row("data", i)))
+    if not synthetic_rows:
+        return choices[0]
     choices.append(_value_strategy(spec).map(lambda v: Row("constant", v)))
     seed = st.integers(0, 2**32 - 1)
     choices.append(seed.map(lambda s: Row("uniform", s)))
@@ -277,26 +287,40 @@ def _sizes(spec: _Spec, min_size: Any, max_size: Any) -> tuple[int, int]:
     return min_size, max_size
 
 
+def _subset_sizes(count: int, min_size: int, max_size: int) -> tuple[int, int]:
+    if min_size > count:
+        raise InvalidArgument(f"Cannot draw min_size={min_size} distinct rows from data of "
+                              f"{count} rows (synthetic_rows=False)")
+    return min_size, min(max_size, count)
+
+
 def _batch_recipes(source: Any, *, min_size: int = 1, max_size: int | None = None,
                   min_value: float | None = None, max_value: float | None = None,
-                  real_rows: bool = True) -> tuple[_Spec, SearchStrategy[BatchRecipe]]:
+                  real_rows: bool = True, synthetic_rows: bool = True
+                  ) -> tuple[_Spec, SearchStrategy[BatchRecipe]]:
     """The data spec and a strategy of :class:`BatchRecipe` (what :func:`batches` builds
     from); used where a failure should name how its batch was made."""
     _check_number("min_value", min_value)
     _check_number("max_value", max_value)
     _check_order("min_value", min_value, "max_value", max_value)
-    if not isinstance(real_rows, bool):
-        raise _type_error("bool", "real_rows", real_rows)
+    _check_bool("real_rows", real_rows)
+    _check_bool("synthetic_rows", synthetic_rows)
     X, _ = _data_of(source, "subject")
     spec = _spec(X, "the subject's inputs", min_value, max_value)
     low_size, high_size = _sizes(spec, min_size, max_size)
-    rows = st.lists(_row_strategy(spec, real_rows), min_size=low_size, max_size=high_size)
+    if synthetic_rows:
+        rows = st.lists(_row_strategy(spec, real_rows, synthetic_rows), min_size=low_size,
+                        max_size=high_size)
+    else:  # subsets of the data: distinct rows
+        low_size, high_size = _subset_sizes(spec.count, low_size, high_size)
+        rows = st.lists(_row_strategy(spec, real_rows, False), min_size=low_size,
+                        max_size=high_size, unique_by=lambda row: row.value)
     return spec, rows.map(lambda r: BatchRecipe(tuple(r)))
 
 
 def batches(subject: Subject | Any, *, min_size: int = 1, max_size: int | None = None,
             min_value: float | None = None, max_value: float | None = None,
-            real_rows: bool = True) -> SearchStrategy[torch.Tensor]:
+            real_rows: bool = True, synthetic_rows: bool = True) -> SearchStrategy[torch.Tensor]:
     """Input batches shaped, typed and scaled like ``subject``'s data.
 
     Each row is a row of the data, a constant row, or a row of uniform, normal (the data's
@@ -312,7 +336,9 @@ def batches(subject: Subject | Any, *, min_size: int = 1, max_size: int | None =
             ``min_size``).
         min_value: Lower bound of the values. Default: the data's minimum.
         max_value: Upper bound. Default: the data's maximum.
-        real_rows: Whether rows of the data itself are drawn too (default True).
+        real_rows: Whether rows of the data itself are drawn (default True).
+        synthetic_rows: Whether constant and random rows are drawn (default True); False
+            draws subsets of the data (distinct real rows, at most all of them).
 
     Returns:
         A strategy of ``torch.Tensor`` of shape ``(n, *row_shape)``.
@@ -325,7 +351,7 @@ def batches(subject: Subject | Any, *, min_size: int = 1, max_size: int | None =
     def build() -> SearchStrategy[torch.Tensor]:
         spec, recipes = _batch_recipes(subject, min_size=min_size, max_size=max_size,
                                       min_value=min_value, max_value=max_value,
-                                      real_rows=real_rows)
+                                      real_rows=real_rows, synthetic_rows=synthetic_rows)
         return recipes.map(lambda recipe: recipe.build(spec))
 
     return st.deferred(build)
@@ -373,7 +399,8 @@ def labels(subject: Subject | Any, *, min_size: int = 1, max_size: int | None = 
 
 
 def examples(subject: Subject | Any, *, min_size: int = 1, max_size: int | None = None,
-             num_classes: int | None = None) -> SearchStrategy[tuple[torch.Tensor, torch.Tensor]]:
+             num_classes: int | None = None, synthetic_rows: bool = True
+             ) -> SearchStrategy[tuple[torch.Tensor, torch.Tensor]]:
     """``(X, y)`` pairs of one size: a drawn data row comes with its own target, other rows
     with a drawn target (see :func:`batches` and :func:`labels`).
 
@@ -382,12 +409,16 @@ def examples(subject: Subject | Any, *, min_size: int = 1, max_size: int | None 
         min_size: Fewest rows (default 1).
         max_size: Most rows. Default: the number of data rows, at most 64.
         num_classes: As in :func:`labels`.
+        synthetic_rows: Whether made-up rows (with drawn targets) are drawn besides real
+            ones (default True); False draws subsets of the data (distinct real rows), e.g.
+            to test gradients on in-distribution inputs only.
 
     Returns:
         A strategy of ``(X, y)`` tuples of tensors.
     """
 
     def build() -> SearchStrategy[tuple[torch.Tensor, torch.Tensor]]:
+        _check_bool("synthetic_rows", synthetic_rows)
         X, y = _data_of(subject, "subject")
         if y is None:
             raise InvalidArgument("examples() needs targets: pass an nndiag.Subject or an "
@@ -401,7 +432,13 @@ def examples(subject: Subject | Any, *, min_size: int = 1, max_size: int | None 
             lambda i: (Row("data", i), Row("data", i)))
         made = st.tuples(_row_strategy(x_spec, real_rows=False),
                          _row_strategy(y_spec, real_rows=False))
-        pairs = st.lists(st.one_of(real, made), min_size=low_size, max_size=high_size)
+        if synthetic_rows:
+            pairs = st.lists(st.one_of(real, made), min_size=low_size, max_size=high_size)
+        else:  # subsets of the data: distinct rows
+            low_size, high_size = _subset_sizes(min(x_spec.count, y_spec.count), low_size,
+                                                high_size)
+            pairs = st.lists(real, min_size=low_size, max_size=high_size,
+                             unique_by=lambda pair: pair[0].value)
         return pairs.map(lambda p: (BatchRecipe(tuple(a for a, _ in p)).build(x_spec),
                                     BatchRecipe(tuple(b for _, b in p)).build(y_spec)))
 

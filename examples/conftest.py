@@ -1,0 +1,58 @@
+"""The subjects ``pytest --nndiag`` checks in this example project.
+
+Each function returns an ``nndiag.Subject``; the decorator marks it for the plugin, which
+calls it lazily (once per test process) when the first of its checks runs. The broken
+models' expected failures are listed in pyproject.toml ([tool.nndiag.overrides.<name>]
+xfail), so this project's run passes exactly when nndiag catches every planted bug.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from hypothesis import settings
+from zoo import MLP, BatchMixer, CustomBackward, blobs, seeded
+
+import nndiag
+
+# The recommended Hypothesis setup: derandomized in CI, so a run there never flakes.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+@nndiag.subject(name="mlp")
+def healthy_mlp() -> nndiag.Subject:
+    """A healthy MLP with L2 regularization the checks can switch off and on."""
+    model = seeded(MLP)
+    return nndiag.Subject(model, blobs(), loss=model.loss, regularization="reg")
+
+
+@nndiag.subject
+def huge_last_layer() -> nndiag.Subject:
+    """Bug: last-layer weights 50x too large, so the scores at init are overconfident."""
+    model = seeded(MLP)
+    with torch.no_grad():
+        model.net[4].weight.mul_(50)
+    return nndiag.Subject(model, blobs())
+
+
+@nndiag.subject
+def dead_relu() -> nndiag.Subject:
+    """Bug: the first layer's bias is initialized to -10, so its ReLUs never fire."""
+    model = seeded(MLP)
+    with torch.no_grad():
+        model.net[0].bias.fill_(-10.0)
+    return nndiag.Subject(model, blobs())
+
+
+@nndiag.subject(checks=["initial_loss", "gradient_check", "batch_independence"])
+def batch_mixer() -> nndiag.Subject:
+    """Bug: standardizes inputs with the batch's statistics inside forward."""
+    return nndiag.Subject(seeded(BatchMixer), blobs())
+
+
+@nndiag.subject(checks=["initial_loss", "gradient_check"], gradient_coordinates=4)
+def custom_backward() -> nndiag.Subject:
+    """Bug: a hand-written ReLU whose backward forgets the mask."""
+    return nndiag.Subject(seeded(CustomBackward), blobs())

@@ -1,0 +1,150 @@
+"""pytest plugin (entry point ``pytest11``): ``pytest --nndiag`` runs nndiag's checks as tests.
+
+This module is loaded by every pytest run in an environment where nndiag is installed, so
+it imports the standard library and pytest only, and without ``--nndiag`` it only adds its
+options. With ``--nndiag``, :func:`pytest_configure` reads the options once into an
+:class:`~nndiag._pytest_items.NndiagSession` kept in ``config.stash`` and registers the hooks
+below; everything heavier lives in :mod:`nndiag._pytest_items`.
+
+How the pieces fit:
+
+* Collection: a ``nndiag`` collector attached to the session (in a ``tryfirst``
+  ``pytest_collection_modifyitems``, collected through ``session.genitems``) holds one node
+  per subject and one item per (subject, check): ids ``nndiag::<subject>::<check>``, so
+  ``-k`` and ``-m nndiag`` select them like any test. Subjects are the
+  ``@nndiag.subject`` factories found in loaded ``conftest.py`` modules, plus the
+  ``[tool.nndiag] subjects`` list.
+* Running: an item's setup calls the subject's factory (once per process, cached) and runs
+  the check; ``fail`` fails the item, ``warn`` passes with an :class:`NndiagWarning` (fails
+  under ``--nndiag-strict``), ``skip`` skips, ``error`` errors in setup.
+* Results ride on the setup report (``report.nndiag_result``, serialized for xdist by the
+  ``pytest_report_*_serializable`` hooks); the controller collects them in
+  ``pytest_runtest_logreport`` and writes ``nndiag.json`` / ``nndiag.html`` once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
+
+    from nndiag._pytest_items import NndiagSession
+
+__all__ = ["SESSION_KEY", "NndiagWarning"]
+
+SESSION_KEY = pytest.StashKey["NndiagSession"]()
+# Attribute of a TestReport carrying a check's result, and its key in serialized reports.
+REPORT_ATTRIBUTE = "nndiag_result"
+
+
+class NndiagWarning(UserWarning):
+    """A check passed with a warning; ``--nndiag-strict`` makes it fail."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nndiag", "nndiag: neural-network sanity checks as tests")
+    group.addoption(
+        "--nndiag", action="store_true", default=False,
+        help="run nndiag's checks on the subjects declared with @nndiag.subject in conftest.py "
+             "files and in [tool.nndiag] subjects, one test per (subject, check) "
+             "(default: off)")
+    group.addoption(
+        "--nndiag-checks", metavar="IDS", default=None,
+        help="comma-separated check ids to run, among each subject's own checks, e.g. "
+             "initial_loss,dead_neurons (default: every check the subject declares; without a "
+             "declaration, [tool.nndiag] checks, else all eight)")
+    group.addoption(
+        "--nndiag-seed", metavar="N", default=None,
+        help="seed of every generator the checks draw from, for every subject; 'random' picks "
+             "one (the header prints it) (default: [tool.nndiag] seed, else 0)")
+    group.addoption(
+        "--nndiag-report", metavar="DIR", default=None,
+        help="directory receiving nndiag.json and nndiag.html, relative to the current "
+             "directory (default: [tool.nndiag] report-dir, else ./reports)")
+    group.addoption(
+        "--nndiag-strict", action="store_true", default=None,
+        help="fail the tests of checks that warn (default: off, or [tool.nndiag] strict)")
+    group.addoption(
+        "--nndiag-examples", metavar="N", type=int, default=None,
+        help="Hypothesis examples per property check (batch_independence, finite_outputs) "
+             "(default: [tool.nndiag] property-examples, else 25)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("nndiag"):
+        return
+    from nndiag._pytest_items import NndiagSession
+
+    session = NndiagSession.from_config(config)  # raises pytest.UsageError on bad settings
+    config.stash[SESSION_KEY] = session
+    config.addinivalue_line("markers", "nndiag: a check run by pytest --nndiag")
+    config.pluginmanager.register(_NndiagHooks(session), "nndiag-session")
+    if config.pluginmanager.hasplugin("xdist"):
+        # Registered only with xdist present: pluggy rejects hooks it has no spec for.
+        config.pluginmanager.register(_XdistHooks(session), "nndiag-xdist")
+
+
+class _NndiagHooks:
+    """The hooks of a ``--nndiag`` run; each hands over to the session object."""
+
+    def __init__(self, session: NndiagSession) -> None:
+        self.session = session
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        return self.session.header()
+
+    @pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect look at the items
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
+                                      items: list[pytest.Item]) -> None:
+        items.extend(self.session.collect(session))
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item,
+                                  call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+        outcome = yield
+        amend = getattr(item, "nndiag_report", None)  # only nndiag's own items have it
+        if amend is not None:
+            amend(outcome.get_result())
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_report_to_serializable(self, config: pytest.Config,
+                                      report: Any) -> Generator[None, Any, None]:
+        outcome = yield
+        data = outcome.get_result()
+        payload = getattr(report, REPORT_ATTRIBUTE, None)
+        if isinstance(data, dict) and payload is not None:
+            data[REPORT_ATTRIBUTE] = json.dumps(payload)  # plain text across execnet
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_report_from_serializable(self, config: pytest.Config,
+                                        data: Any) -> Generator[None, Any, None]:
+        outcome = yield
+        report = outcome.get_result()
+        text = data.get(REPORT_ATTRIBUTE) if isinstance(data, dict) else None
+        if report is not None and isinstance(text, str):
+            setattr(report, REPORT_ATTRIBUTE, json.loads(text))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        payload = getattr(report, REPORT_ATTRIBUTE, None)
+        if payload is not None:
+            self.session.record(report.nodeid, report.when, payload)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.session.write_reports(session.config)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        self.session.summary(terminalreporter)
+
+
+class _XdistHooks:
+    """Hooks that only exist with pytest-xdist: the controller hands its seed to workers."""
+
+    def __init__(self, session: NndiagSession) -> None:
+        self.session = session
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["nndiag_seed"] = self.session.seed

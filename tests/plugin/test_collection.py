@@ -1,0 +1,172 @@
+"""Collection and options: ids, selection, settings precedence, misuse. No factory runs
+here, so no model is built."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from nndiag.config import Config
+from nndiag.plugin import SESSION_KEY
+
+from .conftest import Project
+
+ALL = ["initial_loss", "regularization_loss", "overfit_small", "gradient_check",
+       "activation_stats", "dead_neurons", "batch_independence", "finite_outputs"]
+
+
+def _collected(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.outlines if line.startswith(("nndiag::", "test_"))]
+
+
+def test_one_item_per_subject_and_check_selectable_with_k_and_m(project: Project) -> None:
+    everything = project.run("--nndiag", "--collect-only", "-q")
+    assert everything.ret == pytest.ExitCode.OK
+    ids = _collected(everything)
+    assert ids[0] == "test_ordinary.py::test_ordinary"
+    assert ids[1:9] == [f"nndiag::mlp::{check}" for check in ALL]
+    assert "nndiag::plain::finite_outputs" in ids and len(ids) == 19
+
+    by_check = project.run("--nndiag", "--collect-only", "-q", "-k", "dead_neurons")
+    assert _collected(by_check) == ["nndiag::mlp::dead_neurons", "nndiag::warns::dead_neurons"]
+    by_subject = project.run("--nndiag", "--collect-only", "-q", "-k", "mlp and not grad")
+    assert _collected(by_subject) == [f"nndiag::mlp::{c}" for c in ALL if c != "gradient_check"]
+    not_nndiag = project.run("--nndiag", "--collect-only", "-q", "-m", "not nndiag")
+    assert _collected(not_nndiag) == ["test_ordinary.py::test_ordinary"]
+    assert project.events() == []  # collection never calls a factory
+
+
+def test_checks_option_picks_among_each_subjects_checks(project: Project) -> None:
+    result = project.run("--nndiag", "--collect-only", "-q",
+                         "--nndiag-checks", "finite_outputs, initial_loss")
+    assert _collected(result)[1:] == [
+        "nndiag::mlp::finite_outputs", "nndiag::mlp::initial_loss",
+        "nndiag::huge_init::initial_loss",
+        "nndiag::mixer::finite_outputs",
+        "nndiag::broken_factory::initial_loss",
+        "nndiag::plain::finite_outputs", "nndiag::plain::initial_loss",
+    ]
+
+
+@pytest.mark.parametrize(("args", "toml", "message"), [
+    (["--nndiag-checks", "initial_loss,bogus"], "",
+     "--nndiag-checks names unknown check(s) 'bogus'; known checks: initial_loss, "),
+    (["--nndiag-seed", "abc"], "", "--nndiag-seed expects an int >= 0 or 'random', got 'abc'"),
+    (["--nndiag-examples", "0"], "", "--nndiag-examples expects an int >= 1, got 0"),
+    ([], "[tool.nndiag]\ndead_warm = 0.2\n",
+     "pyproject.toml: unknown key(s) 'dead_warm'; known keys: checks, collapse_fail,"),
+    ([], "[tool.nndiag]\ndead-warn = 'high'\n",
+     "nndiag option 'dead_warn' expects float, got 'high' (type=str)"),
+    ([], "[tool.nndiag.overrides.mlp]\nxfail = ['initial-loss']\n",
+     "[tool.nndiag.overrides.mlp] xfail names unknown check(s) 'initial-loss'"),
+    ([], "[tool.nndiag]\nsubjects = ['no_colon']\n",
+     "subjects expects a list of 'module:function' strings"),
+])
+def test_misuse_is_a_usage_error(project: Project, args: list[str], toml: str,
+                                 message: str) -> None:
+    (project.path / "pyproject.toml").write_text(toml)
+    result = project.run("--nndiag", "--collect-only", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert result.stderr.str().startswith("ERROR: ")
+    assert message in result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_subject_mistakes_are_collection_errors(project: Project) -> None:
+    project.write("conftest.py", """
+        import nndiag
+
+        @nndiag.subject(name="twin")
+        def first():
+            pass
+
+        @nndiag.subject(name="twin")
+        def second():
+            pass
+    """)
+    twins = project.run("--nndiag", "--collect-only")
+    assert twins.ret == pytest.ExitCode.INTERRUPTED
+    twins.stdout.fnmatch_lines(["*nndiag: two subjects are named 'twin' (conftest.py:* and "
+                                "conftest.py:*); rename one with @nndiag.subject(name=...)*"])
+
+    project.write("conftest.py", """
+        import nndiag
+
+        @nndiag.subject(checks=["initial_loss", "dead_neurones"])
+        def typo():
+            pass
+
+        @nndiag.subject(name="has space")
+        def spaced():
+            pass
+
+        @nndiag.subject
+        def fine():
+            pass
+    """)
+    (project.path / "pyproject.toml").write_text(
+        "[tool.nndiag.overrides.fien]\ndead-warn = 0.4\n")
+    result = project.run("--nndiag", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    text = result.stdout.str()
+    assert re.search(r"nndiag: subject 'typo' \(conftest\.py:\d+\): @nndiag\.subject\(checks="
+                     r"\.\.\.\) names unknown check\(s\) 'dead_neurones'; known checks: ", text)
+    assert re.search(r"nndiag: subject name 'has space' \(conftest\.py:\d+\) cannot be part "
+                     r"of a test id", text)
+    assert re.search(r"pyproject\.toml:1: PytestConfigWarning: nndiag: \[tool\.nndiag\.overrides"
+                     r"\.fien\] match\(es\) no subject collected in this run \(subjects: typo, "
+                     r"has space, fine\)", text)
+    assert "nndiag::fine::initial_loss" in text  # the other subjects are still collected
+
+
+def test_settings_precedence(pytester: pytest.Pytester) -> None:
+    """Config defaults < [tool.nndiag] < decorator < [tool.nndiag.overrides.<name>] < CLI."""
+    (pytester.path / "pyproject.toml").write_text(
+        "[tool.nndiag]\ndead-warn = 0.2\ndead-fail = 0.9\nseed = 3\nproperty-examples = 5\n"
+        "checks = ['initial_loss', 'dead_neurons', 'finite_outputs']\n"
+        "[tool.nndiag.overrides.b]\ndead_fail = 0.8\nchecks = ['dead_neurons']\n"
+        "property-examples = 9\n")
+    import nndiag
+    from nndiag._pytest_items import SubjectSpec
+
+    def spec(name: str, **options: object) -> SubjectSpec:
+        factory = nndiag.subject(name=name, **options)(lambda: None)
+        return SubjectSpec(name, 0, "test", pytester.path, 1, factory)
+
+    config = pytester.parseconfigure("--nndiag")
+    session = config.stash[SESSION_KEY]
+    a = session.plan(spec("a", dead_fail=0.85))
+    assert (a.config.dead_warn, a.config.dead_fail, a.config.seed) == (0.2, 0.85, 3)
+    assert a.checks == ("initial_loss", "dead_neurons", "finite_outputs")
+    assert a.config.checks == ("initial_loss", "dead_neurons")  # nndiag.checks ids only
+    assert a.property_examples == 5
+    b = session.plan(spec("b", dead_fail=0.85, checks=["initial_loss"]))
+    assert (b.config.dead_fail, b.checks, b.property_examples) == (0.8, ("dead_neurons",), 9)
+    c = session.plan(spec("c", checks=["gradient_check", "dead_neurons"]))
+    assert c.checks == ("gradient_check", "dead_neurons")
+    assert Config().dead_warn != 0.2  # the file, not a default, set it
+
+    config = pytester.parseconfigure("--nndiag", "--nndiag-seed", "11", "--nndiag-checks",
+                                     "dead_neurons,initial_loss", "--nndiag-examples", "4")
+    session = config.stash[SESSION_KEY]
+    a = session.plan(spec("a", seed=5))
+    assert (a.config.seed, a.checks, a.property_examples) == (
+        11, ("dead_neurons", "initial_loss"), 4)
+    b = session.plan(spec("b"))
+    assert (b.checks, b.property_examples, b.config.seed) == (("dead_neurons",), 4, 11)
+
+
+def test_every_option_states_its_default() -> None:
+    help_text = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True,
+                               text=True, check=True).stdout
+    section = help_text.split("nndiag: neural-network sanity checks as tests:")[1]
+    section = section.split("\n\n")[0]
+    options = [o for o in section.split("\n  --") if o.strip()]
+    assert {o.split()[0].split("=")[0].lstrip("-") for o in options} == {
+        "nndiag", "nndiag-checks", "nndiag-seed", "nndiag-report", "nndiag-strict",
+        "nndiag-examples"}
+    for option in options:
+        assert "(default:" in " ".join(option.split()), option

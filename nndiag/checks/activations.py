@@ -79,6 +79,10 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
         return CheckResult(check, "fail", f"Activations of {bad.name} are not finite.",
                            metrics, evidence, "Find where the forward pass overflows.")
     findings: list[tuple[str, str, LayerRecord]] = []  # (status, text, layer)
+    constant = next((x for x in layers if x.std == 0.0), None)
+    if constant is not None:
+        findings.append(("fail", f"{constant.name} outputs a constant (std 0): no signal and "
+                         "no gradient pass through it", constant))
     for level, limit in (("fail", config.saturation_fail), ("warn", config.saturation_warn)):
         hit = [x for x in saturated if x.saturated_fraction > limit]
         if hit:

@@ -111,3 +111,13 @@ def test_no_activation_function_skips() -> None:
     report = _diagnose(nn.Linear(IN, 10), "activation_stats", "dead_neurons")
     assert report["activation_stats"].status == "skip"
     assert report["dead_neurons"].status == "skip"
+
+
+def test_a_layer_with_constant_output_fails() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(IN, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 10))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # the first ReLU layer never fires: std 0 from there on
+    result = _diagnose(model, "activation_stats")["activation_stats"]
+    assert result.status == "fail" and "1:relu outputs a constant" in result.message

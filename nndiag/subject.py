@@ -22,7 +22,8 @@ class Subject:
     regularization knob. Validated once, here; the model itself is never modified.
 
     Args:
-        model: A ``torch.nn.Module``.
+        model: A ``torch.nn.Module``; a CS231n-style object with ``params`` and
+            ``loss(X, y)``; or a JAX ``(apply_fn, params)`` pair.
         data: One batch ``(X, y)`` or an iterable of such batches (a DataLoader works);
             the first batches are read once and kept.
         loss: ``loss(output, y) -> scalar``. Default: cross-entropy for integer labels,
@@ -31,7 +32,8 @@ class Subject:
             optimizer instance whose class and settings are copied (never stepped).
             Default: Adam at ``Config.overfit_lr``.
         regularization: ``regularization(model, strength)`` that sets the strength the loss
-            uses, or the name of a numeric model attribute holding it.
+            uses, or the name of a numeric model attribute holding it; for JAX also
+            ``penalty(params) -> scalar``, added as ``strength * penalty``.
         name: Shown in reports and test ids. Default: the model's class name.
 
     Raises:
@@ -69,7 +71,8 @@ class Subject:
         self.loss = loss
         self.optimizer = optimizer
         self.regularization = regularization
-        self.name = name if name is not None else type(model).__name__
+        default = getattr(self.backend, "default_name", lambda m: type(m).__name__)
+        self.name = name if name is not None else default(model)
         self.backend.validate_model(model, optimizer=optimizer, regularization=regularization)
         self.batches: list[Batch] = self.backend.read_batches(model, data, MAX_BATCHES)
 

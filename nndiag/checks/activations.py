@@ -28,14 +28,22 @@ def recommended_std(layer: LayerRecord) -> float | None:
     return math.sqrt(gain / layer.fan_in)
 
 
-def _init_advice(layer: LayerRecord) -> str:
+_INIT_CALLS = {  # framework -> (He, Xavier)
+    "torch": ("nn.init.kaiming_normal_(w, nonlinearity='relu')", "nn.init.xavier_normal_(w)"),
+    "jax": ("jax.nn.initializers.he_normal()", "jax.nn.initializers.glorot_normal()"),
+    "numpy": ("np.sqrt(2 / fan_in) * np.random.randn(fan_in, fan_out)",
+              "np.random.randn(fan_in, fan_out) / np.sqrt(fan_in)"),
+}
+
+
+def _init_advice(layer: LayerRecord, framework: str) -> str:
     target = recommended_std(layer)
     if target is None or layer.weight_std is None:
         return "Use Xavier init for tanh/sigmoid and He init for ReLU layers."
-    rule = ("He sqrt(2/fan_in)" if layer.kind in ("relu", "leaky_relu", "elu", "gelu", "silu")
-            else "Xavier 1/sqrt(fan_in)")
-    call = ("nn.init.kaiming_normal_(w, nonlinearity='relu')" if rule.startswith("He")
-            else "nn.init.xavier_normal_(w)")
+    he = layer.kind in ("relu", "leaky_relu", "elu", "gelu", "silu")
+    rule = "He sqrt(2/fan_in)" if he else "Xavier 1/sqrt(fan_in)"
+    calls = _INIT_CALLS.get(framework.split()[0], _INIT_CALLS["torch"])
+    call = calls[0] if he else calls[1]
     return (f"Weights of {layer.weight_layer} have std {layer.weight_std:.3g}; {rule} with "
             f"fan_in {layer.fan_in} wants {target:.3g} ({call}).")
 
@@ -115,7 +123,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
     text = "; ".join(t for _, t, _ in findings)
     metrics["first_bad_layer"] = findings[0][2].name
     return CheckResult(check, status, f"{text[0].upper()}{text[1:]}. Std by depth: {profile}.",
-                       metrics, evidence, _init_advice(findings[0][2]))
+                       metrics, evidence, _init_advice(findings[0][2], session.framework))
 
 
 def dead_neurons(session: Session, config: Config) -> CheckResult:

@@ -212,8 +212,9 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
                    f"after ruling out kinks (h = {steps}).")
         if cut:
             hint = (f"No gradient reaches {', '.join(cut[:4])} although the loss depends on "
-                    "it: a .detach(), .data, .item() or numpy round trip cuts the graph, or "
-                    "a hand-written backward leaves it out of grads.")
+                    "it: a .detach(), .data, .item() or numpy round trip (torch) or "
+                    "jax.lax.stop_gradient cuts the graph, or a hand-written backward leaves "
+                    "it out of grads.")
         else:
             hint = (f"The backward pass feeding {worst['name']} is wrong: check custom "
                     "autograd Functions and hand-written backward code of that layer; "

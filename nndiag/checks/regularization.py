@@ -18,7 +18,8 @@ CHECK = "regularization_loss"
 def regularization_loss(session: Session, config: Config) -> CheckResult:
     if not session.has_regularization:
         return CheckResult(CHECK, "skip", "No regularization knob: pass regularization= (a "
-                           "model attribute name or a function (model, strength) -> None).")
+                           "model attribute name, a function (model, strength) -> None, or "
+                           "for JAX penalty(params) -> scalar).")
     batch = session.rows(config.max_samples)
     strengths = list(config.regularization_strengths)
     losses = []

@@ -107,14 +107,16 @@ class Objective(Protocol):
     def value_and_grad(self) -> tuple[float, dict[str, Any]]:
         """Loss and analytic gradients (numpy float64; None where no gradient reached)."""
 
-    def value(self, shifts: Mapping[str, Any]) -> float:
-        """Loss with each named tensor shifted by the given float64 numpy array."""
+    def value(self, shifts: Mapping[str, Any], scale: float = 1.0) -> float:
+        """Loss with each named tensor shifted by ``scale`` times the given float64 numpy
+        array (``scale`` saves the check a tensor-sized temporary per evaluation)."""
 
     def move(self, shifts: Mapping[str, Any]) -> None:
         """Shift the point itself (on nndiag's private float64 copy)."""
 
     def values(self) -> dict[str, Any]:
-        """The tensors' current float64 values, as numpy arrays."""
+        """The tensors' current float64 values, as numpy arrays (read-only views where the
+        backend can give them)."""
 
 
 class Trainer(Protocol):

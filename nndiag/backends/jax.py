@@ -700,11 +700,11 @@ class _Objective:
             found[name] = None if unreached else g
         return float(loss), found
 
-    def value(self, shifts: Mapping[str, Any]) -> float:
+    def value(self, shifts: Mapping[str, Any], scale: float = 1.0) -> float:
         point = list(self.base)
         for name, shift in shifts.items():
             i = self.index[name]
-            point[i] = point[i] + jnp.asarray(shift, dtype=jnp.float64)
+            point[i] = point[i] + scale * jnp.asarray(shift, dtype=jnp.float64)
         self.session._forward += 1
         return float(self._value(point, self.X, self.y, self.strength))
 

@@ -345,7 +345,7 @@ class _Objective:
         self.X, self.y = X, y
 
     def values(self) -> dict[str, Any]:
-        return {n: v.copy() for n, v in self.base.items()}
+        return dict(self.base)
 
     def move(self, shifts: Mapping[str, Any]) -> None:
         for name, shift in shifts.items():
@@ -357,9 +357,10 @@ class _Objective:
         return loss, {n: None if grads.get(n) is None else np.asarray(grads[n], np.float64)
                       for n in self.names}
 
-    def value(self, shifts: Mapping[str, Any]) -> float:
+    def value(self, shifts: Mapping[str, Any], scale: float = 1.0) -> float:
         for name, shift in shifts.items():
-            np.add(self.base[name], shift, out=self.params[name])
+            np.multiply(shift, scale, out=self.params[name])
+            self.params[name] += self.base[name]
         try:
             return self.session._loss(self.X, self.y, reseed=True)[0]
         finally:

@@ -15,7 +15,7 @@ import math
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -302,7 +302,7 @@ class TorchSession(SessionBase):
                 for module in self.model.modules():
                     if isinstance(module, _DROPOUT):  # dropout is regularization: off
                         module.eval()
-                with self._clones():
+                with self._clones() as self._private:
                     yield
         except ModelError as exc:
             exc.check = check
@@ -318,9 +318,9 @@ class TorchSession(SessionBase):
         return owners
 
     @contextmanager
-    def _clones(self, dtype: torch.dtype | None = None) -> Iterator[dict[str, nn.Parameter]]:
+    def _clones(self) -> Iterator[_Private]:
         """Swap a private clone into every parameter and buffer slot (tied tensors stay
-        tied); yield the trainable clones by parameter name."""
+        tied) for the length of a check."""
         made: dict[int, torch.Tensor] = {}
         swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -328,8 +328,6 @@ class TorchSession(SessionBase):
         def clone(t: torch.Tensor, parameter: bool) -> torch.Tensor:
             if id(t) not in made:
                 c = t.detach().clone()
-                if dtype is not None and c.is_floating_point():
-                    c = c.to(dtype)
                 made[id(t)] = nn.Parameter(c, requires_grad=t.requires_grad) if parameter else c
             return made[id(t)]
 
@@ -342,7 +340,8 @@ class TorchSession(SessionBase):
                 for name, b in list(owner.named_buffers(recurse=False, remove_duplicate=False)):
                     swapped.append((owner, name, b))
                     setattr(owner, name, clone(b, False))
-            yield {n: made[id(p)] for n, p in trainable}  # type: ignore[misc]
+            yield _Private({n: made[id(p)] for n, p in trainable},  # type: ignore[misc]
+                           list(made.values()))
         finally:
             for owner, name, original in reversed(swapped):
                 setattr(owner, name, original)
@@ -431,21 +430,30 @@ class TorchSession(SessionBase):
         y = batch.y.double() if batch.y.is_floating_point() else batch.y
         # Tensors the model creates inside forward follow the default dtype.
         torch.set_default_dtype(torch.float64)
+        private = self._private
+        dtypes = [t.dtype for t in private.tensors]
         promoted = sorted({str(p.dtype).removeprefix("torch.") for p in
-                           self.model.parameters()} - {"float64"})
-        with self._clones(torch.float64) as params:
-            objective = _Objective(self, params, X, y)
+                           private.trainable.values()} - {"float64"})
+        try:  # the private clones themselves go to float64: no second copy of the model
+            for t in private.tensors:
+                if t.is_floating_point():
+                    t.data = t.data.double()
+            objective = _Objective(self, private.trainable, X, y)
             if promoted:
                 objective.note = (f"Parameters are {', '.join(promoted)}: checked on a "
                                   "float64 copy.")
             yield objective
+        finally:
+            for t, dtype in zip(private.tensors, dtypes):
+                t.data = t.data.to(dtype)
+                t.grad = None
 
     # -- training ----------------------------------------------------------------------
     @contextmanager
     def trainer(self, batch: Batch) -> Iterator[_Trainer]:
-        with self._clones() as params:
-            optimizer, described = self._optimizer(list(params.values()))
-            yield _Trainer(self, params, optimizer, described, batch)
+        params = self._private.trainable
+        optimizer, described = self._optimizer(list(params.values()))
+        yield _Trainer(self, params, optimizer, described, batch)
 
     def _optimizer(self, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, str]:
         given = self.subject.optimizer
@@ -483,6 +491,13 @@ class TorchSession(SessionBase):
         return recorder.layers()
 
 
+class _Private(NamedTuple):
+    """The clones swapped into the model during a check."""
+
+    trainable: dict[str, nn.Parameter]  # by parameter name
+    tensors: list[torch.Tensor]  # every cloned parameter and buffer
+
+
 class _Objective:
     """The loss on one batch as a float64 function of the trainable clones."""
 
@@ -502,7 +517,7 @@ class _Objective:
         return self.session._run_loss(self.session._run_model(self.X), self.y)
 
     def values(self) -> dict[str, Any]:
-        return {n: b.cpu().numpy().copy() for n, b in self.base.items()}
+        return {n: b.cpu().numpy() for n, b in self.base.items()}
 
     def move(self, shifts: Mapping[str, Any]) -> None:
         with torch.no_grad():
@@ -519,11 +534,12 @@ class _Objective:
                  for n, p in self.params.items()}
         return loss.item(), grads
 
-    def value(self, shifts: Mapping[str, Any]) -> float:
+    def value(self, shifts: Mapping[str, Any], scale: float = 1.0) -> float:
         with torch.no_grad():
-            for name, shift in shifts.items():  # in place: no tensor-sized temporaries
+            for name, shift in shifts.items():  # one fused pass, no temporaries
                 p = self.params[name]
-                p.copy_(self.base[name]).add_(torch.from_numpy(shift).to(p.device))
+                torch.add(self.base[name], torch.from_numpy(shift).to(p.device), alpha=scale,
+                          out=p.data)
             try:
                 return float(self._loss())
             finally:
@@ -574,6 +590,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.model = model
         self.stats = Accumulator(bins)
+        self.feeds: dict[str, tuple[str, nn.Module]] = {}  # layer -> weight layer feeding it
         self.stack: list[nn.Module] = []
         self.names = {m: n for n, m in model.named_modules()}
         self.weight: tuple[str, nn.Module] | None = None
@@ -634,12 +651,16 @@ class _Recorder(TorchFunctionMode):
             x = x.reshape(-1, x.shape[-1])
         else:
             x = x.reshape(-1, 1)
-        weight = None
         if self.weight is not None and name not in self.stats.records:
-            w = self.weight[1].weight
-            std = float(w.detach().float().std(correction=0))
-            weight = (self.weight[0], int(w[0].numel()), std)
-        self.stats.add(name, kind, x.float().cpu().numpy(), weight)
+            self.feeds[name] = self.weight
+        self.stats.add(name, kind, x.float().cpu().numpy())
 
     def layers(self) -> list[LayerRecord]:
-        return self.stats.layers()
+        layers = self.stats.layers()
+        for layer in layers:  # weight statistics once, after the pass, not inside it
+            if layer.name in self.feeds:
+                name, module = self.feeds[layer.name]
+                w = module.weight.detach()
+                layer.weight_layer, layer.fan_in = name, int(w[0].numel())
+                layer.weight_std = float(w.float().std(correction=0))
+        return layers

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -27,6 +27,8 @@ __all__ = [
     "Task",
     "Trainer",
     "backend_for",
+    "unpack",
+    "validate_arrays",
 ]
 
 # name -> (framework module that must already be imported, "module:attribute" of the backend)
@@ -162,6 +164,39 @@ class Session(Protocol):
         """Activation statistics over the stored batches (computed once per session)."""
 
 
+def unpack(item: Any, index: int) -> tuple[str, Any, Any]:
+    """``(where, X, y)`` of the ``index``-th data item; ``where`` names it in errors.
+
+    Raises:
+        InvalidSubject: the item is not a pair.
+    """
+    where = "data" if index == 0 else f"data (batch {index})"
+    if not (isinstance(item, (tuple, list)) and len(item) >= 2):
+        raise InvalidSubject(where, f"a batch must be a pair (X, y), got {describe(item)}",
+                             "yield (inputs, targets) from the data iterable")
+    return where, item[0], item[1]
+
+
+def validate_arrays(where: str, X: Any, y: Any, nonfinite: Callable[[Any], int]) -> None:
+    """Refuse empty arrays, NaN/Inf values (``nonfinite`` counts them; 0 for integer
+    arrays) and inputs and targets of different lengths.
+
+    Raises:
+        InvalidSubject: naming the batch and the fix.
+    """
+    for arg, value in (("X", X), ("y", y)):
+        if value.ndim == 0 or len(value) == 0:
+            raise InvalidSubject(where, f"{arg} is empty (shape {tuple(value.shape)})",
+                                 "pass a batch with at least one sample")
+        bad = nonfinite(value)
+        if bad:
+            raise InvalidSubject(where, f"{arg} holds {bad} NaN/Inf value(s)",
+                                 "clean or impute the data before diagnosing")
+    if len(X) != len(y):
+        raise InvalidSubject(where, f"X has {len(X)} samples but y has {len(y)}",
+                             "pass inputs and targets of the same length")
+
+
 class SessionBase:
     """Bookkeeping every backend's session shares: the subject's batches, pass counters,
     the one activation capture per session, and the label checks of the probe."""
@@ -179,6 +214,21 @@ class SessionBase:
 
     def passes(self) -> tuple[int, int]:
         return self._forward, self._backward
+
+    def rows(self, n: int) -> Batch:
+        Xs, ys, have = [], [], 0
+        for b in self.batches:
+            take = min(len(b), n - have)
+            Xs.append(b.X[:take])
+            ys.append(b.y[:take])
+            have += take
+            if have >= n:
+                break
+        return Batch(self._concat(Xs), self._concat(ys))
+
+    @staticmethod
+    def _concat(parts: list[Any]) -> Any:
+        raise NotImplementedError
 
     def capture(self) -> list[LayerRecord]:
         if self._capture is None:

@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nndiag.backends import Batch, LayerRecord, SessionBase, Task
+from nndiag.backends import Batch, LayerRecord, SessionBase, Task, unpack, validate_arrays
 from nndiag.backends.capture import Accumulator
 from nndiag.errors import InvalidSubject, ModelError, NndiagError, describe
 
@@ -246,26 +246,13 @@ class JaxBackend:
         return [self._batch(item, i) for i, item in enumerate(items)]
 
     def _batch(self, item: Any, index: int) -> Batch:
-        where = "data" if index == 0 else f"data (batch {index})"
-        if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-            raise InvalidSubject(where, f"a batch must be a pair (X, y), got {describe(item)}",
-                                 "yield (inputs, targets) from the data iterable")
-        for arg, value in zip(("X", "y"), item[:2]):
+        where, X, y = unpack(item, index)
+        for arg, value in (("X", X), ("y", y)):
             if not _is_array(value):
                 raise InvalidSubject(where, f"{arg} is {describe(value)}, not an array",
                                      f"convert {arg} with jnp.asarray or np.asarray")
-            if value.ndim == 0 or len(value) == 0:
-                raise InvalidSubject(where, f"{arg} is empty (shape {tuple(value.shape)})",
-                                     "pass a batch with at least one sample")
-            finite = np.isfinite(np.asarray(value)) if _is_float(value) else None
-            if finite is not None and not finite.all():
-                bad = int((~finite).sum())
-                raise InvalidSubject(where, f"{arg} holds {bad} NaN/Inf value(s)",
-                                     "clean or impute the data before diagnosing")
-        X, y = item[:2]
-        if len(X) != len(y):
-            raise InvalidSubject(where, f"X has {len(X)} samples but y has {len(y)}",
-                                 "pass inputs and targets of the same length")
+        validate_arrays(where, X, y, lambda v: int((~np.isfinite(np.asarray(v))).sum())
+                        if _is_float(v) else 0)
         return Batch(jnp.asarray(X), jnp.asarray(y))
 
     def session(self, subject: Any, config: Any) -> JaxSession:
@@ -530,16 +517,7 @@ class JaxSession(SessionBase):
         self._measure(batch)  # runs the loss on real outputs: its errors surface here
         return self.task
 
-    def rows(self, n: int) -> Batch:
-        Xs, ys, have = [], [], 0
-        for b in self.batches:
-            take = min(len(b), n - have)
-            Xs.append(b.X[:take])
-            ys.append(b.y[:take])
-            have += take
-            if have >= n:
-                break
-        return Batch(jnp.concatenate(Xs), jnp.concatenate(ys))
+    _concat = staticmethod(jnp.concatenate)
 
     def set_regularization(self, strength: float) -> None:
         if self._setter is None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from nndiag.backends import Batch, LayerRecord, SessionBase, Task
+from nndiag.backends import Batch, LayerRecord, SessionBase, Task, unpack, validate_arrays
 from nndiag.backends.capture import Accumulator
 from nndiag.errors import InvalidSubject, ModelError, describe
 
@@ -86,21 +86,10 @@ class NumpyBackend:
         return [self._batch(item, i) for i, item in enumerate(items)]
 
     def _batch(self, item: Any, index: int) -> Batch:
-        where = "data" if index == 0 else f"data (batch {index})"
-        if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-            raise InvalidSubject(where, f"a batch must be a pair (X, y), got {describe(item)}",
-                                 "pass (inputs, targets)")
-        X, y = (np.asarray(v) for v in item[:2])
-        for arg, value in (("X", X), ("y", y)):
-            if value.ndim == 0 or len(value) == 0:
-                raise InvalidSubject(where, f"{arg} is empty (shape {value.shape})",
-                                     "pass a batch with at least one sample")
-            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-                raise InvalidSubject(where, f"{arg} holds {int((~np.isfinite(value)).sum())} "
-                                     "NaN/Inf value(s)", "clean or impute the data first")
-        if len(X) != len(y):
-            raise InvalidSubject(where, f"X has {len(X)} samples but y has {len(y)}",
-                                 "pass inputs and targets of the same length")
+        where, *pair = unpack(item, index)
+        X, y = (np.asarray(v) for v in pair)
+        validate_arrays(where, X, y, lambda v: int((~np.isfinite(v)).sum())
+                        if np.issubdtype(v.dtype, np.floating) else 0)
         return Batch(X, y)
 
     def session(self, subject: Any, config: Any) -> NumpySession:
@@ -212,10 +201,7 @@ class NumpySession(SessionBase):
             return Task("regression")
         return self.classification(scores.shape[1] if scores.ndim == 2 else 0, ys)
 
-    def rows(self, n: int) -> Batch:
-        X = np.concatenate([b.X for b in self.batches])[:n]
-        y = np.concatenate([b.y for b in self.batches])[:n]
-        return Batch(X, y)
+    _concat = staticmethod(np.concatenate)
 
     def set_regularization(self, strength: float) -> None:
         knob = self.subject.regularization

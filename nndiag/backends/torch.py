@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from nndiag.backends import Batch, LayerRecord, SessionBase, Task
+from nndiag.backends import Batch, LayerRecord, SessionBase, Task, unpack, validate_arrays
 from nndiag.backends.capture import Accumulator
 from nndiag.errors import InvalidSubject, ModelError, describe
 
@@ -143,25 +143,14 @@ class TorchBackend:
         return [self._batch(item, i, device) for i, item in enumerate(items)]
 
     def _batch(self, item: Any, index: int, device: torch.device) -> Batch:
-        where = "data" if index == 0 else f"data (batch {index})"
-        if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-            raise InvalidSubject(where, f"a batch must be a pair (X, y), got {describe(item)}",
-                                 "yield (inputs, targets) from the data iterable")
-        X, y = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in item[:2])
+        where, *pair = unpack(item, index)
+        X, y = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in pair)
         for arg, value in (("X", X), ("y", y)):
             if not isinstance(value, torch.Tensor):
                 raise InvalidSubject(where, f"{arg} is {describe(value)}, not a tensor",
                                      f"convert {arg} with torch.as_tensor")
-            if value.ndim == 0 or len(value) == 0:
-                raise InvalidSubject(where, f"{arg} is empty (shape {tuple(value.shape)})",
-                                     "pass a batch with at least one sample")
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                bad = int((~torch.isfinite(value)).sum())
-                raise InvalidSubject(where, f"{arg} holds {bad} NaN/Inf value(s)",
-                                     "clean or impute the data before diagnosing")
-        if len(X) != len(y):
-            raise InvalidSubject(where, f"X has {len(X)} samples but y has {len(y)}",
-                                 "pass inputs and targets of the same length")
+        validate_arrays(where, X, y, lambda v: int((~torch.isfinite(v)).sum())
+                        if v.is_floating_point() else 0)
         return Batch(X.to(device), y.to(device))
 
     def session(self, subject: Any, config: Any) -> TorchSession:
@@ -368,16 +357,7 @@ class TorchSession(SessionBase):
                                  "output one score per class, or pass float targets")
         return self.classification(out.shape[1], [y.cpu().numpy() for y in ys])
 
-    def rows(self, n: int) -> Batch:
-        Xs, ys, have = [], [], 0
-        for b in self.batches:
-            take = min(len(b), n - have)
-            Xs.append(b.X[:take])
-            ys.append(b.y[:take])
-            have += take
-            if have >= n:
-                break
-        return Batch(torch.cat(Xs), torch.cat(ys))
+    _concat = staticmethod(torch.cat)
 
     def set_regularization(self, strength: float) -> None:
         knob = self.subject.regularization

@@ -33,8 +33,10 @@ def test_batches_reach_size_one_the_bounds_and_real_rows() -> None:
     strategy = nst.batches(SUBJECT, max_size=4)
     assert len(find(strategy, lambda X: True)) == 1  # the simplest batch: one row
     find(strategy, lambda X: bool((X == HIGH).any()) and bool((X == LOW).any()))
-    real = find(strategy, lambda X: len(X) >= 2 and bool((X[1] == X_ALL[3]).all()))
-    assert torch.equal(real[0], X_ALL[0])  # shrunk towards data row 0
+    # Any real data row in second place (a fixed row would be a needle for the
+    # derandomized search CI runs); the shrinker then moves both rows to data row 0.
+    real = find(strategy, lambda X: len(X) >= 2 and bool((X_ALL == X[1]).all(1).any()))
+    assert torch.equal(real[0], X_ALL[0]) and torch.equal(real[1], X_ALL[0])
 
 
 @FAST

@@ -69,26 +69,49 @@ def test_default_checks_on_the_mlp(benchmark: pytest.FixtureRequest) -> None:
 
 
 def test_gradient_check_vs_gradcheck_fast_mode(benchmark: pytest.FixtureRequest) -> None:
-    """Issue target: no more than torch.autograd.gradcheck(fast_mode=True), same model."""
+    """Issue target: no more than torch.autograd.gradcheck(fast_mode=True), same model.
+
+    The two are timed interleaved, 15 rounds each, so that both see the same machine: on
+    a shared 2-core machine back-to-back timings drift by 2x within a minute.
+    """
     model, (X, y) = _mlp(), _data(32)
     model64, X64 = _mlp().double(), X.double()
-    params = [p for p in model64.parameters()]
     names = [n for n, _ in model64.named_parameters()]
+    inputs = tuple(p.detach().requires_grad_() for p in model64.parameters())
 
     def loss_of(*tensors: torch.Tensor) -> torch.Tensor:
         out = torch.func.functional_call(model64, dict(zip(names, tensors)), (X64,))
         return nn.functional.cross_entropy(out, y)
 
-    fast = _median(lambda: torch.autograd.gradcheck(
-        loss_of, tuple(p.detach().requires_grad_() for p in params), fast_mode=True,
-        eps=1e-6, atol=1e-5, rtol=1e-3), repeats=3)
-    fb = _median(_forward_backward(model64, X64, y))
+    def fast() -> None:
+        torch.autograd.gradcheck(loss_of, inputs, fast_mode=True, eps=1e-6, atol=1e-5,
+                                 rtol=1e-3)
+
     runner = Runner(nndiag.Subject(model, (X, y)))
-    benchmark.pedantic(lambda: runner.run("gradient_check"), rounds=5, iterations=1,
-                       warmup_rounds=1)
-    _report(benchmark, "gradient_check_vs_gradcheck_fast", fast)
-    _report(benchmark, "gradient_check_vs_float64_forward_backward", fb)
-    benchmark.extra_info["gradcheck_fast_vs_float64_forward_backward"] = round(fast / fb, 2)
+    ours: list[float] = []
+    theirs: list[float] = []
+
+    def interleaved() -> None:
+        start = time.perf_counter()
+        fast()
+        theirs.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        runner.run("gradient_check")
+        ours.append(time.perf_counter() - start)
+
+    benchmark.pedantic(interleaved, rounds=15, iterations=1, warmup_rounds=1)
+    fb = _median(_forward_backward(model64, X64, y))
+    median = statistics.median(ours) / statistics.median(theirs)
+    best = min(ours) / min(theirs)
+    benchmark.extra_info.update({
+        "gradient_check_vs_gradcheck_fast_median": round(median, 2),
+        "gradient_check_vs_gradcheck_fast_min": round(best, 2),
+        "gradient_check_vs_float64_forward_backward": round(statistics.median(ours) / fb, 1),
+        "gradcheck_fast_vs_float64_forward_backward": round(statistics.median(theirs) / fb, 1),
+    })
+    print(f"\ngradient_check vs gradcheck(fast_mode): {median:.2f}x (medians), {best:.2f}x "
+          f"(minima); vs a float64 forward+backward: {statistics.median(ours) / fb:.1f}x "
+          f"(gradcheck {statistics.median(theirs) / fb:.1f}x)")
 
 
 def _lecture_net() -> nn.Sequential:

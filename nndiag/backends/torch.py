@@ -510,7 +510,8 @@ class _Objective:
             p.grad = None
         loss = self._loss()
         self.session._backward_pass(loss)
-        grads = {n: None if p.grad is None else p.grad.detach().cpu().numpy().copy()
+        # No copy: the next call drops these .grad tensors rather than accumulating.
+        grads = {n: None if p.grad is None else p.grad.detach().cpu().numpy()
                  for n, p in self.params.items()}
         return loss.item(), grads
 

@@ -130,3 +130,26 @@ def test_parity_with_torch_on_the_same_weights() -> None:
         assert a["weight_std"] == pytest.approx(b["weight_std"], rel=1e-5)
     assert [r["dead"] for r in ours["dead_neurons"].evidence["layers"]] == [
         r["dead"] for r in theirs["dead_neurons"].evidence["layers"]]
+
+
+def test_batchnorm_state_on_the_model_is_restored_in_place() -> None:
+    class WithBatchnorm(M.FullyConnectedNet):
+        """Keeps assignment-style running statistics in ``bn_params`` dicts."""
+
+        def __init__(self) -> None:
+            super().__init__([32, 64, 64, 10])
+            self.bn_params = [{"mode": "train", "running_mean": np.zeros(32)}]
+
+        def loss(self, X: np.ndarray, y: np.ndarray | None = None) -> Any:
+            bn = self.bn_params[0]
+            bn["mode"] = "test" if y is None else "train"
+            if y is not None:
+                bn["running_mean"] = 0.9 * bn["running_mean"] + 0.1 * X.mean(axis=0)
+            return super().loss(X, y)
+
+    model = WithBatchnorm()
+    bn_list, bn = model.bn_params, model.bn_params[0]
+    report = nndiag.diagnose(nndiag.Subject(model, M.data(0)))
+    assert report.passed, [r.summary() for r in report if not r.ok]
+    assert model.bn_params is bn_list and model.bn_params[0] is bn
+    assert bn["mode"] == "train" and not bn["running_mean"].any()

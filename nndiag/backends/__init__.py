@@ -27,6 +27,7 @@ __all__ = [
     "Task",
     "Trainer",
     "backend_for",
+    "read_items",
     "unpack",
     "validate_arrays",
 ]
@@ -162,6 +163,36 @@ class Session(Protocol):
 
     def capture(self) -> list[LayerRecord]:
         """Activation statistics over the stored batches (computed once per session)."""
+
+
+def read_items(data: Any, limit: int, is_array: Callable[[Any], bool],
+               guard: AbstractContextManager[Any]) -> list[Any]:
+    """The first ``limit`` items of ``data``: one pair ``(X, y)`` of arrays, or an iterable
+    of pairs read under ``guard`` (a shuffling DataLoader draws from the global RNGs,
+    which the guard gives back).
+
+    Raises:
+        InvalidSubject: no data, not iterable, or no batch in it.
+    """
+    if data is None:
+        raise InvalidSubject("data", "got None", "pass one batch (X, y) or an iterable of "
+                             "batches")
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(map(is_array, data)):
+        return [data]
+    items: list[Any] = []
+    with guard:
+        try:
+            iterator = iter(data)  # a DataLoader draws its seed here
+        except TypeError:
+            raise InvalidSubject("data", "expected (X, y) or an iterable of batches, got "
+                                 f"{describe(data)}", "pass data=(X, y)") from None
+        for item in iterator:
+            items.append(item)
+            if len(items) >= limit:
+                break
+    if not items:
+        raise InvalidSubject("data", "holds no batch", "pass at least one batch (X, y)")
+    return items
 
 
 def unpack(item: Any, index: int) -> tuple[str, Any, Any]:

@@ -68,7 +68,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nndiag.backends import Batch, LayerRecord, SessionBase, Task, unpack, validate_arrays
+from nndiag.backends import (
+    Batch,
+    LayerRecord,
+    SessionBase,
+    Task,
+    read_items,
+    unpack,
+    validate_arrays,
+)
 from nndiag.backends.capture import Accumulator
 from nndiag.errors import InvalidSubject, ModelError, NndiagError, describe
 
@@ -223,26 +231,7 @@ class JaxBackend:
     def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
         """Read up to ``limit`` batches without touching the global RNGs (a shuffling
         iterator may draw from them)."""
-        if data is None:
-            raise InvalidSubject("data", "got None", "pass one batch (X, y) or an iterable of "
-                                 "batches")
-        is_pair = isinstance(data, (tuple, list)) and len(data) == 2 and all(map(_is_array, data))
-        if is_pair:
-            items = [data]
-        else:
-            items = []
-            with _rng_guard():
-                try:
-                    iterator = iter(data)
-                except TypeError:
-                    raise InvalidSubject("data", "expected (X, y) or an iterable of batches, "
-                                         f"got {describe(data)}", "pass data=(X, y)") from None
-                for item in iterator:
-                    items.append(item)
-                    if len(items) >= limit:
-                        break
-        if not items:
-            raise InvalidSubject("data", "holds no batch", "pass at least one batch (X, y)")
+        items = read_items(data, limit, _is_array, _rng_guard())
         return [self._batch(item, i) for i, item in enumerate(items)]
 
     def _batch(self, item: Any, index: int) -> Batch:

@@ -31,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from nndiag.backends import Batch, LayerRecord, SessionBase, Task, unpack, validate_arrays
+from nndiag.backends import (
+    Batch,
+    LayerRecord,
+    SessionBase,
+    Task,
+    read_items,
+    unpack,
+    validate_arrays,
+)
 from nndiag.backends.capture import Accumulator
 from nndiag.errors import InvalidSubject, ModelError, describe
 
@@ -39,6 +47,15 @@ __all__ = ["BACKEND", "NumpyBackend", "NumpySession"]
 
 _STATE_ATTRIBUTES = ("bn_params", "dropout_param")
 _KINDS = ("relu", "tanh", "sigmoid")
+
+
+@contextmanager
+def _numpy_guard() -> Iterator[None]:
+    state = np.random.get_state()
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 class NumpyBackend:
@@ -63,26 +80,7 @@ class NumpyBackend:
                                  "leave it out: a numeric model.reg is used as the knob")
 
     def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
-        if data is None:
-            raise InvalidSubject("data", "got None", "pass one batch (X, y)")
-        if isinstance(data, (tuple, list)) and len(data) == 2 and all(
-                isinstance(v, np.ndarray) for v in data):
-            items = [data]
-        else:
-            state = np.random.get_state()
-            try:
-                items = []
-                for item in data:
-                    items.append(item)
-                    if len(items) >= limit:
-                        break
-            except TypeError:
-                raise InvalidSubject("data", f"expected (X, y) or an iterable of batches, got "
-                                     f"{describe(data)}", "pass data=(X, y)") from None
-            finally:
-                np.random.set_state(state)
-        if not items:
-            raise InvalidSubject("data", "holds no batch", "pass at least one batch (X, y)")
+        items = read_items(data, limit, lambda v: isinstance(v, np.ndarray), _numpy_guard())
         return [self._batch(item, i) for i, item in enumerate(items)]
 
     def _batch(self, item: Any, index: int) -> Batch:

@@ -22,7 +22,15 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from nndiag.backends import Batch, LayerRecord, SessionBase, Task, unpack, validate_arrays
+from nndiag.backends import (
+    Batch,
+    LayerRecord,
+    SessionBase,
+    Task,
+    read_items,
+    unpack,
+    validate_arrays,
+)
 from nndiag.backends.capture import Accumulator
 from nndiag.errors import InvalidSubject, ModelError, describe
 
@@ -120,25 +128,7 @@ class TorchBackend:
     def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
         """Read up to ``limit`` batches without touching the global RNGs (a shuffling
         DataLoader draws from them)."""
-        if data is None:
-            raise InvalidSubject("data", "got None", "pass one batch (X, y) or a DataLoader")
-        is_pair = isinstance(data, (tuple, list)) and len(data) == 2 and all(map(_is_array, data))
-        if is_pair:
-            items = [data]
-        else:
-            items = []
-            with _rng_guard(_rng_guard_devices(model)):
-                try:
-                    iterator = iter(data)  # a DataLoader draws its seed here
-                except TypeError:
-                    raise InvalidSubject("data", "expected (X, y) or an iterable of batches, "
-                                         f"got {describe(data)}", "pass data=(X, y)") from None
-                for item in iterator:
-                    items.append(item)
-                    if len(items) >= limit:
-                        break
-        if not items:
-            raise InvalidSubject("data", "holds no batch", "pass at least one batch (X, y)")
+        items = read_items(data, limit, _is_array, _rng_guard(_rng_guard_devices(model)))
         device = next(model.parameters()).device
         return [self._batch(item, i, device) for i, item in enumerate(items)]
 

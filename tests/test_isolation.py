@@ -150,3 +150,21 @@ def test_a_model_that_raises_midway_is_still_restored() -> None:
     assert errors[0].check in errors[0].message
     assert not model.training and all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
     assert model.calls == 0 or isinstance(model.calls, int)
+
+
+def test_a_setter_writing_into_a_dict_the_loss_reads_is_undone() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    cfg = {"l2": 1e-4}
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, y) + cfg["l2"] * sum((p**2).sum() for p in model.parameters())
+
+    def knob(m: nn.Module, strength: float) -> None:
+        cfg["l2"] = strength
+
+    subject = nndiag.Subject(model, (torch.randn(32, 8), torch.arange(32) % 3), loss=loss,
+                             regularization=knob)
+    report = nndiag.diagnose(subject, ["regularization_loss", "overfit_small"])
+    assert report["regularization_loss"].status == "pass"
+    assert cfg == {"l2": 1e-4}

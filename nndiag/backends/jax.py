@@ -56,7 +56,6 @@ import hashlib
 import inspect
 import math
 import os
-import random
 import sysconfig
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -78,6 +77,7 @@ from nndiag.backends import (
     validate_arrays,
 )
 from nndiag.backends.capture import Accumulator
+from nndiag.backends.state import NumberSnapshot, holders, rng_guard
 from nndiag.errors import InvalidSubject, ModelError, NndiagError, describe
 
 try:  # jax >= 0.4.30 exposes the jaxpr types here; older versions in jax.core
@@ -155,17 +155,6 @@ def _x64_enabled() -> bool:
     return bool(jax.config.jax_enable_x64)
 
 
-@contextmanager
-def _rng_guard() -> Iterator[None]:
-    """Leave numpy's and ``random``'s global generators exactly as they were."""
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-        yield
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-
-
 def _knob_form(knob: Any) -> str:
     """``penalty`` for ``penalty(params)``, ``setter`` for ``knob(model, strength)``."""
     try:
@@ -231,7 +220,7 @@ class JaxBackend:
     def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
         """Read up to ``limit`` batches without touching the global RNGs (a shuffling
         iterator may draw from them)."""
-        items = read_items(data, limit, _is_array, _rng_guard())
+        items = read_items(data, limit, _is_array, rng_guard())
         return [self._batch(item, i) for i, item in enumerate(items)]
 
     def _batch(self, item: Any, index: int) -> Batch:
@@ -260,51 +249,6 @@ def _mse(outputs: jax.Array, y: jax.Array) -> jax.Array:
     if outputs.shape != y.shape and outputs.size == y.size:
         outputs = outputs.reshape(y.shape)  # (N, 1) outputs for (N,) targets
     return jnp.mean((outputs - y) ** 2)
-
-
-def _holders(loss: Any, knob: Any) -> list[Any]:
-    """Objects a regularization setter may write its strength into: the loss object, the
-    setter's own object, and the dicts and plain objects both functions refer to."""
-    found: list[Any] = []
-    for fn in (loss, knob):
-        if fn is None:
-            continue
-        candidates = [fn, getattr(fn, "__self__", None)]
-        try:
-            refs = inspect.getclosurevars(fn)
-            candidates += [*refs.nonlocals.values(), *refs.globals.values()]
-        except (TypeError, ValueError):
-            pass
-        for c in candidates:
-            plain = hasattr(c, "__dict__") and not isinstance(c, (type, type(os)))
-            if (isinstance(c, dict) or plain) and all(c is not f for f in found):
-                found.append(c)
-    return found
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, (int, float)) or (_is_array(value) and value.size == 1)
-
-
-class _Snapshot:
-    """The numbers a regularization setter could change, to restore exactly."""
-
-    def __init__(self, owners: list[Any]) -> None:
-        self.items: list[tuple[Any, str, Any]] = []
-        for owner in owners:
-            mapping = owner if isinstance(owner, dict) else vars(owner)
-            self.items += [(owner, k, v) for k, v in list(mapping.items())
-                           if _is_number(v) and not str(k).startswith("__")]
-
-    def restore(self) -> None:
-        for owner, key, value in self.items:
-            if isinstance(owner, dict):
-                if owner.get(key, value) is not value:
-                    owner[key] = value
-            elif vars(owner).get(key, value) is not value:
-                setattr(owner, key, value)
 
 
 def _untraceable(exc: BaseException) -> bool:
@@ -466,10 +410,10 @@ class JaxSession(SessionBase):
     # -- isolation ---------------------------------------------------------------------
     @contextmanager
     def isolated(self, check: str) -> Iterator[None]:
-        snapshot = _Snapshot(_holders(self.loss_fn, self._setter)) if self._setter else None
+        snapshot = NumberSnapshot(holders(self.loss_fn, self._setter)) if self._setter else None
         x64 = _x64_enabled()
         try:
-            with _rng_guard():
+            with rng_guard():
                 yield
         except ModelError as exc:
             exc.check = check

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -41,21 +40,13 @@ from nndiag.backends import (
     validate_arrays,
 )
 from nndiag.backends.capture import Accumulator
+from nndiag.backends.state import NumberSnapshot, holders, rng_guard
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["BACKEND", "NumpyBackend", "NumpySession"]
 
 _STATE_ATTRIBUTES = ("bn_params", "dropout_param")
 _KINDS = ("relu", "tanh", "sigmoid")
-
-
-@contextmanager
-def _numpy_guard() -> Iterator[None]:
-    state = np.random.get_state()
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
 
 
 class NumpyBackend:
@@ -80,7 +71,7 @@ class NumpyBackend:
                                  "leave it out: a numeric model.reg is used as the knob")
 
     def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
-        items = read_items(data, limit, lambda v: isinstance(v, np.ndarray), _numpy_guard())
+        items = read_items(data, limit, lambda v: isinstance(v, np.ndarray), rng_guard())
         return [self._batch(item, i) for i, item in enumerate(items)]
 
     def _batch(self, item: Any, index: int) -> Batch:
@@ -162,33 +153,31 @@ class NumpySession(SessionBase):
         values = {k: v.copy() for k, v in params.items()}
         state = {a: copy.deepcopy(getattr(self.model, a)) for a in _STATE_ATTRIBUTES
                  if hasattr(self.model, a)}
-        reg = getattr(self.model, "reg", None)
-        np_state, py_state = np.random.get_state(), random.getstate()
+        knob = self.subject.regularization
+        holding = NumberSnapshot(holders(knob if callable(knob) else None, extra=(self.model,)))
         dropout = getattr(self.model, "dropout_param", None)
-        try:
-            np.random.seed(self.config.seed)
-            for name, value in originals.items():  # private copies, as in the torch backend
-                params[name] = value.copy()
-            if isinstance(dropout, dict):  # dropout is regularization: off, whatever loss sets
-                self.model.dropout_param = _PinnedMode(dropout, mode="test")
-            yield
-        except ModelError as exc:
-            exc.check = check
-            raise
-        finally:
-            params.clear()
-            params.update(originals)
-            for name, value in originals.items():
-                if not np.array_equal(value, values[name], equal_nan=True):
-                    np.copyto(value, values[name])
-            if isinstance(dropout, dict):
-                self.model.dropout_param = dropout
-            for attribute, saved in state.items():
-                _restore_in_place(self.model, attribute, saved)
-            if reg is not None:
-                self.model.reg = reg
-            np.random.set_state(np_state)
-            random.setstate(py_state)
+        with rng_guard():
+            try:
+                np.random.seed(self.config.seed)
+                for name, value in originals.items():  # private copies, as in the torch backend
+                    params[name] = value.copy()
+                if isinstance(dropout, dict):  # dropout is regularization: off, whatever loss sets
+                    self.model.dropout_param = _PinnedMode(dropout, mode="test")
+                yield
+            except ModelError as exc:
+                exc.check = check
+                raise
+            finally:
+                params.clear()
+                params.update(originals)
+                for name, value in originals.items():
+                    if not np.array_equal(value, values[name], equal_nan=True):
+                        np.copyto(value, values[name])
+                if isinstance(dropout, dict):
+                    self.model.dropout_param = dropout
+                for attribute, saved in state.items():
+                    _restore_in_place(self.model, attribute, saved)
+                holding.restore()
 
     # -- probe and losses --------------------------------------------------------------
     def _probe(self) -> Task:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -32,6 +31,7 @@ from nndiag.backends import (
     validate_arrays,
 )
 from nndiag.backends.capture import Accumulator
+from nndiag.backends.state import NumberSnapshot, holders, rng_guard
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["BACKEND", "TorchBackend", "TorchSession"]
@@ -83,15 +83,10 @@ def _seed(seed: int, devices: list[int]) -> None:
 @contextmanager
 def _rng_guard(devices: list[int], seed: int | None = None) -> Iterator[None]:
     """Leave torch, numpy and ``random`` generators exactly as they were."""
-    np_state, py_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=devices):
+    with rng_guard(), torch.random.fork_rng(devices=devices):
         if seed is not None:
             _seed(seed, devices)
-        try:
-            yield
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
+        yield
 
 
 class TorchBackend:
@@ -274,6 +269,8 @@ class TorchSession(SessionBase):
     @contextmanager
     def isolated(self, check: str) -> Iterator[None]:
         snapshot = _Snapshot(self.model, self.loss_fn)
+        knob = self.subject.regularization
+        holding = NumberSnapshot(holders(self.loss_fn, knob if callable(knob) else None))
         default_dtype = torch.get_default_dtype()
         try:
             with _rng_guard(self._devices, self.config.seed), torch.enable_grad():
@@ -289,6 +286,7 @@ class TorchSession(SessionBase):
         finally:
             torch.set_default_dtype(default_dtype)
             snapshot.restore()
+            holding.restore()
 
     def _owners(self) -> list[nn.Module]:
         owners = list(self.model.modules())

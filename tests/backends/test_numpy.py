@@ -153,3 +153,16 @@ def test_batchnorm_state_on_the_model_is_restored_in_place() -> None:
     assert report.passed, [r.summary() for r in report if not r.ok]
     assert model.bn_params is bn_list and model.bn_params[0] is bn
     assert bn["mode"] == "train" and not bn["running_mean"].any()
+
+
+def test_a_callable_knob_on_a_numpy_model_is_undone() -> None:
+    model = M.net(0, reg=1e-3)
+    model.lam = 0.5
+
+    def knob(m: Any, strength: float) -> None:
+        m.lam = strength
+        m.reg = strength
+
+    nndiag.diagnose(nndiag.Subject(model, M.data(0), regularization=knob),
+                    ["regularization_loss"])
+    assert (model.lam, model.reg) == (0.5, 1e-3)

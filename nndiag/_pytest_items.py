@@ -278,7 +278,9 @@ class NndiagSession:
     def _seed(config: pytest.Config, base: Config, in_toml: bool) -> tuple[int, str, bool]:
         workerinput = getattr(config, "workerinput", None)  # set by xdist on its workers
         if isinstance(workerinput, dict) and "nndiag_seed" in workerinput:
-            return int(workerinput["nndiag_seed"]), "from the xdist controller", True
+            # Forced only where the controller's was: a subject's own seed= still holds.
+            return (int(workerinput["nndiag_seed"]), "from the xdist controller",
+                    bool(workerinput.get("nndiag_seed_forced", False)))
         text = config.getoption("nndiag_seed")
         if text is None:
             return base.seed, "[tool.nndiag] seed" if in_toml else "default", False

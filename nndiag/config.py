@@ -26,6 +26,18 @@ DEFAULT_CHECKS: tuple[str, ...] = (
 )
 
 
+def _check_tuple(where: str, value: Any, strings: bool, positive: bool) -> None:
+    if not isinstance(value, tuple) or not (value or strings):
+        raise ValueError(f"{where} expects a non-empty tuple, got {describe(value)}")
+    for item in value:
+        if strings and not isinstance(item, str):
+            raise TypeError(f"{where} expects check ids (str), got {describe(item)}")
+        if not strings and (isinstance(item, bool) or not isinstance(item, (int, float))
+                            or item < 0 or (positive and item == 0)):
+            raise ValueError(f"{where} expects {'positive' if positive else 'non-negative'} "
+                             f"numbers, got {describe(item)}")
+
+
 @dataclass(frozen=True)
 class Config:
     """Settings of one run of the checks. Build with keywords or :meth:`from_mapping`."""
@@ -100,14 +112,25 @@ class Config:
     checks: tuple[str, ...] = DEFAULT_CHECKS
 
     def __post_init__(self) -> None:
+        defaults = Config.__dataclass_fields__
         for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"Config.{f.name} expects a number, got {describe(value)}")
-            if value < 0:
-                raise ValueError(f"Config.{f.name} must be >= 0, got {value!r}")
+            value, default = getattr(self, f.name), defaults[f.name].default
+            where = f"Config.{f.name}"
+            if isinstance(default, tuple):
+                _check_tuple(where, value, strings=f.name == "checks",
+                             positive=f.name == "gradient_steps")
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"{where} expects int, got {describe(value)}")
+                if value < (0 if f.name in ("seed", "gradient_coordinates") else 1):
+                    raise ValueError(f"{where} must be >= "
+                                     f"{0 if f.name in ('seed', 'gradient_coordinates') else 1}"
+                                     f", got {value!r}")
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError(f"{where} expects a number, got {describe(value)}")
+                if value < 0:
+                    raise ValueError(f"{where} must be >= 0, got {value!r}")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated like :meth:`from_mapping`)."""

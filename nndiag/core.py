@@ -36,6 +36,9 @@ class Runner:
         if not isinstance(subject, Subject):
             raise InvalidSubject("subject", f"expected an nndiag.Subject, got {describe(subject)}",
                                  "wrap the model: nndiag.Subject(model, (X, y))")
+        if config is not None and not isinstance(config, Config):
+            raise InvalidSubject("config", f"expected an nndiag.Config, got {describe(config)}",
+                                 "pass nndiag.Config(...) or Config.from_mapping({...})")
         self.subject = subject
         self.config = config or Config()
         self._session: Session | None = None
@@ -90,13 +93,13 @@ def diagnose(subject: Subject, checks: Iterable[str] | None = None,
         InvalidSubject: the subject cannot be diagnosed (see :class:`Runner`).
         ValueError: an unknown check id.
     """
-    config = config or Config()
+    runner = Runner(subject, config)
+    config = runner.config
     if isinstance(checks, str):
         checks = [checks]
     selected = list(config.checks if checks is None else checks)
     for check in selected:
         if check not in CHECKS:
             raise ValueError(f"unknown check {check!r}; known checks: {', '.join(CHECKS)}")
-    runner = Runner(subject, config)
     results = [runner.run(check) for check in selected]
     return Report(results, meta=environment(config.seed))

@@ -148,3 +148,4 @@ class _XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["nndiag_seed"] = self.session.seed
+        node.workerinput["nndiag_seed_forced"] = self.session.seed_forced

@@ -423,8 +423,8 @@ def run_property(check: str, subject: Subject, config: Config, *, max_examples: 
     is described in the message and in ``evidence["counterexample"]``.
 
     Returns:
-        A :class:`CheckResult`: ``pass``, ``fail``, or ``error`` when the model raised on a
-        generated batch.
+        A :class:`CheckResult`: ``pass``, ``fail``, ``error`` when the model raised on a
+        generated batch, or ``skip`` for a backend other than torch.
 
     Raises:
         ValueError: an unknown check id.
@@ -437,6 +437,10 @@ def run_property(check: str, subject: Subject, config: Config, *, max_examples: 
 
     if check not in PROPERTY_CHECKS:
         raise ValueError(f"unknown property check {check!r}; known: {', '.join(PROPERTY_CHECKS)}")
+    if subject.backend.name != "torch":
+        return CheckResult(check, "skip", f"{check} generates torch batches; the "
+                           f"{subject.backend.name} backend is not supported by the property "
+                           "checks yet.", subject=subject.name)
     model = subject.model
     min_size = 2 if check == "batch_independence" else 1
     max_size = max(max_size, min_size)

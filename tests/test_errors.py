@@ -136,3 +136,21 @@ def test_float_targets_and_integer_arrays_from_numpy() -> None:
     y = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
     report = nndiag.diagnose(nndiag.Subject(_mlp(), (X, y)), ["initial_loss"])
     assert report["initial_loss"].status in ("pass", "warn")
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"seed": 1.5}, "Config.seed expects int"),
+    ({"overfit_steps": 0}, "Config.overfit_steps must be >= 1"),
+    ({"max_samples": 0}, "Config.max_samples must be >= 1"),
+    ({"gradient_steps": ()}, "non-empty tuple"),
+    ({"regularization_strengths": ("a",)}, "non-negative numbers"),
+    ({"checks": (1,)}, "check ids"),
+])
+def test_config_values_are_validated(options: dict[str, Any], words: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=words.replace("(", "\\\\(")):
+        nndiag.Config(**options)
+
+
+def test_a_mapping_is_not_a_config() -> None:
+    with pytest.raises(InvalidSubject, match="expected an nndiag.Config"):
+        nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y)), config={"seed": 1})  # type: ignore

@@ -64,6 +64,12 @@ _ACTIVATION_MODULES = tuple(
 )
 
 
+def _hardtanh_floor(args: Any, kwargs: Any) -> float:
+    if len(args) > 1:
+        return float(args[1])
+    return float((kwargs or {}).get("min_val", -1.0))
+
+
 def _is_array(value: Any) -> bool:
     return isinstance(value, (torch.Tensor, np.ndarray))
 
@@ -596,6 +602,8 @@ class _Recorder(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         kind = _KINDS.get(func)
+        if kind == "hardtanh" and _hardtanh_floor(args, kwargs) == 0.0:
+            kind = "relu"  # nn.ReLU6 runs as hardtanh(x, 0, 6): a ReLU-family unit
         if kind is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
             self._record(kind, out.detach())
         return out

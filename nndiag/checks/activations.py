@@ -20,11 +20,14 @@ from nndiag.results import CheckResult
 _SATURATING = ("tanh", "sigmoid")
 
 
+_HE_KINDS = ("relu", "leaky_relu", "elu", "gelu", "silu")  # rectifier-like: He init
+
+
 def recommended_std(layer: LayerRecord) -> float | None:
     """He for the ReLU family, Xavier otherwise, for the weights feeding ``layer``."""
     if not layer.fan_in:
         return None
-    gain = 2.0 if layer.kind in ("relu", "leaky_relu", "elu", "gelu", "silu") else 1.0
+    gain = 2.0 if layer.kind in _HE_KINDS else 1.0
     return math.sqrt(gain / layer.fan_in)
 
 
@@ -40,7 +43,7 @@ def _init_advice(layer: LayerRecord, framework: str) -> str:
     target = recommended_std(layer)
     if target is None or layer.weight_std is None:
         return "Use Xavier init for tanh/sigmoid and He init for ReLU layers."
-    he = layer.kind in ("relu", "leaky_relu", "elu", "gelu", "silu")
+    he = layer.kind in _HE_KINDS
     rule = "He sqrt(2/fan_in)" if he else "Xavier 1/sqrt(fan_in)"
     calls = _INIT_CALLS.get(framework.split()[0], _INIT_CALLS["torch"])
     call = calls[0] if he else calls[1]
@@ -153,8 +156,8 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
     else:
         return CheckResult(check, "pass", f"Dead ReLU units per layer over {samples} "
                            f"positions: {profile}.", metrics, evidence)
-    bad = next(r for r in rows if r["dead_fraction"] >= config.dead_warn)
     limit = config.dead_fail if status == "fail" else config.dead_warn
+    bad = next(r for r in rows if r["dead_fraction"] >= limit)  # the first layer at the limit
     return CheckResult(
         check, status, f"{bad['dead']} of {bad['units']} units of {bad['name']} "
         f"({bad['dead_fraction']:.0%}) never fire over {samples} positions (limit {limit:.0%}). "

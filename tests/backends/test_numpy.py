@@ -166,3 +166,12 @@ def test_a_callable_knob_on_a_numpy_model_is_undone() -> None:
     nndiag.diagnose(nndiag.Subject(model, M.data(0), regularization=knob),
                     ["regularization_loss"])
     assert (model.lam, model.reg) == (0.5, 1e-3)
+
+
+def test_property_checks_skip_numpy_models_with_the_reason() -> None:
+    from nndiag.properties import PROPERTY_CHECKS, run_property
+
+    subject = nndiag.Subject(M.net(0), M.data(0))
+    for check in PROPERTY_CHECKS:
+        result = run_property(check, subject, nndiag.Config())
+        assert result.status == "skip" and "numpy backend" in result.message

@@ -121,3 +121,23 @@ def test_a_layer_with_constant_output_fails() -> None:
         model[0].bias.fill_(-100.0)  # the first ReLU layer never fires: std 0 from there on
     result = _diagnose(model, "activation_stats")["activation_stats"]
     assert result.status == "fail" and "1:relu outputs a constant" in result.message
+
+
+def test_relu6_layers_count_as_relu_units() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(IN, 20), nn.ReLU6(), nn.Linear(20, 10))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)
+    result = _diagnose(model, "dead_neurons")["dead_neurons"]
+    assert result.status == "fail" and result.evidence["layers"][0]["name"] == "1:relu"
+
+
+def test_the_message_names_the_layer_over_the_failing_limit() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(IN, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(),
+                          nn.Linear(20, 10))
+    with torch.no_grad():
+        model[0].bias[:11] = -100.0  # 55%: over the warn limit only
+        model[2].bias[:16] = -100.0  # 80%: over the fail limit
+    result = _diagnose(model, "dead_neurons")["dead_neurons"]
+    assert result.status == "fail" and "units of 3:relu" in result.message

@@ -27,7 +27,7 @@ import pytest
 
 from nndiag.checks import CHECKS
 from nndiag.config import Config
-from nndiag.core import Runner
+from nndiag.core import Runner, error_result
 from nndiag.errors import CheckFailed, InvalidSubject, describe
 from nndiag.plugin import REPORT_ATTRIBUTE, NndiagWarning
 from nndiag.properties import PROPERTY_CHECKS, run_property
@@ -440,11 +440,7 @@ class NndiagSession:
             result = CheckResult(check, "error", f"subject {spec.name!r} cannot be diagnosed: "
                                  f"{exc.argument}: {exc.problem}", hint=exc.fix)
         except Exception as exc:  # a bug in nndiag: say so, keep the other items running
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            result = CheckResult(
-                check, "error", f"internal nndiag error in {check}: {type(exc).__name__}: {exc} "
-                f"({Path(where.filename).name}:{where.lineno})",
-                hint="please report this with the subject that triggers it")
+            result = error_result(check, exc)
         return dataclasses.replace(result, subject=spec.name)
 
     # -- results and reports ----------------------------------------------------------------------

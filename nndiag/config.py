@@ -47,7 +47,7 @@ class Config:
     # Batches read from an iterable ``data`` (a DataLoader): enough for stable statistics.
     max_batches: int = 4
     # Rows used by initial_loss and the activation checks (calibration: 256 rows put the
-    # PyTorch-default 10-class loss within 2.300-2.313, see REFERENCE).
+    # PyTorch-default 10-class loss within 2.300-2.313, docs/calibration.md).
     max_samples: int = 512
 
     # initial_loss: two-sided relative band around the expected loss. CS231n-style nets at
@@ -65,7 +65,7 @@ class Config:
     # overfit_small (lecture: ~20 samples, regularization off, ~100% accuracy, loss ~0).
     overfit_samples: int = 20
     overfit_steps: int = 300
-    # Default optimizer: Adam at this rate fits 20 samples in 18-22 steps (REFERENCE).
+    # Default optimizer: Adam at this rate fits 20 samples in 18-22 steps (docs/calibration.md).
     overfit_lr: float = 1e-3
     # "Near zero": final loss below this fraction of the initial loss.
     overfit_loss_ratio: float = 0.02
@@ -75,11 +75,11 @@ class Config:
     overfit_flat_ratio: float = 0.9
 
     # gradient_check: centered differences in float64 (notes: h ~ 1e-5; one-sided
-    # differences at a kink agree for h <= 1e-6, REFERENCE). Steps tried in order until
+    # differences at a kink agree for h <= 1e-6, docs/calibration.md). Steps tried in order until
     # the error is small: a kink's error shrinks with h, a wrong gradient's does not.
     gradient_steps: tuple[float, ...] = (1e-6, 1e-7, 1e-5)
     # Relative error bands: <= warn passes (clean models: max 8.5e-8 per direction,
-    # REFERENCE), <= fail warns (notes: < 1e-4 "fine with kinks"), above fails.
+    # docs/calibration.md), <= fail warns (notes: < 1e-4 "fine with kinks"), above fails.
     gradient_warn: float = 1e-6
     gradient_fail: float = 1e-4
     # Rows of the first batch the check differentiates (cost grows with the batch).
@@ -93,7 +93,7 @@ class Config:
     gradient_coordinates: int = 1
 
     # activation_stats: a layer is saturated when this fraction of its tanh/sigmoid outputs
-    # sit within 1% of a rail (tanh 1.0-init: 90%, Xavier: <1%, REFERENCE).
+    # sit within 1% of a rail (tanh 1.0-init: 90%, Xavier: <1%, docs/calibration.md).
     saturation_warn: float = 0.10
     saturation_fail: float = 0.30
     # Collapse: std of an activation layer over the first one's (lecture demo: 0.01-init
@@ -105,7 +105,7 @@ class Config:
 
     # dead_neurons: fraction of a layer's ReLU units at 0 for every sample. SageMaker
     # Debugger warns at 50%, DeepDiagnosis/AUTOTRAINER at 70%; PyTorch's default init
-    # leaves up to 27% dead in a healthy 5-layer MLP (REFERENCE).
+    # leaves up to 27% dead in a healthy 5-layer MLP (docs/calibration.md).
     dead_warn: float = 0.5
     dead_fail: float = 0.7
 

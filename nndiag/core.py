@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nndiag.checks import CHECKS, get_check
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from nndiag.backends import Session
     from nndiag.subject import Subject
 
-__all__ = ["Runner", "diagnose"]
+__all__ = ["Runner", "diagnose", "error_result"]
 
 
 class Runner:
@@ -58,23 +59,27 @@ class Runner:
         try:
             with session.isolated(check):
                 result = function(session, self.config)
-        except ModelError as exc:
-            result = CheckResult(check, "error", f"{exc.call} raised {type(exc.original).__name__}"
-                                 f" during {check}: {exc.original}", hint=exc.fix)
-        except InvalidSubject as exc:
-            result = CheckResult(check, "error", f"{exc.argument}: {exc.problem}", hint=exc.fix)
-        except Exception as exc:  # a bug in nndiag: say so, keep the other checks running
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            result = CheckResult(
-                check, "error",
-                f"internal nndiag error in {check}: {type(exc).__name__}: {exc} "
-                f"({where.filename.rsplit('/', 1)[-1]}:{where.lineno})",
-                hint="please report this with the subject that triggers it")
+        except Exception as exc:  # the model's fault or nndiag's: a result either way
+            result = error_result(check, exc)
         forward1, backward1 = session.passes()
         cost = Cost(forward1 - forward0, backward1 - backward0,
                     round(time.perf_counter() - start, 4))
         return CheckResult(result.check, result.status, result.message, result.metrics,
                            result.evidence, result.hint, cost, self.subject.name)
+
+
+def error_result(check: str, exc: Exception) -> CheckResult:
+    """The ``error`` result for what a check raised: the user's model, loss or subject
+    (named, with the fix), or a bug inside nndiag (said to be one)."""
+    if isinstance(exc, ModelError):
+        return CheckResult(check, "error", f"{exc.call} raised {type(exc.original).__name__} "
+                           f"during {check}: {exc.original}", hint=exc.fix)
+    if isinstance(exc, InvalidSubject):
+        return CheckResult(check, "error", f"{exc.argument}: {exc.problem}", hint=exc.fix)
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    return CheckResult(check, "error", f"internal nndiag error in {check}: "
+                       f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})",
+                       hint="please report this with the subject that triggers it")
 
 
 def diagnose(subject: Subject, checks: Iterable[str] | None = None,

@@ -149,7 +149,7 @@ def test_a_model_that_raises_midway_is_still_restored() -> None:
     assert errors and "model(X) raised RuntimeError" in errors[0].message
     assert errors[0].check in errors[0].message
     assert not model.training and all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
-    assert model.calls == 0 or isinstance(model.calls, int)
+    assert model.calls == 0  # a plain-number attribute the run changed, put back
 
 
 def test_a_setter_writing_into_a_dict_the_loss_reads_is_undone() -> None:

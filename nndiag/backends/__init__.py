@@ -39,6 +39,7 @@ _BUILTIN: dict[str, tuple[str, str]] = {
     "numpy": ("numpy", "nndiag.backends.numpy:BACKEND"),  # last: every framework loads numpy
 }
 ENTRY_POINT_GROUP = "nndiag.backends"
+PER_SAMPLE_ROWS = 256  # rows whose individual losses estimate the initial loss's noise
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,4 @@ def backend_for(model: Any) -> Backend:
         "params dict and loss(X, y) -> (loss, grads) (the CS231n protocol)",
     )
 
-
-def known_frameworks() -> list[str]:
-    return sorted(_BUILTIN)
 

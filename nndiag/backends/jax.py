@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nndiag.backends import (
+    PER_SAMPLE_ROWS,
     Batch,
     LayerRecord,
     SessionBase,
@@ -87,7 +88,6 @@ except ImportError:  # pragma: no cover - depends on the installed jax
 
 __all__ = ["BACKEND", "JaxBackend", "JaxSession"]
 
-_PER_SAMPLE_ROWS = 256  # rows whose individual losses estimate the initial loss's noise
 _TRACE_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(jax.errors, name) for name in (
         "ConcretizationTypeError", "TracerArrayConversionError", "TracerBoolConversionError",
@@ -486,7 +486,7 @@ class JaxSession(SessionBase):
             mean = jnp.broadcast_to(y.mean(axis=0, keepdims=True), y.shape)
             found["mean"] = self._loss(mean.reshape(out.shape).astype(out.dtype), y, params,
                                        strength)
-        n = min(len(y), _PER_SAMPLE_ROWS)
+        n = min(len(y), PER_SAMPLE_ROWS)
         try:  # one vectorized pass; a loss that vmap cannot take is tried row by row
             found["per_sample"] = jax.vmap(self._row_loss)(out[:n], y[:n]) + penalty
         except Exception:
@@ -503,7 +503,7 @@ class JaxSession(SessionBase):
         out = found["out"]
         try:
             rows = [float(self._row_loss(out[i], batch.y[i]))
-                    for i in range(min(len(batch), _PER_SAMPLE_ROWS))]
+                    for i in range(min(len(batch), PER_SAMPLE_ROWS))]
         except Exception:  # a loss that cannot take single rows: no noise estimate
             return mean, None
         return mean, np.asarray(rows) + float(found["penalty"])

@@ -22,6 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from nndiag.backends import (
+    PER_SAMPLE_ROWS,
     Batch,
     LayerRecord,
     SessionBase,
@@ -36,7 +37,6 @@ from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["BACKEND", "TorchBackend", "TorchSession"]
 
-_PER_SAMPLE_ROWS = 256  # rows whose individual losses estimate the initial loss's noise
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
             nn.FeatureAlphaDropout)
 
@@ -375,7 +375,7 @@ class TorchSession(SessionBase):
             if not per_sample:
                 return mean, None
             try:
-                n = min(len(batch), _PER_SAMPLE_ROWS)
+                n = min(len(batch), PER_SAMPLE_ROWS)
                 per = np.array([float(self.loss_fn(out[i:i + 1], batch.y[i:i + 1]))
                                 for i in range(n)])
             except Exception:  # a loss that cannot take single rows: no noise estimate

@@ -3,7 +3,7 @@
 Cost does not grow with the parameter count: each tensor is checked along one random
 +/-1 direction (one centered difference: 2 forward passes), after a single backward pass.
 A disagreement is confirmed at other step sizes before it counts: a ReLU kink crossed by
-the step shrinks with h, a wrong gradient does not (REFERENCE: one-sided differences at a
+the step shrinks with h, a wrong gradient does not (docs/calibration.md: one-sided differences at a
 kink agree for h <= 1e-6). A failing tensor is then bisected down to one coordinate.
 """
 

@@ -55,7 +55,7 @@ def _check(model: nn.Module, seed: int = 0) -> nndiag.CheckResult:
 
 
 def test_one_percent_wrong_weight_gradient_is_caught_and_named() -> None:
-    # REFERENCE: gradcheck fast mode misses this bug; the per-tensor direction does not.
+    # docs/calibration.md: gradcheck fast mode misses this bug; the per-tensor direction does not.
     torch.manual_seed(0)
     result = _check(ScaledWeightGrad(1.01))
     assert result.status == "fail", result.summary()

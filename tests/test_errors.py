@@ -154,3 +154,10 @@ def test_config_values_are_validated(options: dict[str, Any], words: str) -> Non
 def test_a_mapping_is_not_a_config() -> None:
     with pytest.raises(InvalidSubject, match="expected an nndiag.Config"):
         nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y)), config={"seed": 1})  # type: ignore
+
+
+def test_a_batch_with_a_list_target_says_which_part_to_convert() -> None:
+    with pytest.raises(InvalidSubject, match="y is .* not a tensor. Fix: convert y with torch"):
+        nndiag.Subject(_mlp(), (X, Y.tolist()))
+    subject = nndiag.Subject(_mlp(), (X, Y, torch.ones(16)))  # a weights column is ignored
+    assert subject.num_samples == 16

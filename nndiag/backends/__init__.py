@@ -178,7 +178,8 @@ def read_items(data: Any, limit: int, is_array: Callable[[Any], bool],
     if data is None:
         raise InvalidSubject("data", "got None", "pass one batch (X, y) or an iterable of "
                              "batches")
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(map(is_array, data)):
+    # One batch: (X, y) or (X, y, extra) led by an array; a list of batches leads with a pair.
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3) and is_array(data[0]):
         return [data]
     items: list[Any] = []
     with guard:

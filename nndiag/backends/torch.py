@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -174,6 +174,31 @@ def _loss_modules(loss: Any) -> list[nn.Module]:
         return []
     found = [*refs.nonlocals.values(), *refs.globals.values()]
     return [m for m in found if isinstance(m, nn.Module)]
+
+
+def _captured_tensors(loss: Any) -> list[tuple[Callable[[Any], None], torch.Tensor]]:
+    """Floating tensors a loss function closes over or is bound to (closure cells,
+    ``functools.partial`` keywords), each with a setter: for the float64 objective they
+    are replaced by float64 copies and then given back, never modified."""
+    found: list[tuple[Callable[[Any], None], torch.Tensor]] = []
+
+    def floating(value: Any) -> bool:
+        return (isinstance(value, torch.Tensor) and value.is_floating_point()
+                and not isinstance(value, nn.Parameter) and value.dtype != torch.float64)
+
+    for cell in getattr(loss, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if floating(value):
+            found.append((lambda v, c=cell: setattr(c, "cell_contents", v), value))
+    keywords = getattr(loss, "keywords", None)
+    if isinstance(keywords, dict):
+        for key, value in keywords.items():
+            if floating(value):
+                found.append((lambda v, k=key: keywords.__setitem__(k, v), value))
+    return found
 
 
 class _Snapshot:
@@ -408,16 +433,21 @@ class TorchSession(SessionBase):
         dtypes = [t.dtype for t in private.tensors]
         promoted = sorted({str(p.dtype).removeprefix("torch.") for p in
                            private.trainable.values()} - {"float64"})
+        captured = _captured_tensors(self.loss_fn)
         try:  # the private clones themselves go to float64: no second copy of the model
             for t in private.tensors:
                 if t.is_floating_point():
                     t.data = t.data.double()
+            for put, value in captured:  # e.g. a class-weight tensor the loss closes over
+                put(value.double())
             objective = _Objective(self, private.trainable, X, y)
             if promoted:
                 objective.note = (f"Parameters are {', '.join(promoted)}: checked on a "
                                   "float64 copy.")
             yield objective
         finally:
+            for put, value in captured:
+                put(value)
             for t, dtype in zip(private.tensors, dtypes):
                 t.data = t.data.to(dtype)
                 t.grad = None

@@ -144,3 +144,20 @@ def test_float32_model_is_checked_in_float64_and_left_in_float32() -> None:
     result = _check(model)
     assert result.status == "pass"
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_loss_closing_over_a_float32_class_weight_is_checked_in_float64() -> None:
+    import functools
+
+    torch.manual_seed(0)
+    weight = torch.rand(10) + 0.5
+
+    def weighted(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, y, weight=weight)
+
+    for loss in (weighted, functools.partial(F.cross_entropy, weight=weight)):
+        model = nn.Sequential(nn.Linear(IN, WIDTH), nn.Tanh(), nn.Linear(WIDTH, 10))
+        subject = nndiag.Subject(model, _classification(0), loss=loss)
+        result = nndiag.diagnose(subject, ["gradient_check"])["gradient_check"]
+        assert result.status == "pass", result.summary()
+        assert weight.dtype == torch.float32

@@ -45,6 +45,7 @@ class Config:
     # Seed of every generator nndiag draws from (directions, subsets, dropout masks).
     seed: int = 0
     # Batches read from an iterable ``data`` (a DataLoader): enough for stable statistics.
+    # A Subject keeps at most nndiag.subject.MAX_BATCHES (8) of them; more has no effect.
     max_batches: int = 4
     # Rows used by initial_loss and the activation checks (calibration: 256 rows put the
     # PyTorch-default 10-class loss within 2.300-2.313, docs/calibration.md).

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NumberSnapshot", "holders", "rng_guard"]
+__all__ = ["NumberSnapshot", "holders", "references", "rng_guard"]
 
 
 @contextmanager
@@ -31,6 +31,18 @@ def rng_guard() -> Iterator[None]:
         random.setstate(py_state)
 
 
+def references(fn: Any) -> list[Any]:
+    """``fn``, the object it is bound to, and what its code refers to (closure cells and
+    globals): where a loss keeps its modules and a setter its strength."""
+    found = [fn, getattr(fn, "__self__", None)]
+    try:
+        refs = inspect.getclosurevars(fn)
+        found += [*refs.nonlocals.values(), *refs.globals.values()]
+    except (TypeError, ValueError):  # not a Python function: an object, a builtin
+        pass
+    return [x for x in found if x is not None]
+
+
 def holders(*functions: Callable[..., Any] | None, extra: tuple[Any, ...] = ()) -> list[Any]:
     """Objects a regularization setter may write its strength into: the functions' own
     objects, and the dicts and plain objects they refer to (closure cells, globals)."""
@@ -38,13 +50,7 @@ def holders(*functions: Callable[..., Any] | None, extra: tuple[Any, ...] = ()) 
     for fn in functions:
         if fn is None:
             continue
-        candidates = [fn, getattr(fn, "__self__", None)]
-        try:
-            refs = inspect.getclosurevars(fn)
-            candidates += [*refs.nonlocals.values(), *refs.globals.values()]
-        except (TypeError, ValueError):
-            pass
-        for c in candidates:
+        for c in references(fn):
             plain = hasattr(c, "__dict__") and not isinstance(
                 c, (type, types.ModuleType, types.FunctionType, types.MethodType))
             if (isinstance(c, dict) or plain) and all(c is not f for f in found):

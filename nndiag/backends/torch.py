@@ -10,7 +10,6 @@ sees exactly what the check differentiates or trains. The originals are put back
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from nndiag.backends import (
     validate_arrays,
 )
 from nndiag.backends.capture import Accumulator
-from nndiag.backends.state import NumberSnapshot, holders, rng_guard
+from nndiag.backends.state import NumberSnapshot, holders, references, rng_guard
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["BACKEND", "TorchBackend", "TorchSession"]
@@ -163,17 +162,20 @@ def _default_loss(y: torch.Tensor) -> Any:
     return mse
 
 
-def _loss_modules(loss: Any) -> list[nn.Module]:
-    """Modules a loss is or refers to (``nn.CrossEntropyLoss(weight=...)`` captured by a
-    closure): their tensors must follow the model into float64 and back."""
-    if isinstance(loss, nn.Module):
-        return [loss]
-    try:
-        refs = inspect.getclosurevars(loss)
-    except (TypeError, ValueError):
-        return []
-    found = [*refs.nonlocals.values(), *refs.globals.values()]
-    return [m for m in found if isinstance(m, nn.Module)]
+def _owners(model: nn.Module, loss: Any) -> list[nn.Module]:
+    """Every module whose tensors a check swaps and restores: the model's, and those of
+    the modules a loss is or refers to (``nn.CrossEntropyLoss(weight=...)`` in a closure),
+    whose tensors must follow the model into float64 and back."""
+    found = [loss] if isinstance(loss, nn.Module) else [
+        m for m in references(loss) if isinstance(m, nn.Module)]
+    owners = list(model.modules())
+    seen = {id(m) for m in owners}
+    for module in found:
+        for m in module.modules():
+            if id(m) not in seen:
+                seen.add(id(m))
+                owners.append(m)
+    return owners
 
 
 def _captured_tensors(loss: Any) -> list[tuple[Callable[[Any], None], torch.Tensor]]:
@@ -206,9 +208,7 @@ class _Snapshot:
 
     def __init__(self, model: nn.Module, loss: Any) -> None:
         self.modules = list(model.modules())
-        owners: list[Any] = list(self.modules)
-        for module in _loss_modules(loss):
-            owners += [m for m in module.modules() if m not in owners]
+        owners: list[Any] = _owners(model, loss)
         if not isinstance(loss, nn.Module) and hasattr(loss, "__dict__"):
             owners.append(loss)  # a loss object may hold the strength
         self.training = [(m, m.training) for m in self.modules]
@@ -319,12 +319,6 @@ class TorchSession(SessionBase):
             snapshot.restore()
             holding.restore()
 
-    def _owners(self) -> list[nn.Module]:
-        owners = list(self.model.modules())
-        for module in _loss_modules(self.loss_fn):
-            owners += [m for m in module.modules() if m not in owners]
-        return owners
-
     @contextmanager
     def _clones(self) -> Iterator[_Private]:
         """Swap a private clone into every parameter and buffer slot (tied tensors stay
@@ -340,7 +334,7 @@ class TorchSession(SessionBase):
             return made[id(t)]
 
         try:
-            for owner in self._owners():
+            for owner in _owners(self.model, self.loss_fn):
                 for name, p in list(owner.named_parameters(recurse=False,
                                                            remove_duplicate=False)):
                     swapped.append((owner, name, p))

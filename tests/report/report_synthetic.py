@@ -12,16 +12,10 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from nndiag.config import DEFAULT_CHECKS
 from nndiag.results import STATUSES, CheckResult, Cost, Report
 
-KNOWN_CHECKS = (
-    "initial_loss",
-    "regularization_loss",
-    "overfit_small",
-    "gradient_check",
-    "activation_stats",
-    "dead_neurons",
-)
+KNOWN_CHECKS = DEFAULT_CHECKS
 # Check ids without a plotter: they get a metrics table (and a counterexample when given).
 EXTRA_CHECKS = ("permutation_invariance", "loss_is_finite", "batch_independence", "lr_sweep")
 

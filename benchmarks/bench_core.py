@@ -23,9 +23,17 @@ torch.set_num_threads(2)
 
 def _mlp() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3072, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
-                         nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
-                         nn.Linear(100, 10))
+    return nn.Sequential(
+        nn.Linear(3072, 100),
+        nn.ReLU(),
+        nn.Linear(100, 100),
+        nn.ReLU(),
+        nn.Linear(100, 100),
+        nn.ReLU(),
+        nn.Linear(100, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
 
 
 def _data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +70,7 @@ def test_default_checks_on_the_mlp(benchmark: pytest.FixtureRequest) -> None:
     model, (X, y) = _mlp(), _data(64)
     baseline = _median(_forward_backward(model, X, y))
     subject = nndiag.Subject(model, (X, y))
-    benchmark.pedantic(lambda: nndiag.diagnose(subject), rounds=3, iterations=1,
-                       warmup_rounds=1)
+    benchmark.pedantic(lambda: nndiag.diagnose(subject), rounds=3, iterations=1, warmup_rounds=1)
     _report(benchmark, "diagnose_vs_forward_backward", baseline)
     benchmark.extra_info["diagnose_seconds"] = round(benchmark.stats.stats.median, 3)
 
@@ -84,8 +91,7 @@ def test_gradient_check_vs_gradcheck_fast_mode(benchmark: pytest.FixtureRequest)
         return nn.functional.cross_entropy(out, y)
 
     def fast() -> None:
-        torch.autograd.gradcheck(loss_of, inputs, fast_mode=True, eps=1e-6, atol=1e-5,
-                                 rtol=1e-3)
+        torch.autograd.gradcheck(loss_of, inputs, fast_mode=True, eps=1e-6, atol=1e-5, rtol=1e-3)
 
     runner = Runner(nndiag.Subject(model, (X, y)))
     ours: list[float] = []
@@ -103,15 +109,19 @@ def test_gradient_check_vs_gradcheck_fast_mode(benchmark: pytest.FixtureRequest)
     fb = _median(_forward_backward(model64, X64, y))
     median = statistics.median(ours) / statistics.median(theirs)
     best = min(ours) / min(theirs)
-    benchmark.extra_info.update({
-        "gradient_check_vs_gradcheck_fast_median": round(median, 2),
-        "gradient_check_vs_gradcheck_fast_min": round(best, 2),
-        "gradient_check_vs_float64_forward_backward": round(statistics.median(ours) / fb, 1),
-        "gradcheck_fast_vs_float64_forward_backward": round(statistics.median(theirs) / fb, 1),
-    })
-    print(f"\ngradient_check vs gradcheck(fast_mode): {median:.2f}x (medians), {best:.2f}x "
-          f"(minima); vs a float64 forward+backward: {statistics.median(ours) / fb:.1f}x "
-          f"(gradcheck {statistics.median(theirs) / fb:.1f}x)")
+    benchmark.extra_info.update(
+        {
+            "gradient_check_vs_gradcheck_fast_median": round(median, 2),
+            "gradient_check_vs_gradcheck_fast_min": round(best, 2),
+            "gradient_check_vs_float64_forward_backward": round(statistics.median(ours) / fb, 1),
+            "gradcheck_fast_vs_float64_forward_backward": round(statistics.median(theirs) / fb, 1),
+        }
+    )
+    print(
+        f"\ngradient_check vs gradcheck(fast_mode): {median:.2f}x (medians), {best:.2f}x "
+        f"(minima); vs a float64 forward+backward: {statistics.median(ours) / fb:.1f}x "
+        f"(gradcheck {statistics.median(theirs) / fb:.1f}x)"
+    )
 
 
 def _lecture_net() -> nn.Sequential:
@@ -124,16 +134,19 @@ def _lecture_net() -> nn.Sequential:
 
 
 @pytest.mark.parametrize("net, batch", [("mlp", 64), ("mlp", 512), ("lecture", 1000)])
-def test_activation_capture_overhead(benchmark: pytest.FixtureRequest, net: str,
-                                     batch: int) -> None:
+def test_activation_capture_overhead(
+    benchmark: pytest.FixtureRequest, net: str, batch: int
+) -> None:
     """Issue target: capture adds <= 30% to a bare forward; memory flat in the batch."""
     from nndiag.backends.torch import _Recorder
 
     if net == "mlp":
         model, (X, _) = _mlp(), _data(batch)
     else:
-        model, X = _lecture_net(), torch.randn(batch, 500, generator=torch.Generator()
-                                               .manual_seed(0))
+        model, X = (
+            _lecture_net(),
+            torch.randn(batch, 500, generator=torch.Generator().manual_seed(0)),
+        )
 
     def bare() -> None:
         with torch.no_grad():
@@ -150,8 +163,7 @@ def test_activation_capture_overhead(benchmark: pytest.FixtureRequest, net: str,
     _report(benchmark, "capture_vs_bare_forward", baseline)
     tracemalloc.start()
     layers = captured()
-    kept = sum(x.hist_counts.nbytes + (0 if x.fires is None else x.fires.nbytes)
-               for x in layers)
+    kept = sum(x.hist_counts.nbytes + (0 if x.fires is None else x.fires.nbytes) for x in layers)
     tracemalloc.stop()
     benchmark.extra_info["kept_bytes"] = kept
     print(f"statistics kept: {kept} bytes for batch {batch}")

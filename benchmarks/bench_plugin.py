@@ -24,8 +24,9 @@ MAX_RATIO = 1.10
 @pytest.fixture(scope="module")
 def plain_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("plain_project")
-    (root / "pyproject.toml").write_text("[tool.pytest.ini_options]\n"
-                                         "addopts = '-p no:cacheprovider'\n")
+    (root / "pyproject.toml").write_text(
+        "[tool.pytest.ini_options]\naddopts = '-p no:cacheprovider'\n"
+    )
     for i in range(FILES):
         tests = "".join(f"def test_{j}():\n    assert {j} + 1 > {j}\n\n" for j in range(TESTS))
         (root / f"test_module_{i}.py").write_text(tests)
@@ -34,8 +35,12 @@ def plain_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _collect(root: Path, *options: str) -> float:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *options],
-                          cwd=root, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", *options],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{FILES * TESTS} tests collected" in done.stdout
@@ -43,7 +48,8 @@ def _collect(root: Path, *options: str) -> float:
 
 
 def test_collect_only_costs_nothing_with_nndiag_installed(
-        benchmark: pytest.FixtureRequest, plain_project: Path) -> None:
+    benchmark: pytest.FixtureRequest, plain_project: Path
+) -> None:
     _collect(plain_project)  # warm the file system cache and the bytecode of both variants
     _collect(plain_project, "-p", "no:nndiag")
     installed, disabled = [], []
@@ -55,20 +61,25 @@ def test_collect_only_costs_nothing_with_nndiag_installed(
     benchmark.extra_info["collect_only_ratio_vs_no_nndiag"] = round(ratio, 3)
     benchmark.extra_info["median_s_installed"] = round(statistics.median(installed), 4)
     benchmark.extra_info["median_s_no_nndiag"] = round(statistics.median(disabled), 4)
-    print(f"\npytest --collect-only, {FILES * TESTS} tests: {ratio:.3f}x with nndiag installed "
-          f"({statistics.median(installed) * 1e3:.0f} ms vs "
-          f"{statistics.median(disabled) * 1e3:.0f} ms with -p no:nndiag)")
+    print(
+        f"\npytest --collect-only, {FILES * TESTS} tests: {ratio:.3f}x with nndiag installed "
+        f"({statistics.median(installed) * 1e3:.0f} ms vs "
+        f"{statistics.median(disabled) * 1e3:.0f} ms with -p no:nndiag)"
+    )
     benchmark.extra_info["within_budget"] = ratio < MAX_RATIO  # recorded, never asserted
 
 
 def test_plugin_import_time(benchmark: pytest.FixtureRequest) -> None:
     """Seconds ``import nndiag.plugin`` adds to an interpreter that has pytest loaded."""
-    code = ("import time, pytest; t = time.perf_counter(); import nndiag.plugin; "
-            "print(time.perf_counter() - t)")
+    code = (
+        "import time, pytest; t = time.perf_counter(); import nndiag.plugin; "
+        "print(time.perf_counter() - t)"
+    )
 
     def measure() -> float:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
         return float(out)
 
     seconds = [measure() for _ in range(ROUNDS)]

@@ -48,8 +48,9 @@ def test_render_20_subjects_x_10_checks(benchmark, big: Report) -> None:
     benchmark.extra_info["within_budget"] = benchmark.stats.stats.max < BUDGET
 
 
-def test_baseline_page_without_plots(benchmark, big: Report,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_baseline_page_without_plots(
+    benchmark, big: Report, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Template, formatting and JSON normalisation alone."""
     monkeypatch.setattr(plots, "PLOTTERS", {})
     html = benchmark.pedantic(render_html, args=(big,), rounds=3, iterations=1)
@@ -59,6 +60,7 @@ def test_baseline_page_without_plots(benchmark, big: Report,
 @pytest.mark.parametrize("check", sorted(synthetic.BUILDERS))
 def test_one_plot(benchmark, check: str) -> None:
     result = synthetic.result("net", check, "fail")
-    drawn = benchmark.pedantic(plots.plots_for, args=(result,), rounds=5, iterations=1,
-                               warmup_rounds=1)
+    drawn = benchmark.pedantic(
+        plots.plots_for, args=(result,), rounds=5, iterations=1, warmup_rounds=1
+    )
     assert drawn and all(p.uri for p in drawn)

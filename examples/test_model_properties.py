@@ -44,8 +44,10 @@ def test_loss_at_init_is_near_ln_classes() -> None:
 
 
 @settings(max_examples=10, deadline=None)
-@given(model=nst.architectures(in_features=FEATURES, out_features=CLASSES, max_width=16),
-       seed=nst.seeds())
+@given(
+    model=nst.architectures(in_features=FEATURES, out_features=CLASSES, max_width=16),
+    seed=nst.seeds(),
+)
 def test_small_mlps_have_exact_gradients(model: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(8, FEATURES, generator=g)

@@ -35,9 +35,13 @@ class MLP(nn.Module):
 
     def __init__(self, hidden: int = 64, reg: float = 1e-4) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(FEATURES, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, CLASSES))
+        self.net = nn.Sequential(
+            nn.Linear(FEATURES, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, CLASSES),
+        )
         self.reg = reg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,8 +83,7 @@ class CustomBackward(MLP):
 class ConvNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-                                      nn.MaxPool2d(2))
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
         self.classifier = nn.Linear(8 * 4 * 4, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

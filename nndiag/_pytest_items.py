@@ -59,12 +59,22 @@ _CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 # Subject names become test ids: no spaces (-k expressions) and no '::' or '/' (node ids).
 _ID = re.compile(r"[\w.\-]+")
 _NNDIAG_DIR = str(Path(__file__).resolve().parent) + os.sep
-_SHOWN = {"pass": "pass", "warn": "WARN", "fail": "FAIL", "skip": "skip", "error": "ERROR",
-          "xfail": "xfail"}
-_MARKUP: dict[str, dict[str, bool]] = {"pass": {"green": True}, "warn": {"yellow": True},
-                                       "fail": {"red": True, "bold": True},
-                                       "error": {"red": True, "bold": True}, "skip": {},
-                                       "xfail": {"yellow": True}}
+_SHOWN = {
+    "pass": "pass",
+    "warn": "WARN",
+    "fail": "FAIL",
+    "skip": "skip",
+    "error": "ERROR",
+    "xfail": "xfail",
+}
+_MARKUP: dict[str, dict[str, bool]] = {
+    "pass": {"green": True},
+    "warn": {"yellow": True},
+    "fail": {"red": True, "bold": True},
+    "error": {"red": True, "bold": True},
+    "skip": {},
+    "xfail": {"yellow": True},
+}
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -88,8 +98,10 @@ def _check_ids(value: Any, where: str) -> tuple[str, ...] | None:
         raise ValueError(f"{where} expects a list of check ids, got {describe(value)}")
     unknown = [v for v in value if v not in ALL_CHECKS]
     if unknown:
-        raise ValueError(f"{where} names unknown check(s) {', '.join(map(repr, unknown))}; "
-                         f"known checks: {', '.join(ALL_CHECKS)}")
+        raise ValueError(
+            f"{where} names unknown check(s) {', '.join(map(repr, unknown))}; "
+            f"known checks: {', '.join(ALL_CHECKS)}"
+        )
     return tuple(dict.fromkeys(value))
 
 
@@ -161,12 +173,24 @@ class NndiagSession:
     """The options of one ``--nndiag`` run (read once) and its state: built subjects (per
     process) and collected results (on the controller)."""
 
-    def __init__(self, *, seed: int, seed_origin: str, seed_forced: bool,
-                 cli_checks: tuple[str, ...] | None, report_dir: Path, strict: bool,
-                 property_examples: int, examples_forced: bool, base: Config,
-                 global_checks: tuple[str, ...] | None,
-                 overrides: dict[str, dict[str, Any]], subject_paths: tuple[str, ...],
-                 pyproject: Path | None, invocation_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        seed_origin: str,
+        seed_forced: bool,
+        cli_checks: tuple[str, ...] | None,
+        report_dir: Path,
+        strict: bool,
+        property_examples: int,
+        examples_forced: bool,
+        base: Config,
+        global_checks: tuple[str, ...] | None,
+        overrides: dict[str, dict[str, Any]],
+        subject_paths: tuple[str, ...],
+        pyproject: Path | None,
+        invocation_dir: Path,
+    ) -> None:
         self.seed = seed
         self.seed_origin = seed_origin
         self.seed_forced = seed_forced
@@ -201,25 +225,33 @@ class NndiagSession:
         known = sorted({*_CONFIG_FIELDS, *PLUGIN_KEYS})
         unknown = [k for k in table if k not in known]
         if unknown:
-            raise _usage(where, f"unknown key(s) {', '.join(map(repr, unknown))}; known keys: "
-                                f"{', '.join(known)}")
+            raise _usage(
+                where,
+                f"unknown key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(known)}",
+            )
         try:
-            base = Config.from_mapping({k: v for k, v in table.items()
-                                        if k in _CONFIG_FIELDS and k != "checks"})
+            base = Config.from_mapping(
+                {k: v for k, v in table.items() if k in _CONFIG_FIELDS and k != "checks"}
+            )
             global_checks = _check_ids(table.get("checks"), f"{where} checks")
             overrides = cls._read_overrides(table.get("overrides", {}), where)
             property_examples = _positive_int(
                 table.get("property_examples", DEFAULT_PROPERTY_EXAMPLES),
-                f"{where} property-examples")
+                f"{where} property-examples",
+            )
             cli_checks = _check_ids(config.getoption("nndiag_checks"), "--nndiag-checks")
         except (ValueError, TypeError) as exc:
             raise _usage(where, str(exc)) from None
         subject_paths = table.get("subjects", [])
         if not isinstance(subject_paths, list) or not all(
-                isinstance(s, str) and s.partition(":")[0] and s.partition(":")[2]
-                for s in subject_paths):
-            raise _usage(where, f"subjects expects a list of 'module:function' strings, got "
-                                f"{describe(subject_paths)}")
+            isinstance(s, str) and s.partition(":")[0] and s.partition(":")[2]
+            for s in subject_paths
+        ):
+            raise _usage(
+                where,
+                f"subjects expects a list of 'module:function' strings, got "
+                f"{describe(subject_paths)}",
+            )
         strict_toml = table.get("strict", False)
         if not isinstance(strict_toml, bool):
             raise _usage(where, f"strict expects true or false, got {describe(strict_toml)}")
@@ -238,24 +270,35 @@ class NndiagSession:
             report_dir = invocation_dir / report_option
         elif "report_dir" in table:
             if not isinstance(table["report_dir"], str):
-                raise _usage(where, f"report-dir expects a path, got "
-                                    f"{describe(table['report_dir'])}")
+                raise _usage(
+                    where, f"report-dir expects a path, got {describe(table['report_dir'])}"
+                )
             report_dir = (path.parent if path else config.rootpath) / table["report_dir"]
         else:
             report_dir = invocation_dir / "reports"
-        return cls(seed=seed, seed_origin=origin, seed_forced=forced, cli_checks=cli_checks,
-                   report_dir=report_dir, strict=bool(config.getoption("nndiag_strict"))
-                   or strict_toml, property_examples=property_examples,
-                   examples_forced=examples is not None, base=base,
-                   global_checks=global_checks, overrides=overrides,
-                   subject_paths=tuple(subject_paths), pyproject=path,
-                   invocation_dir=invocation_dir)
+        return cls(
+            seed=seed,
+            seed_origin=origin,
+            seed_forced=forced,
+            cli_checks=cli_checks,
+            report_dir=report_dir,
+            strict=bool(config.getoption("nndiag_strict")) or strict_toml,
+            property_examples=property_examples,
+            examples_forced=examples is not None,
+            base=base,
+            global_checks=global_checks,
+            overrides=overrides,
+            subject_paths=tuple(subject_paths),
+            pyproject=path,
+            invocation_dir=invocation_dir,
+        )
 
     @staticmethod
     def _read_overrides(raw: Any, where: str) -> dict[str, dict[str, Any]]:
         if not isinstance(raw, Mapping):
-            raise ValueError(f"overrides expects tables [tool.nndiag.overrides.<subject>], got "
-                             f"{describe(raw)}")
+            raise ValueError(
+                f"overrides expects tables [tool.nndiag.overrides.<subject>], got {describe(raw)}"
+            )
         known = sorted({*_CONFIG_FIELDS, *OVERRIDE_KEYS})
         overrides: dict[str, dict[str, Any]] = {}
         for subject_name, table in raw.items():  # subject names are ids: kept as written
@@ -263,10 +306,13 @@ class NndiagSession:
             options = _normalized(table, here)
             unknown = [k for k in options if k not in known]
             if unknown:
-                raise ValueError(f"{here}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                                 f"known keys: {', '.join(known)}")
-            Config.from_mapping({k: v for k, v in options.items()
-                                 if k in _CONFIG_FIELDS and k != "checks"})  # types, early
+                raise ValueError(
+                    f"{here}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                    f"known keys: {', '.join(known)}"
+                )
+            Config.from_mapping(
+                {k: v for k, v in options.items() if k in _CONFIG_FIELDS and k != "checks"}
+            )  # types, early
             _check_ids(options.get("checks"), f"{here} checks")
             _check_ids(options.get("xfail", []), f"{here} xfail")
             if "property_examples" in options:
@@ -279,8 +325,11 @@ class NndiagSession:
         workerinput = getattr(config, "workerinput", None)  # set by xdist on its workers
         if isinstance(workerinput, dict) and "nndiag_seed" in workerinput:
             # Forced only where the controller's was: a subject's own seed= still holds.
-            return (int(workerinput["nndiag_seed"]), "from the xdist controller",
-                    bool(workerinput.get("nndiag_seed_forced", False)))
+            return (
+                int(workerinput["nndiag_seed"]),
+                "from the xdist controller",
+                bool(workerinput.get("nndiag_seed_forced", False)),
+            )
         text = config.getoption("nndiag_seed")
         if text is None:
             return base.seed, "[tool.nndiag] seed" if in_toml else "default", False
@@ -289,18 +338,24 @@ class NndiagSession:
         try:
             seed = int(text)
         except ValueError:
-            raise pytest.UsageError(f"--nndiag-seed expects an int >= 0 or 'random', "
-                                    f"got {text!r}") from None
+            raise pytest.UsageError(
+                f"--nndiag-seed expects an int >= 0 or 'random', got {text!r}"
+            ) from None
         if seed < 0:
             raise pytest.UsageError(f"--nndiag-seed expects an int >= 0, got {seed}")
         return seed, "--nndiag-seed", True
 
     def header(self) -> list[str]:
-        checks = ",".join(self.cli_checks) if self.cli_checks is not None else \
-            "each subject's own (all 8 by default)"
-        return [f"nndiag: seed {self.seed} ({self.seed_origin}; rerun with --nndiag-seed "
-                f"{self.seed}), checks: {checks}, strict: {'on' if self.strict else 'off'}, "
-                f"report: {self._shown(self.report_dir)}/"]
+        checks = (
+            ",".join(self.cli_checks)
+            if self.cli_checks is not None
+            else "each subject's own (all 8 by default)"
+        )
+        return [
+            f"nndiag: seed {self.seed} ({self.seed_origin}; rerun with --nndiag-seed "
+            f"{self.seed}), checks: {checks}, strict: {'on' if self.strict else 'off'}, "
+            f"report: {self._shown(self.report_dir)}/"
+        ]
 
     def _shown(self, path: Path) -> str:
         try:
@@ -344,20 +399,24 @@ class NndiagSession:
                 where = self.pyproject or config.rootpath
                 specs.append(SubjectSpec(name, len(specs), origin, where, 0, None, error))
             else:
-                specs.append(self._spec(factory, len(specs), self.pyproject or config.rootpath,
-                                        origin))
+                specs.append(
+                    self._spec(factory, len(specs), self.pyproject or config.rootpath, origin)
+                )
         names: dict[str, SubjectSpec] = {}
         for spec in specs:
             if spec.name in names:
-                raise ValueError(f"two subjects are named {spec.name!r} ({names[spec.name].origin}"
-                                 f" and {spec.origin}); rename one with "
-                                 f"@nndiag.subject(name=...)")
+                raise ValueError(
+                    f"two subjects are named {spec.name!r} ({names[spec.name].origin}"
+                    f" and {spec.origin}); rename one with "
+                    f"@nndiag.subject(name=...)"
+                )
             names[spec.name] = spec
         return specs
 
     @staticmethod
-    def _spec(factory: SubjectFactory, index: int, fallback: Path,
-              origin: str | None) -> SubjectSpec:
+    def _spec(
+        factory: SubjectFactory, index: int, fallback: Path, origin: str | None
+    ) -> SubjectSpec:
         path, lineno = fallback, 0
         try:
             source = inspect.getsourcefile(factory.func)
@@ -383,22 +442,28 @@ class NndiagSession:
         config = self.base
         if factory is not None and factory.options:
             config = Config.from_mapping(factory.options, config)
-        config = Config.from_mapping({k: v for k, v in override.items()
-                                      if k in _CONFIG_FIELDS and k != "checks"}, config)
+        config = Config.from_mapping(
+            {k: v for k, v in override.items() if k in _CONFIG_FIELDS and k != "checks"}, config
+        )
         if self.seed_forced:
             config = config.replace(seed=self.seed)
-        declared = _check_ids(override.get("checks"), f"[tool.nndiag.overrides.{spec.name}] "
-                                                      "checks")
+        declared = _check_ids(override.get("checks"), f"[tool.nndiag.overrides.{spec.name}] checks")
         if declared is None and factory is not None:
             declared = _check_ids(factory.checks, "@nndiag.subject(checks=...)")
         if declared is None:
             declared = self.global_checks if self.global_checks is not None else ALL_CHECKS
-        checks = declared if self.cli_checks is None else tuple(
-            c for c in self.cli_checks if c in declared)
+        checks = (
+            declared
+            if self.cli_checks is None
+            else tuple(c for c in self.cli_checks if c in declared)
+        )
         config = dataclasses.replace(config, checks=tuple(c for c in checks if c in CHECKS))
         xfail = frozenset(_check_ids(override.get("xfail", []), "xfail") or ())
-        examples = self.property_examples if self.examples_forced else override.get(
-            "property_examples", self.property_examples)
+        examples = (
+            self.property_examples
+            if self.examples_forced
+            else override.get("property_examples", self.property_examples)
+        )
         return Plan(checks, config, xfail, examples)
 
     # -- running ---------------------------------------------------------------------------------
@@ -408,9 +473,11 @@ class NndiagSession:
         if built is not None:
             return built
         if spec.load_error is not None or spec.factory is None:
-            built = _Broken(f"subject {spec.name!r} could not be loaded: {spec.load_error}",
-                            "make the [tool.nndiag] subjects entry importable ('package.module:"
-                            "function', with the package installed or on pytest's pythonpath)")
+            built = _Broken(
+                f"subject {spec.name!r} could not be loaded: {spec.load_error}",
+                "make the [tool.nndiag] subjects entry importable ('package.module:"
+                "function', with the package installed or on pytest's pythonpath)",
+            )
         else:
             try:
                 subject = spec.factory()
@@ -426,19 +493,25 @@ class NndiagSession:
         built = self._build(spec, plan)
         if isinstance(built, _Broken):
             evidence = {"traceback": list(built.frames)} if built.frames else {}
-            return CheckResult(check, "error", built.message, evidence=evidence,
-                               hint=built.hint, subject=spec.name)
+            return CheckResult(
+                check, "error", built.message, evidence=evidence, hint=built.hint, subject=spec.name
+            )
         subject, runner = built
         try:
             if check in PROPERTY_CHECKS:
                 runner.session  # noqa: B018 - the probe: raises InvalidSubject if unusable
-                result = run_property(check, subject, plan.config,
-                                      max_examples=plan.property_examples)
+                result = run_property(
+                    check, subject, plan.config, max_examples=plan.property_examples
+                )
             else:
                 result = runner.run(check)
         except InvalidSubject as exc:
-            result = CheckResult(check, "error", f"subject {spec.name!r} cannot be diagnosed: "
-                                 f"{exc.argument}: {exc.problem}", hint=exc.fix)
+            result = CheckResult(
+                check,
+                "error",
+                f"subject {spec.name!r} cannot be diagnosed: {exc.argument}: {exc.problem}",
+                hint=exc.fix,
+            )
         except Exception as exc:  # a bug in nndiag: say so, keep the other items running
             result = error_result(check, exc)
         return dataclasses.replace(result, subject=spec.name)
@@ -449,8 +522,10 @@ class NndiagSession:
             self.results[nodeid] = payload
 
     def _ordered(self) -> list[dict[str, Any]]:
-        return sorted(self.results.values(), key=lambda p: (
-            tuple(p["order"]), p["result"]["subject"], p["result"]["check"]))
+        return sorted(
+            self.results.values(),
+            key=lambda p: (tuple(p["order"]), p["result"]["subject"], p["result"]["check"]),
+        )
 
     def write_reports(self, config: pytest.Config) -> None:
         """Write nndiag.json (and nndiag.html) once, on the controller."""
@@ -475,15 +550,19 @@ class NndiagSession:
         try:
             self.written.append(report.to_html(self.report_dir / "nndiag.html"))
         except Exception as exc:  # the JSON is the source of truth; say why the page is missing
-            self.notes.append(f"HTML report failed: {type(exc).__name__}: {exc} (re-render it "
-                              f"with: nndiag report {self._shown(self.written[0])})")
+            self.notes.append(
+                f"HTML report failed: {type(exc).__name__}: {exc} (re-render it "
+                f"with: nndiag report {self._shown(self.written[0])})"
+            )
 
     def summary(self, terminal: Any) -> None:
         """The check x subject table (split to fit the terminal), then the report paths."""
         if self.discovered == 0:
-            terminal.write_line("nndiag: no subjects found; declare them with @nndiag.subject "
-                                "in a conftest.py, or list them in [tool.nndiag] subjects",
-                                yellow=True)
+            terminal.write_line(
+                "nndiag: no subjects found; declare them with @nndiag.subject "
+                "in a conftest.py, or list them in [tool.nndiag] subjects",
+                yellow=True,
+            )
         if not self.results and not self.notes:
             return
         payloads = self._ordered()
@@ -524,17 +603,25 @@ def _column(name: str) -> int:
     return max(len(name), 5) + 2
 
 
-def _table(terminal: Any, subjects: list[str], checks: list[str],
-           cells: Mapping[tuple[str, str], str], label: int) -> None:
-    terminal.write_line(("check".ljust(label) + "".join(
-        s.ljust(_column(s)) for s in subjects)).rstrip())
+def _table(
+    terminal: Any,
+    subjects: list[str],
+    checks: list[str],
+    cells: Mapping[tuple[str, str], str],
+    label: int,
+) -> None:
+    terminal.write_line(
+        ("check".ljust(label) + "".join(s.ljust(_column(s)) for s in subjects)).rstrip()
+    )
     for check in checks:
         terminal.write(check.ljust(label))
         for i, subject in enumerate(subjects):
             status = cells.get((subject, check), "")
             text = _SHOWN.get(status, "-")
-            terminal.write(text if i == len(subjects) - 1 else text.ljust(_column(subject)),
-                           **_MARKUP.get(status, {}))
+            terminal.write(
+                text if i == len(subjects) - 1 else text.ljust(_column(subject)),
+                **_MARKUP.get(status, {}),
+            )
         terminal.line("")
 
 
@@ -556,28 +643,36 @@ def _import_factory(target: str) -> tuple[SubjectFactory | None, str | None]:
 
 def _user_frames(exc: BaseException) -> tuple[str, ...]:
     """The traceback of ``exc`` without nndiag's own frames, formatted."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith(_NNDIAG_DIR)]
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_NNDIAG_DIR)
+    ]
     return tuple(line.rstrip("\n") for line in traceback.format_list(frames[-6:]))
 
 
 def _factory_failure(spec: SubjectSpec, exc: Exception) -> _Broken:
     frames = _user_frames(exc)
     if isinstance(exc, InvalidSubject):
-        return _Broken(f"subject {spec.name!r} ({spec.origin}) is invalid: {exc.argument}: "
-                       f"{exc.problem}", exc.fix, frames)
-    return _Broken(f"subject {spec.name!r} could not be built: its factory ({spec.origin}) "
-                   f"raised {type(exc).__name__}: {exc}",
-                   "call the factory on its own and fix what it raises (the traceback "
-                   "below shows where)", frames)
+        return _Broken(
+            f"subject {spec.name!r} ({spec.origin}) is invalid: {exc.argument}: {exc.problem}",
+            exc.fix,
+            frames,
+        )
+    return _Broken(
+        f"subject {spec.name!r} could not be built: its factory ({spec.origin}) "
+        f"raised {type(exc).__name__}: {exc}",
+        "call the factory on its own and fix what it raises (the traceback below shows where)",
+        frames,
+    )
 
 
 def _properties(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """Key metrics for --junitxml: the status, the cost and the scalar metrics, from the
     result's JSON form (plain Python values: xdist sends them to the controller as they are,
     and cannot send numpy scalars)."""
-    found: list[tuple[str, Any]] = [("nndiag.status", data["status"]),
-                                    ("nndiag.seconds", data["cost"]["seconds"])]
+    found: list[tuple[str, Any]] = [
+        ("nndiag.status", data["status"]),
+        ("nndiag.seconds", data["cost"]["seconds"]),
+    ]
     for key, value in data["metrics"].items():
         if isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) < 80):
             found.append((f"nndiag.{key}", value))
@@ -603,11 +698,18 @@ class NndiagRoot(pytest.Collector):
         if stray:  # a typo, or a subject whose conftest this run does not load
             tables = ", ".join(f"[tool.nndiag.overrides.{n}]" for n in stray)
             warnings.warn_explicit(
-                pytest.PytestConfigWarning(f"nndiag: {tables} match(es) no subject collected "
-                                           f"in this run (subjects: {', '.join(names) or 'none'})"),
-                pytest.PytestConfigWarning, str(self.nndiag.pyproject or self.path), 1)
-        return [SubjectNode.from_parent(self, name=spec.name, path=spec.path, spec=spec)
-                for spec in specs]
+                pytest.PytestConfigWarning(
+                    f"nndiag: {tables} match(es) no subject collected "
+                    f"in this run (subjects: {', '.join(names) or 'none'})"
+                ),
+                pytest.PytestConfigWarning,
+                str(self.nndiag.pyproject or self.path),
+                1,
+            )
+        return [
+            SubjectNode.from_parent(self, name=spec.name, path=spec.path, spec=spec)
+            for spec in specs
+        ]
 
 
 class SubjectNode(pytest.Collector):
@@ -621,15 +723,21 @@ class SubjectNode(pytest.Collector):
         if not _ID.fullmatch(self.spec.name):
             raise self.CollectError(
                 f"nndiag: subject name {self.spec.name!r} ({self.spec.origin}) cannot be part of "
-                "a test id; use letters, digits, '_', '-' or '.' (@nndiag.subject(name=...))")
+                "a test id; use letters, digits, '_', '-' or '.' (@nndiag.subject(name=...))"
+            )
         nndiag: NndiagSession = self.parent.nndiag  # type: ignore[union-attr]
         try:
             plan = nndiag.plan(self.spec)
         except (ValueError, TypeError) as exc:
-            raise self.CollectError(f"nndiag: subject {self.spec.name!r} ({self.spec.origin}): "
-                                    f"{exc}") from None
-        return [CheckItem.from_parent(self, name=check, spec=self.spec, plan=plan,
-                                      check=check, nndiag=nndiag) for check in plan.checks]
+            raise self.CollectError(
+                f"nndiag: subject {self.spec.name!r} ({self.spec.origin}): {exc}"
+            ) from None
+        return [
+            CheckItem.from_parent(
+                self, name=check, spec=self.spec, plan=plan, check=check, nndiag=nndiag
+            )
+            for check in plan.checks
+        ]
 
 
 class _StrictWarning(CheckFailed):
@@ -642,8 +750,9 @@ class CheckItem(pytest.Item):
     """One check on one subject. The check runs in setup, so that an ``error`` result (a
     factory that raises, a model that cannot be run) is a setup error, not a failure."""
 
-    def __init__(self, *, spec: SubjectSpec, plan: Plan, check: str, nndiag: NndiagSession,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, spec: SubjectSpec, plan: Plan, check: str, nndiag: NndiagSession, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.spec = spec
         self.plan = plan
@@ -653,9 +762,13 @@ class CheckItem(pytest.Item):
         self.nndiag_payload: dict[str, Any] | None = None
         self.add_marker(pytest.mark.nndiag)
         if check in plan.xfail:
-            self.add_marker(pytest.mark.xfail(
-                reason=f"[tool.nndiag.overrides.{spec.name}] xfail lists {check}",
-                raises=CheckFailed, strict=True))
+            self.add_marker(
+                pytest.mark.xfail(
+                    reason=f"[tool.nndiag.overrides.{spec.name}] xfail lists {check}",
+                    raises=CheckFailed,
+                    strict=True,
+                )
+            )
 
     def setup(self) -> None:
         result = self.nndiag.run(self.spec, self.plan, self.check)
@@ -685,13 +798,16 @@ class CheckItem(pytest.Item):
             if self.nndiag.strict:
                 raise _StrictWarning(result)
             # Located at the subject's factory: the warning is about the user's model.
-            warnings.warn_explicit(NndiagWarning(result.summary()), NndiagWarning,
-                                   str(self.spec.path), self.spec.lineno or 1)
+            warnings.warn_explicit(
+                NndiagWarning(result.summary()),
+                NndiagWarning,
+                str(self.spec.path),
+                self.spec.lineno or 1,
+            )
         elif result.status == "skip":
             pytest.skip(result.message)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
-                     style: Any = None) -> Any:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CheckFailed):  # the summary, no nndiag frames
             return excinfo.getrepr(style="value", chain=False)
         return super().repr_failure(excinfo, style=style)

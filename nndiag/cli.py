@@ -87,7 +87,10 @@ def _add_report(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument("input", metavar="REPORT.json", help="the JSON report to read")
     parser.add_argument(
-        "-o", "--output", metavar="PAGE.html", default=None,
+        "-o",
+        "--output",
+        metavar="PAGE.html",
+        default=None,
         help="where to write the page (default: the input's path with the suffix .html)",
     )
     parser.set_defaults(command=_report, name="report")

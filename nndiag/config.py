@@ -32,10 +32,16 @@ def _check_tuple(where: str, value: Any, strings: bool, positive: bool) -> None:
     for item in value:
         if strings and not isinstance(item, str):
             raise TypeError(f"{where} expects check ids (str), got {describe(item)}")
-        if not strings and (isinstance(item, bool) or not isinstance(item, (int, float))
-                            or item < 0 or (positive and item == 0)):
-            raise ValueError(f"{where} expects {'positive' if positive else 'non-negative'} "
-                             f"numbers, got {describe(item)}")
+        if not strings and (
+            isinstance(item, bool)
+            or not isinstance(item, (int, float))
+            or item < 0
+            or (positive and item == 0)
+        ):
+            raise ValueError(
+                f"{where} expects {'positive' if positive else 'non-negative'} "
+                f"numbers, got {describe(item)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -118,15 +124,18 @@ class Config:
             value, default = getattr(self, f.name), defaults[f.name].default
             where = f"Config.{f.name}"
             if isinstance(default, tuple):
-                _check_tuple(where, value, strings=f.name == "checks",
-                             positive=f.name == "gradient_steps")
+                _check_tuple(
+                    where, value, strings=f.name == "checks", positive=f.name == "gradient_steps"
+                )
             elif isinstance(default, int):
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise TypeError(f"{where} expects int, got {describe(value)}")
                 if value < (0 if f.name in ("seed", "gradient_coordinates") else 1):
-                    raise ValueError(f"{where} must be >= "
-                                     f"{0 if f.name in ('seed', 'gradient_coordinates') else 1}"
-                                     f", got {value!r}")
+                    raise ValueError(
+                        f"{where} must be >= "
+                        f"{0 if f.name in ('seed', 'gradient_coordinates') else 1}"
+                        f", got {value!r}"
+                    )
             else:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise TypeError(f"{where} expects a number, got {describe(value)}")
@@ -160,8 +169,10 @@ class Config:
                 if not isinstance(value, (list, tuple)):
                     raise TypeError(f"nndiag option {key!r} expects a list, got {describe(value)}")
                 value = tuple(value)
-            elif isinstance(default, float) and isinstance(value, int) and not isinstance(
-                value, bool
+            elif (
+                isinstance(default, float)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
             ):
                 value = float(value)
             elif type(value) is not type(default):

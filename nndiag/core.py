@@ -35,11 +35,17 @@ class Runner:
         from nndiag.subject import Subject
 
         if not isinstance(subject, Subject):
-            raise InvalidSubject("subject", f"expected an nndiag.Subject, got {describe(subject)}",
-                                 "wrap the model: nndiag.Subject(model, (X, y))")
+            raise InvalidSubject(
+                "subject",
+                f"expected an nndiag.Subject, got {describe(subject)}",
+                "wrap the model: nndiag.Subject(model, (X, y))",
+            )
         if config is not None and not isinstance(config, Config):
-            raise InvalidSubject("config", f"expected an nndiag.Config, got {describe(config)}",
-                                 "pass nndiag.Config(...) or Config.from_mapping({...})")
+            raise InvalidSubject(
+                "config",
+                f"expected an nndiag.Config, got {describe(config)}",
+                "pass nndiag.Config(...) or Config.from_mapping({...})",
+            )
         self.subject = subject
         self.config = config or Config()
         self._session: Session | None = None
@@ -62,28 +68,46 @@ class Runner:
         except Exception as exc:  # the model's fault or nndiag's: a result either way
             result = error_result(check, exc)
         forward1, backward1 = session.passes()
-        cost = Cost(forward1 - forward0, backward1 - backward0,
-                    round(time.perf_counter() - start, 4))
-        return CheckResult(result.check, result.status, result.message, result.metrics,
-                           result.evidence, result.hint, cost, self.subject.name)
+        cost = Cost(
+            forward1 - forward0, backward1 - backward0, round(time.perf_counter() - start, 4)
+        )
+        return CheckResult(
+            result.check,
+            result.status,
+            result.message,
+            result.metrics,
+            result.evidence,
+            result.hint,
+            cost,
+            self.subject.name,
+        )
 
 
 def error_result(check: str, exc: Exception) -> CheckResult:
     """The ``error`` result for what a check raised: the user's model, loss or subject
     (named, with the fix), or a bug inside nndiag (said to be one)."""
     if isinstance(exc, ModelError):
-        return CheckResult(check, "error", f"{exc.call} raised {type(exc.original).__name__} "
-                           f"during {check}: {exc.original}", hint=exc.fix)
+        return CheckResult(
+            check,
+            "error",
+            f"{exc.call} raised {type(exc.original).__name__} during {check}: {exc.original}",
+            hint=exc.fix,
+        )
     if isinstance(exc, InvalidSubject):
         return CheckResult(check, "error", f"{exc.argument}: {exc.problem}", hint=exc.fix)
     where = traceback.extract_tb(exc.__traceback__)[-1]
-    return CheckResult(check, "error", f"internal nndiag error in {check}: "
-                       f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})",
-                       hint="please report this with the subject that triggers it")
+    return CheckResult(
+        check,
+        "error",
+        f"internal nndiag error in {check}: "
+        f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})",
+        hint="please report this with the subject that triggers it",
+    )
 
 
-def diagnose(subject: Subject, checks: Iterable[str] | None = None,
-             config: Config | None = None) -> Report:
+def diagnose(
+    subject: Subject, checks: Iterable[str] | None = None, config: Config | None = None
+) -> Report:
     """Run checks on a subject and return their report.
 
     Args:

@@ -48,30 +48,49 @@ class NndiagWarning(UserWarning):
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nndiag", "nndiag: neural-network sanity checks as tests")
     group.addoption(
-        "--nndiag", action="store_true", default=False,
+        "--nndiag",
+        action="store_true",
+        default=False,
         help="run nndiag's checks on the subjects declared with @nndiag.subject in conftest.py "
-             "files and in [tool.nndiag] subjects, one test per (subject, check) "
-             "(default: off)")
+        "files and in [tool.nndiag] subjects, one test per (subject, check) "
+        "(default: off)",
+    )
     group.addoption(
-        "--nndiag-checks", metavar="IDS", default=None,
+        "--nndiag-checks",
+        metavar="IDS",
+        default=None,
         help="comma-separated check ids to run, among each subject's own checks, e.g. "
-             "initial_loss,dead_neurons (default: every check the subject declares; without a "
-             "declaration, [tool.nndiag] checks, else all eight)")
+        "initial_loss,dead_neurons (default: every check the subject declares; without a "
+        "declaration, [tool.nndiag] checks, else all eight)",
+    )
     group.addoption(
-        "--nndiag-seed", metavar="N", default=None,
+        "--nndiag-seed",
+        metavar="N",
+        default=None,
         help="seed of every generator the checks draw from, for every subject; 'random' picks "
-             "one (the header prints it) (default: [tool.nndiag] seed, else 0)")
+        "one (the header prints it) (default: [tool.nndiag] seed, else 0)",
+    )
     group.addoption(
-        "--nndiag-report", metavar="DIR", default=None,
+        "--nndiag-report",
+        metavar="DIR",
+        default=None,
         help="directory receiving nndiag.json and nndiag.html, relative to the current "
-             "directory (default: [tool.nndiag] report-dir, else ./reports)")
+        "directory (default: [tool.nndiag] report-dir, else ./reports)",
+    )
     group.addoption(
-        "--nndiag-strict", action="store_true", default=None,
-        help="fail the tests of checks that warn (default: off, or [tool.nndiag] strict)")
+        "--nndiag-strict",
+        action="store_true",
+        default=None,
+        help="fail the tests of checks that warn (default: off, or [tool.nndiag] strict)",
+    )
     group.addoption(
-        "--nndiag-examples", metavar="N", type=int, default=None,
+        "--nndiag-examples",
+        metavar="N",
+        type=int,
+        default=None,
         help="Hypothesis examples per property check (batch_independence, finite_outputs) "
-             "(default: [tool.nndiag] property-examples, else 25)")
+        "(default: [tool.nndiag] property-examples, else 25)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,21 +117,24 @@ class _NndiagHooks:
         return self.session.header()
 
     @pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect look at the items
-    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
-                                      items: list[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
         items.extend(self.session.collect(session))
 
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item,
-                                  call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, None]:
         outcome = yield
         amend = getattr(item, "nndiag_report", None)  # only nndiag's own items have it
         if amend is not None:
             amend(outcome.get_result())
 
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_report_to_serializable(self, config: pytest.Config,
-                                      report: Any) -> Generator[None, Any, None]:
+    def pytest_report_to_serializable(
+        self, config: pytest.Config, report: Any
+    ) -> Generator[None, Any, None]:
         outcome = yield
         data = outcome.get_result()
         payload = getattr(report, REPORT_ATTRIBUTE, None)
@@ -120,8 +142,9 @@ class _NndiagHooks:
             data[REPORT_ATTRIBUTE] = json.dumps(payload)  # plain text across execnet
 
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_report_from_serializable(self, config: pytest.Config,
-                                        data: Any) -> Generator[None, Any, None]:
+    def pytest_report_from_serializable(
+        self, config: pytest.Config, data: Any
+    ) -> Generator[None, Any, None]:
         outcome = yield
         report = outcome.get_result()
         text = data.get(REPORT_ATTRIBUTE) if isinstance(data, dict) else None

@@ -121,26 +121,36 @@ def _tensors(out: Any) -> list[torch.Tensor]:
 
 
 def _per_row(out: Any, n: int) -> list[torch.Tensor]:
-    found = [t for t in _tensors(out) if t.ndim >= 1 and t.shape[0] == n
-             and (t.is_floating_point() or t.is_complex())]
+    found = [
+        t
+        for t in _tensors(out)
+        if t.ndim >= 1 and t.shape[0] == n and (t.is_floating_point() or t.is_complex())
+    ]
     if not found:
-        raise TypeError(f"the model's output has no floating-point tensor with one row per "
-                        f"input row ({n}); return per-sample outputs")
+        raise TypeError(
+            f"the model's output has no floating-point tensor with one row per "
+            f"input row ({n}); return per-sample outputs"
+        )
     return found
 
 
 def _batch_norms(model: Any) -> list[str]:
     from torch import nn
 
-    return [name or type(m).__name__ for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._NormBase)]
+    return [
+        name or type(m).__name__
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase)
+    ]
 
 
 def _bn_note(model: Any) -> str:
     if not _batch_norms(model):
         return ""
-    return (", where BatchNorm uses its running statistics (in training mode it mixes the "
-            "rows of a batch by design)")
+    return (
+        ", where BatchNorm uses its running statistics (in training mode it mixes the "
+        "rows of a batch by design)"
+    )
 
 
 def _probed_rows(n: int) -> list[int]:
@@ -159,12 +169,16 @@ class _Leak:
     def sentence(self) -> str:
         if self.method == "gradient":
             own = f"{self.own:.3g}" if self.own else "0"
-            return (f"Output row {self.row} depends on input row {self.source}: the gradient "
-                    f"of output row {self.row} (a random projection) reaches {self.leak:.3g} on "
-                    f"row {self.source}, against {own} on its own row.")
-        return (f"Output row {self.row} changed by up to {self.leak:.3g} (its values reach "
-                f"{self.own:.3g}) when only other rows of the batch were changed, starting with "
-                f"row {self.source}.")
+            return (
+                f"Output row {self.row} depends on input row {self.source}: the gradient "
+                f"of output row {self.row} (a random projection) reaches {self.leak:.3g} on "
+                f"row {self.source}, against {own} on its own row."
+            )
+        return (
+            f"Output row {self.row} changed by up to {self.leak:.3g} (its values reach "
+            f"{self.own:.3g}) when only other rows of the batch were changed, starting with "
+            f"row {self.source}."
+        )
 
 
 def _find_leak(model: Any, X: torch.Tensor, counter: _Counter) -> _Leak | None:
@@ -185,13 +199,16 @@ def _find_leak(model: Any, X: torch.Tensor, counter: _Counter) -> _Leak | None:
     return _leak_by_perturbation(model, X, n, counter)
 
 
-def _leak_by_gradient(Xc: torch.Tensor, outputs: list[torch.Tensor], n: int,
-                      counter: _Counter) -> _Leak | None:
+def _leak_by_gradient(
+    Xc: torch.Tensor, outputs: list[torch.Tensor], n: int, counter: _Counter
+) -> _Leak | None:
     import torch
 
     g = torch.Generator().manual_seed(0)  # projection weights: never the caller's RNG
-    weights = [torch.randn(t.shape[1:], generator=g, dtype=torch.float64).to(t.device, t.dtype)
-               for t in outputs]
+    weights = [
+        torch.randn(t.shape[1:], generator=g, dtype=torch.float64).to(t.device, t.dtype)
+        for t in outputs
+    ]
     for i in _probed_rows(n):
         target = sum((t[i] * w).real.sum() for t, w in zip(outputs, weights))
         counter.backward += 1
@@ -208,8 +225,7 @@ def _leak_by_gradient(Xc: torch.Tensor, outputs: list[torch.Tensor], n: int,
     return None
 
 
-def _leak_by_perturbation(model: Any, X: torch.Tensor, n: int,
-                          counter: _Counter) -> _Leak | None:
+def _leak_by_perturbation(model: Any, X: torch.Tensor, n: int, counter: _Counter) -> _Leak | None:
     import torch
 
     with torch.no_grad():
@@ -254,8 +270,10 @@ def assert_batch_independent(model: Any, X: Any) -> None:
     with _inference(model):
         leak = _find_leak(model, X, _Counter())
     if leak is not None:
-        raise AssertionError(f"{leak.sentence()} Batch of {len(X)} rows, "
-                             f"checked in eval mode{_bn_note(model)}. {_ADVICE_LEAK}")
+        raise AssertionError(
+            f"{leak.sentence()} Batch of {len(X)} rows, "
+            f"checked in eval mode{_bn_note(model)}. {_ADVICE_LEAK}"
+        )
 
 
 # -- finite outputs ----------------------------------------------------------------------------
@@ -269,10 +287,15 @@ class _NonFinite:
 
     def sentence(self) -> str:
         rows = ", ".join(map(str, self.rows[:5])) + (", ..." if len(self.rows) > 5 else "")
-        where = (f"; the first module whose output is not finite is {self.first_module!r}"
-                 if self.first_module else "")
-        return (f"{self.bad} of {self.total} output values are not finite ({self.nan} NaN, "
-                f"{self.bad - self.nan} infinite), in row(s) {rows}{where}.")
+        where = (
+            f"; the first module whose output is not finite is {self.first_module!r}"
+            if self.first_module
+            else ""
+        )
+        return (
+            f"{self.bad} of {self.total} output values are not finite ({self.nan} NaN, "
+            f"{self.bad - self.nan} infinite), in row(s) {rows}{where}."
+        )
 
 
 def _find_nonfinite(model: Any, X: torch.Tensor, counter: _Counter) -> _NonFinite | None:
@@ -332,8 +355,9 @@ def assert_finite_outputs(model: Any, X: Any) -> None:
     with _inference(model):
         found = _find_nonfinite(model, X, _Counter())
     if found is not None:
-        raise AssertionError(f"{found.sentence()} Batch of {len(X)} rows, checked in eval "
-                             f"mode. {_ADVICE_FINITE}")
+        raise AssertionError(
+            f"{found.sentence()} Batch of {len(X)} rows, checked in eval mode. {_ADVICE_FINITE}"
+        )
 
 
 # -- helpers over nndiag's checks -------------------------------------------------------------
@@ -353,8 +377,7 @@ def _raise_unless_ok(result: CheckResult) -> None:
         raise AssertionError(f"{text}\nHint: {result.hint}" if result.hint else text)
 
 
-def assert_gradients_match(model: Any, X: Any, y: Any, loss: Any = None, *,
-                           seed: int = 0) -> None:
+def assert_gradients_match(model: Any, X: Any, y: Any, loss: Any = None, *, seed: int = 0) -> None:
     """Assert that the model's analytic gradients match centered differences (float64).
 
     Runs nndiag's ``gradient_check`` on every row of ``X``; a ``warn`` (an error small
@@ -379,8 +402,9 @@ def assert_gradients_match(model: Any, X: Any, y: Any, loss: Any = None, *,
     _raise_unless_ok(_run_check("gradient_check", model, X, y, loss, config))
 
 
-def assert_initial_loss_near_expected(model: Any, X: Any, y: Any, loss: Any = None, *,
-                                      tolerance: float | None = None) -> None:
+def assert_initial_loss_near_expected(
+    model: Any, X: Any, y: Any, loss: Any = None, *, tolerance: float | None = None
+) -> None:
     """Assert that the untrained model's loss is near what an uninformative model scores
     (about ln C for C classes; CS231n, lecture 5).
 
@@ -402,9 +426,10 @@ def assert_initial_loss_near_expected(model: Any, X: Any, y: Any, loss: Any = No
 
     config = Config()
     if tolerance is not None:
-        config = config.replace(initial_loss_fail=float(tolerance),
-                                initial_loss_warn=min(config.initial_loss_warn,
-                                                      float(tolerance)))
+        config = config.replace(
+            initial_loss_fail=float(tolerance),
+            initial_loss_warn=min(config.initial_loss_warn, float(tolerance)),
+        )
     _raise_unless_ok(_run_check("initial_loss", model, X, y, loss, config))
 
 
@@ -413,8 +438,9 @@ class _Falsified(AssertionError):
     pass
 
 
-def run_property(check: str, subject: Subject, config: Config, *, max_examples: int = 25,
-                 max_size: int = 16) -> CheckResult:
+def run_property(
+    check: str, subject: Subject, config: Config, *, max_examples: int = 25, max_size: int = 16
+) -> CheckResult:
     """Run a property check (one of :data:`PROPERTY_CHECKS`) as a Hypothesis property over
     batches shaped like the subject's data (see :func:`nndiag.strategies.batches`).
 
@@ -438,9 +464,14 @@ def run_property(check: str, subject: Subject, config: Config, *, max_examples: 
     if check not in PROPERTY_CHECKS:
         raise ValueError(f"unknown property check {check!r}; known: {', '.join(PROPERTY_CHECKS)}")
     if subject.backend.name != "torch":
-        return CheckResult(check, "skip", f"{check} generates torch batches; the "
-                           f"{subject.backend.name} backend is not supported by the property "
-                           "checks yet.", subject=subject.name)
+        return CheckResult(
+            check,
+            "skip",
+            f"{check} generates torch batches; the "
+            f"{subject.backend.name} backend is not supported by the property "
+            "checks yet.",
+            subject=subject.name,
+        )
     model = subject.model
     min_size = 2 if check == "batch_independence" else 1
     max_size = max(max_size, min_size)
@@ -465,9 +496,15 @@ def run_property(check: str, subject: Subject, config: Config, *, max_examples: 
             raise _Falsified()
 
     runner = settings(
-        max_examples=max_examples, deadline=None, database=None, derandomize=False,
-        phases=(Phase.generate, Phase.shrink), suppress_health_check=list(HealthCheck),
-        report_multiple_bugs=False, verbosity=Verbosity.quiet, print_blob=False,
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        phases=(Phase.generate, Phase.shrink),
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+        verbosity=Verbosity.quiet,
+        print_blob=False,
     )(hypothesis_seed(config.seed)(given(recipes)(probe)))
     start = time.perf_counter()
     with _inference(model):
@@ -481,41 +518,63 @@ def run_property(check: str, subject: Subject, config: Config, *, max_examples: 
     cost = Cost(counter.forward, counter.backward, round(time.perf_counter() - start, 4))
 
     sizes = f"{min_size}-{max_size} rows" if min_size < max_size else f"{min_size} rows"
-    scope = (f"{seen['examples']} generated batches of {sizes} (rows of the data, constants and "
-             f"random rows, values in [{spec.low:.4g}, {spec.high:.4g}])")
-    metrics: dict[str, Any] = {"examples": seen["examples"], "max_examples": max_examples,
-                               "min_batch": min_size, "max_batch": max_size,
-                               "value_low": spec.low, "value_high": spec.high,
-                               "seed": config.seed}
+    scope = (
+        f"{seen['examples']} generated batches of {sizes} (rows of the data, constants and "
+        f"random rows, values in [{spec.low:.4g}, {spec.high:.4g}])"
+    )
+    metrics: dict[str, Any] = {
+        "examples": seen["examples"],
+        "max_examples": max_examples,
+        "min_batch": min_size,
+        "max_batch": max_size,
+        "value_low": spec.low,
+        "value_high": spec.high,
+        "seed": config.seed,
+    }
     found = failure.get("found")
     counterexample = failure.get("counterexample")
     evidence = {"counterexample": counterexample} if counterexample else {}
     if found is None:
         if check == "batch_independence":
-            message = (f"No output row depended on another row over {scope}; checked in "
-                       f"eval mode{_bn_note(model)}.")
+            message = (
+                f"No output row depended on another row over {scope}; checked in "
+                f"eval mode{_bn_note(model)}."
+            )
         else:
             message = f"Outputs stayed finite over {scope}; checked in eval mode."
-        return CheckResult(check, "pass", message, metrics, evidence, cost=cost,
-                           subject=subject.name)
+        return CheckResult(
+            check, "pass", message, metrics, evidence, cost=cost, subject=subject.name
+        )
     where = f" Minimal counterexample: {counterexample}." if counterexample else ""
     if isinstance(found, BaseException):
-        message = (f"model(X) raised {type(found).__name__}: {found} on a generated batch."
-                   f"{where}")
-        return CheckResult(check, "error", message, metrics, evidence,
-                           hint="Make the model accept any batch shaped like its data (any "
-                                "batch size, values in the data's range), or leave this "
-                                "check out of the subject's checks.",
-                           cost=cost, subject=subject.name)
+        message = f"model(X) raised {type(found).__name__}: {found} on a generated batch.{where}"
+        return CheckResult(
+            check,
+            "error",
+            message,
+            metrics,
+            evidence,
+            hint="Make the model accept any batch shaped like its data (any "
+            "batch size, values in the data's range), or leave this "
+            "check out of the subject's checks.",
+            cost=cost,
+            subject=subject.name,
+        )
     if isinstance(found, _Leak):
-        metrics.update(row=found.row, source_row=found.source, leak=found.leak,
-                       own=found.own, method=found.method, tolerance=_LEAK_TOLERANCE)
+        metrics.update(
+            row=found.row,
+            source_row=found.source,
+            leak=found.leak,
+            own=found.own,
+            method=found.method,
+            tolerance=_LEAK_TOLERANCE,
+        )
         message = f"{found.sentence()}{where} Checked in eval mode{_bn_note(model)}."
         hint = _ADVICE_LEAK
     else:
-        metrics.update(nonfinite=found.bad, outputs=found.total, nan=found.nan,
-                       first_module=found.first_module)
+        metrics.update(
+            nonfinite=found.bad, outputs=found.total, nan=found.nan, first_module=found.first_module
+        )
         message = f"{found.sentence()}{where} Checked in eval mode."
         hint = _ADVICE_FINITE
     return CheckResult(check, "fail", message, metrics, evidence, hint, cost, subject.name)
-

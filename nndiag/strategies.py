@@ -33,8 +33,15 @@ if TYPE_CHECKING:
 
     from nndiag.subject import Subject
 
-__all__ = ["ACTIVATIONS", "NORMALIZATIONS", "architectures", "batches", "examples", "labels",
-           "seeds"]
+__all__ = [
+    "ACTIVATIONS",
+    "NORMALIZATIONS",
+    "architectures",
+    "batches",
+    "examples",
+    "labels",
+    "seeds",
+]
 
 # Rows read from a subject's data to learn its shape, range and per-feature statistics.
 _MAX_DATA_ROWS = 4096
@@ -47,12 +54,14 @@ NORMALIZATIONS: tuple[str | None, ...] = (None, "batch", "layer")
 
 # -- argument validation (messages in the style of hypothesis.extra.numpy) -----------------
 def _type_error(expected: str, name: str, value: Any) -> InvalidArgument:
-    return InvalidArgument(f"Expected {expected} but got {name}={value!r} "
-                           f"(type={type(value).__name__})")
+    return InvalidArgument(
+        f"Expected {expected} but got {name}={value!r} (type={type(value).__name__})"
+    )
 
 
-def _check_int(name: str, value: Any, *, minimum: int | None = None,
-               optional: bool = False) -> None:
+def _check_int(
+    name: str, value: Any, *, minimum: int | None = None, optional: bool = False
+) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
@@ -126,8 +135,13 @@ def _data_of(source: Any, name: str) -> tuple[torch.Tensor, torch.Tensor | None]
     return _as_tensor(source, name), None
 
 
-def _spec(tensor: torch.Tensor, name: str, low: float | None = None,
-          high: float | None = None, integer_low: float | None = None) -> _Spec:
+def _spec(
+    tensor: torch.Tensor,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    integer_low: float | None = None,
+) -> _Spec:
     if tensor.ndim == 0 or tensor.shape[0] == 0:
         raise InvalidArgument(f"{name} holds no rows (shape {tuple(tensor.shape)})")
     rows = tensor[:_MAX_DATA_ROWS]
@@ -190,8 +204,10 @@ class BatchRecipe:
         """``2 rows (shape (2, 8), values in [-1, 1]): [data[0], constant(0.0)]``."""
         shape = (len(self.rows), *spec.row_shape)
         noun = "row" if len(self.rows) == 1 else "rows"
-        return (f"{len(self.rows)} {noun} (shape {shape}, values in [{spec.low:.4g}, "
-                f"{spec.high:.4g}]): {self!r}")
+        return (
+            f"{len(self.rows)} {noun} (shape {shape}, values in [{spec.low:.4g}, "
+            f"{spec.high:.4g}]): {self!r}"
+        )
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -221,12 +237,16 @@ def _make_row(spec: _Spec, row: Row) -> torch.Tensor:
         made = torch.rand(shape, generator=g, dtype=torch.float64)
         made = spec.low + made * (spec.high - spec.low)
     elif row.kind == "normal":
-        made = spec.mean.cpu() + spec.std.cpu() * torch.randn(shape, generator=g,
-                                                              dtype=torch.float64)
+        made = spec.mean.cpu() + spec.std.cpu() * torch.randn(
+            shape, generator=g, dtype=torch.float64
+        )
     else:  # extremes: every entry at one end of the range
         pick = torch.rand(shape, generator=g) < 0.5
-        made = torch.where(pick, torch.tensor(spec.low, dtype=torch.float64),
-                           torch.tensor(spec.high, dtype=torch.float64))
+        made = torch.where(
+            pick,
+            torch.tensor(spec.low, dtype=torch.float64),
+            torch.tensor(spec.high, dtype=torch.float64),
+        )
     return made.clamp(spec.low, spec.high).to(dtype=dtype, device=device)
 
 
@@ -258,8 +278,7 @@ def _float32_inside(value: float, *, up: bool) -> float:
     return float(v)
 
 
-def _row_strategy(spec: _Spec, real_rows: bool, synthetic_rows: bool = True
-                  ) -> SearchStrategy[Row]:
+def _row_strategy(spec: _Spec, real_rows: bool, synthetic_rows: bool = True) -> SearchStrategy[Row]:
     """Rows in shrinking order: real data first, then constants, then random rows."""
     if not (real_rows or synthetic_rows):
         raise InvalidArgument("real_rows=False and synthetic_rows=False leave no row to draw")
@@ -289,15 +308,23 @@ def _sizes(spec: _Spec, min_size: Any, max_size: Any) -> tuple[int, int]:
 
 def _subset_sizes(count: int, min_size: int, max_size: int) -> tuple[int, int]:
     if min_size > count:
-        raise InvalidArgument(f"Cannot draw min_size={min_size} distinct rows from data of "
-                              f"{count} rows (synthetic_rows=False)")
+        raise InvalidArgument(
+            f"Cannot draw min_size={min_size} distinct rows from data of "
+            f"{count} rows (synthetic_rows=False)"
+        )
     return min_size, min(max_size, count)
 
 
-def _batch_recipes(source: Any, *, min_size: int = 1, max_size: int | None = None,
-                  min_value: float | None = None, max_value: float | None = None,
-                  real_rows: bool = True, synthetic_rows: bool = True
-                  ) -> tuple[_Spec, SearchStrategy[BatchRecipe]]:
+def _batch_recipes(
+    source: Any,
+    *,
+    min_size: int = 1,
+    max_size: int | None = None,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    real_rows: bool = True,
+    synthetic_rows: bool = True,
+) -> tuple[_Spec, SearchStrategy[BatchRecipe]]:
     """The data spec and a strategy of :class:`BatchRecipe` (what :func:`batches` builds
     from); used where a failure should name how its batch was made."""
     _check_number("min_value", min_value)
@@ -309,18 +336,30 @@ def _batch_recipes(source: Any, *, min_size: int = 1, max_size: int | None = Non
     spec = _spec(X, "the subject's inputs", min_value, max_value)
     low_size, high_size = _sizes(spec, min_size, max_size)
     if synthetic_rows:
-        rows = st.lists(_row_strategy(spec, real_rows, synthetic_rows), min_size=low_size,
-                        max_size=high_size)
+        rows = st.lists(
+            _row_strategy(spec, real_rows, synthetic_rows), min_size=low_size, max_size=high_size
+        )
     else:  # subsets of the data: distinct rows
         low_size, high_size = _subset_sizes(spec.count, low_size, high_size)
-        rows = st.lists(_row_strategy(spec, real_rows, False), min_size=low_size,
-                        max_size=high_size, unique_by=lambda row: row.value)
+        rows = st.lists(
+            _row_strategy(spec, real_rows, False),
+            min_size=low_size,
+            max_size=high_size,
+            unique_by=lambda row: row.value,
+        )
     return spec, rows.map(lambda r: BatchRecipe(tuple(r)))
 
 
-def batches(subject: Subject | Any, *, min_size: int = 1, max_size: int | None = None,
-            min_value: float | None = None, max_value: float | None = None,
-            real_rows: bool = True, synthetic_rows: bool = True) -> SearchStrategy[torch.Tensor]:
+def batches(
+    subject: Subject | Any,
+    *,
+    min_size: int = 1,
+    max_size: int | None = None,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    real_rows: bool = True,
+    synthetic_rows: bool = True,
+) -> SearchStrategy[torch.Tensor]:
     """Input batches shaped, typed and scaled like ``subject``'s data.
 
     Each row is a row of the data, a constant row, or a row of uniform, normal (the data's
@@ -349,9 +388,15 @@ def batches(subject: Subject | Any, *, min_size: int = 1, max_size: int | None =
     """
 
     def build() -> SearchStrategy[torch.Tensor]:
-        spec, recipes = _batch_recipes(subject, min_size=min_size, max_size=max_size,
-                                      min_value=min_value, max_value=max_value,
-                                      real_rows=real_rows, synthetic_rows=synthetic_rows)
+        spec, recipes = _batch_recipes(
+            subject,
+            min_size=min_size,
+            max_size=max_size,
+            min_value=min_value,
+            max_value=max_value,
+            real_rows=real_rows,
+            synthetic_rows=synthetic_rows,
+        )
         return recipes.map(lambda recipe: recipe.build(spec))
 
     return st.deferred(build)
@@ -366,15 +411,21 @@ def _label_spec(source: Any, num_classes: Any) -> _Spec:
         return _spec(torch.arange(source), "the labels", 0, source - 1)
     _, y = _data_of(source, "subject")
     if y is None:
-        raise InvalidArgument("labels() needs targets: pass an nndiag.Subject, an (X, y) pair "
-                              "or a number of classes")
+        raise InvalidArgument(
+            "labels() needs targets: pass an nndiag.Subject, an (X, y) pair or a number of classes"
+        )
     if num_classes is not None:
         return _spec(y, "the subject's targets", 0, num_classes - 1)
     return _spec(y, "the subject's targets", integer_low=0)
 
 
-def labels(subject: Subject | Any, *, min_size: int = 1, max_size: int | None = None,
-           num_classes: int | None = None) -> SearchStrategy[torch.Tensor]:
+def labels(
+    subject: Subject | Any,
+    *,
+    min_size: int = 1,
+    max_size: int | None = None,
+    num_classes: int | None = None,
+) -> SearchStrategy[torch.Tensor]:
     """Targets like ``subject``'s: class ids (integer labels) or float targets.
 
     Args:
@@ -391,16 +442,20 @@ def labels(subject: Subject | Any, *, min_size: int = 1, max_size: int | None = 
     def build() -> SearchStrategy[torch.Tensor]:
         spec = _label_spec(subject, num_classes)
         low_size, high_size = _sizes(spec, min_size, max_size)
-        rows = st.lists(_row_strategy(spec, real_rows=True), min_size=low_size,
-                        max_size=high_size)
+        rows = st.lists(_row_strategy(spec, real_rows=True), min_size=low_size, max_size=high_size)
         return rows.map(lambda r: BatchRecipe(tuple(r)).build(spec))
 
     return st.deferred(build)
 
 
-def examples(subject: Subject | Any, *, min_size: int = 1, max_size: int | None = None,
-             num_classes: int | None = None, synthetic_rows: bool = True
-             ) -> SearchStrategy[tuple[torch.Tensor, torch.Tensor]]:
+def examples(
+    subject: Subject | Any,
+    *,
+    min_size: int = 1,
+    max_size: int | None = None,
+    num_classes: int | None = None,
+    synthetic_rows: bool = True,
+) -> SearchStrategy[tuple[torch.Tensor, torch.Tensor]]:
     """``(X, y)`` pairs of one size: a drawn data row comes with its own target, other rows
     with a drawn target (see :func:`batches` and :func:`labels`).
 
@@ -421,26 +476,35 @@ def examples(subject: Subject | Any, *, min_size: int = 1, max_size: int | None 
         _check_bool("synthetic_rows", synthetic_rows)
         X, y = _data_of(subject, "subject")
         if y is None:
-            raise InvalidArgument("examples() needs targets: pass an nndiag.Subject or an "
-                                  "(X, y) pair")
+            raise InvalidArgument(
+                "examples() needs targets: pass an nndiag.Subject or an (X, y) pair"
+            )
         if len(X) != len(y):
             raise InvalidArgument(f"X has {len(X)} rows but y has {len(y)}")
         x_spec = _spec(X, "the subject's inputs")
         y_spec = _label_spec((X, y), num_classes)
         low_size, high_size = _sizes(x_spec, min_size, max_size)
         real = st.integers(0, min(x_spec.count, y_spec.count) - 1).map(
-            lambda i: (Row("data", i), Row("data", i)))
-        made = st.tuples(_row_strategy(x_spec, real_rows=False),
-                         _row_strategy(y_spec, real_rows=False))
+            lambda i: (Row("data", i), Row("data", i))
+        )
+        made = st.tuples(
+            _row_strategy(x_spec, real_rows=False), _row_strategy(y_spec, real_rows=False)
+        )
         if synthetic_rows:
             pairs = st.lists(st.one_of(real, made), min_size=low_size, max_size=high_size)
         else:  # subsets of the data: distinct rows
-            low_size, high_size = _subset_sizes(min(x_spec.count, y_spec.count), low_size,
-                                                high_size)
-            pairs = st.lists(real, min_size=low_size, max_size=high_size,
-                             unique_by=lambda pair: pair[0].value)
-        return pairs.map(lambda p: (BatchRecipe(tuple(a for a, _ in p)).build(x_spec),
-                                    BatchRecipe(tuple(b for _, b in p)).build(y_spec)))
+            low_size, high_size = _subset_sizes(
+                min(x_spec.count, y_spec.count), low_size, high_size
+            )
+            pairs = st.lists(
+                real, min_size=low_size, max_size=high_size, unique_by=lambda pair: pair[0].value
+            )
+        return pairs.map(
+            lambda p: (
+                BatchRecipe(tuple(a for a, _ in p)).build(x_spec),
+                BatchRecipe(tuple(b for _, b in p)).build(y_spec),
+            )
+        )
 
     return st.deferred(build)
 
@@ -473,8 +537,15 @@ class _Plan:
 def _activation(name: str) -> Any:
     from torch import nn
 
-    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
-            "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU}[name]()
+    return {
+        "relu": nn.ReLU,
+        "tanh": nn.Tanh,
+        "sigmoid": nn.Sigmoid,
+        "gelu": nn.GELU,
+        "leaky_relu": nn.LeakyReLU,
+        "elu": nn.ELU,
+        "silu": nn.SiLU,
+    }[name]()
 
 
 def _build(plan: _Plan) -> Any:
@@ -505,16 +576,24 @@ def _check_choices(name: str, value: Any, known: Sequence[Any]) -> tuple[Any, ..
         raise InvalidArgument(f"{name} must not be empty")
     for item in value:
         if item not in known:
-            raise InvalidArgument(f"Unknown {name} entry {item!r}; known: "
-                                  f"{', '.join(map(repr, known))}")
+            raise InvalidArgument(
+                f"Unknown {name} entry {item!r}; known: {', '.join(map(repr, known))}"
+            )
     return tuple(value)
 
 
-def architectures(*, in_features: int = 8, out_features: int = 3, min_depth: int = 1,
-                  max_depth: int = 3, min_width: int = 1, max_width: int = 32,
-                  activations: Sequence[str] = ("relu", "tanh", "gelu"),
-                  normalization: Sequence[str | None] = (None, "layer"),
-                  bias: bool | None = True) -> SearchStrategy[Any]:
+def architectures(
+    *,
+    in_features: int = 8,
+    out_features: int = 3,
+    min_depth: int = 1,
+    max_depth: int = 3,
+    min_width: int = 1,
+    max_width: int = 32,
+    activations: Sequence[str] = ("relu", "tanh", "gelu"),
+    normalization: Sequence[str | None] = (None, "layer"),
+    bias: bool | None = True,
+) -> SearchStrategy[Any]:
     """Small random MLPs: ``torch.nn.Sequential`` of Linear -> [norm] -> activation blocks
     and a final Linear, initialized from a drawn seed (PyTorch's default init).
 
@@ -553,10 +632,10 @@ def architectures(*, in_features: int = 8, out_features: int = 3, min_depth: int
         @st.composite
         def plans(draw: Any) -> _Plan:
             depth = draw(st.integers(min_depth, max_depth))
-            widths = tuple(draw(st.lists(st.integers(min_width, max_width), min_size=depth,
-                                         max_size=depth)))
-            chosen = tuple(draw(st.lists(st.sampled_from(acts), min_size=depth,
-                                         max_size=depth)))
+            widths = tuple(
+                draw(st.lists(st.integers(min_width, max_width), min_size=depth, max_size=depth))
+            )
+            chosen = tuple(draw(st.lists(st.sampled_from(acts), min_size=depth, max_size=depth)))
             norm = draw(st.sampled_from(norms))
             has_bias = draw(st.booleans()) if bias is None else bias
             seed = draw(st.integers(0, 2**32 - 1))

@@ -53,19 +53,26 @@ class Subject:
         from nndiag.backends import backend_for
 
         if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise InvalidSubject("name", f"expected a non-empty str, got {describe(name)}",
-                                 "pass name='my_model' or leave it out")
+            raise InvalidSubject(
+                "name",
+                f"expected a non-empty str, got {describe(name)}",
+                "pass name='my_model' or leave it out",
+            )
         if loss is not None and not callable(loss):
-            raise InvalidSubject("loss", f"expected a callable, got {describe(loss)}",
-                                 "pass loss=torch.nn.CrossEntropyLoss() or a function "
-                                 "(output, y) -> scalar")
+            raise InvalidSubject(
+                "loss",
+                f"expected a callable, got {describe(loss)}",
+                "pass loss=torch.nn.CrossEntropyLoss() or a function (output, y) -> scalar",
+            )
         if regularization is not None and not (
             callable(regularization) or isinstance(regularization, str)
         ):
             raise InvalidSubject(
-                "regularization", f"expected a callable or str, got {describe(regularization)}",
+                "regularization",
+                f"expected a callable or str, got {describe(regularization)}",
                 "pass the name of the model attribute holding the strength, or a function "
-                "(model, strength) -> None that sets it")
+                "(model, strength) -> None that sets it",
+            )
         self.backend = backend_for(model)
         self.model = model
         self.loss = loss
@@ -81,8 +88,10 @@ class Subject:
         return sum(len(b.y) for b in self.batches)
 
     def __repr__(self) -> str:
-        return (f"Subject(name={self.name!r}, model={type(self.model).__name__}, "
-                f"batches={len(self.batches)}, samples={self.num_samples})")
+        return (
+            f"Subject(name={self.name!r}, model={type(self.model).__name__}, "
+            f"batches={len(self.batches)}, samples={self.num_samples})"
+        )
 
 
 class SubjectFactory:
@@ -92,8 +101,13 @@ class SubjectFactory:
     this subject only.
     """
 
-    def __init__(self, func: Callable[[], Subject], name: str | None,
-                 checks: tuple[str, ...] | None, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        func: Callable[[], Subject],
+        name: str | None,
+        checks: tuple[str, ...] | None,
+        options: Mapping[str, Any],
+    ) -> None:
         functools.update_wrapper(self, func)
         self.func = func
         self.name = name or func.__name__
@@ -104,8 +118,10 @@ class SubjectFactory:
         made = self.func()
         if not isinstance(made, Subject):
             raise InvalidSubject(
-                self.name, f"the factory returned {describe(made)}",
-                "return nndiag.Subject(model, data, ...) from the decorated function")
+                self.name,
+                f"the factory returned {describe(made)}",
+                "return nndiag.Subject(model, data, ...) from the decorated function",
+            )
         return made
 
     def __repr__(self) -> str:
@@ -115,12 +131,19 @@ class SubjectFactory:
 @overload
 def subject(func: Callable[[], Subject], /) -> SubjectFactory: ...
 @overload
-def subject(*, name: str | None = None, checks: Any = None,
-            **options: Any) -> Callable[[Callable[[], Subject]], SubjectFactory]: ...
+def subject(
+    *, name: str | None = None, checks: Any = None, **options: Any
+) -> Callable[[Callable[[], Subject]], SubjectFactory]: ...
 
 
-def subject(func: Callable[[], Subject] | None = None, /, *, name: str | None = None,
-            checks: Any = None, **options: Any) -> Any:
+def subject(
+    func: Callable[[], Subject] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    checks: Any = None,
+    **options: Any,
+) -> Any:
     """Mark a function that builds a :class:`Subject`, for ``pytest --nndiag``.
 
     Use bare (``@nndiag.subject``) or with arguments

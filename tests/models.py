@@ -23,8 +23,14 @@ def _classification(seed: int, n: int = N, features: int = IN) -> tuple[torch.Te
     return torch.randn(n, features, generator=g), torch.randint(0, CLASSES, (n,), generator=g)
 
 
-def _mlp(depth: int, act: type[nn.Module], init: Callable[[torch.Tensor], None] | None,
-         width: int = WIDTH, features: int = IN, bias: bool = True) -> nn.Sequential:
+def _mlp(
+    depth: int,
+    act: type[nn.Module],
+    init: Callable[[torch.Tensor], None] | None,
+    width: int = WIDTH,
+    features: int = IN,
+    bias: bool = True,
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     fan = features
     for _ in range(depth - 1):
@@ -65,8 +71,7 @@ def default_relu_mlp(seed: int = 0) -> nndiag.Subject:
 
 def xavier_tanh_mlp(seed: int = 0) -> nndiag.Subject:
     torch.manual_seed(seed)
-    return nndiag.Subject(_mlp(5, nn.Tanh, _xavier), _classification(seed),
-                          name="xavier_tanh_mlp")
+    return nndiag.Subject(_mlp(5, nn.Tanh, _xavier), _classification(seed), name="xavier_tanh_mlp")
 
 
 class SmallCNN(nn.Module):
@@ -120,8 +125,9 @@ def regression_mlp(seed: int = 0) -> nndiag.Subject:
     X = torch.randn(N, 8, generator=g)
     y = torch.sin(X[:, :1] * 2) + 0.5 * X[:, 1:2]
     y = (y - y.mean()) / y.std()
-    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                          nn.Linear(64, 1))
+    model = nn.Sequential(
+        nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)
+    )
     return nndiag.Subject(model, (X, y), name="regression_mlp")
 
 
@@ -140,16 +146,18 @@ class L2Net(nn.Module):
 
     def penalty(self) -> torch.Tensor:
         strength = self._frozen_l2 if self.ignore_knob else self.l2
-        return 0.5 * strength * sum((p**2).sum() for n, p in self.named_parameters()
-                                    if n.endswith("weight"))
+        return (
+            0.5
+            * strength
+            * sum((p**2).sum() for n, p in self.named_parameters() if n.endswith("weight"))
+        )
 
 
 def _l2_subject(model: L2Net, seed: int, name: str) -> nndiag.Subject:
     def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out, y) + model.penalty()
 
-    return nndiag.Subject(model, _classification(seed), loss=loss, regularization="l2",
-                          name=name)
+    return nndiag.Subject(model, _classification(seed), loss=loss, regularization="l2", name=name)
 
 
 def l2_mlp(seed: int = 0) -> nndiag.Subject:
@@ -158,8 +166,18 @@ def l2_mlp(seed: int = 0) -> nndiag.Subject:
     return _l2_subject(L2Net(), seed, "l2_mlp")
 
 
-HEALTHY = {f.__name__: f for f in (he_relu_mlp, default_relu_mlp, xavier_tanh_mlp,
-                                   cnn_batchnorm, tiny_transformer, regression_mlp, l2_mlp)}
+HEALTHY = {
+    f.__name__: f
+    for f in (
+        he_relu_mlp,
+        default_relu_mlp,
+        xavier_tanh_mlp,
+        cnn_batchnorm,
+        tiny_transformer,
+        regression_mlp,
+        l2_mlp,
+    )
+}
 
 
 # -- broken ------------------------------------------------------------------------------

@@ -54,37 +54,70 @@ CASES: list[tuple[str, Callable[[], Any], str, str]] = [
     ("empty iterable", lambda: nndiag.Subject(_mlp(), []), "data", "no batch"),
     ("empty batch", lambda: nndiag.Subject(_mlp(), (X[:0], Y[:0])), "data", "empty"),
     ("not a pair", lambda: nndiag.Subject(_mlp(), [X]), "data", "pair (X, y)"),
-    ("length mismatch", lambda: nndiag.Subject(_mlp(), (X, Y[:10])), "data",
-     "16 samples but y has 10"),
+    (
+        "length mismatch",
+        lambda: nndiag.Subject(_mlp(), (X, Y[:10])),
+        "data",
+        "16 samples but y has 10",
+    ),
     ("NaN in the data", lambda: nndiag.Subject(_mlp(), _nan_data()), "data", "NaN"),
     ("not a model", lambda: nndiag.Subject("resnet", (X, Y)), "model", "no nndiag backend"),
-    ("no parameters", lambda: nndiag.Subject(NoParameters(), (X, Y)), "model",
-     "no parameters"),
+    ("no parameters", lambda: nndiag.Subject(NoParameters(), (X, Y)), "model", "no parameters"),
     ("all frozen", lambda: nndiag.Subject(_frozen(), (X, Y)), "model", "requires_grad"),
-    ("loss not callable", lambda: nndiag.Subject(_mlp(), (X, Y), loss="ce"), "loss",
-     "callable"),
-    ("knob not an attribute", lambda: nndiag.Subject(_mlp(), (X, Y), regularization="l2"),
-     "regularization", "'l2'"),
-    ("bad optimizer", lambda: nndiag.Subject(_mlp(), (X, Y), optimizer=0.1), "optimizer",
-     "callable"),
+    ("loss not callable", lambda: nndiag.Subject(_mlp(), (X, Y), loss="ce"), "loss", "callable"),
+    (
+        "knob not an attribute",
+        lambda: nndiag.Subject(_mlp(), (X, Y), regularization="l2"),
+        "regularization",
+        "'l2'",
+    ),
+    (
+        "bad optimizer",
+        lambda: nndiag.Subject(_mlp(), (X, Y), optimizer=0.1),
+        "optimizer",
+        "callable",
+    ),
     ("empty name", lambda: nndiag.Subject(_mlp(), (X, Y), name=""), "name", "non-empty"),
-    ("labels out of range", lambda: nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y + 5))),
-     "data", "labels span 5..7 but the model outputs 3"),
-    ("negative labels", lambda: nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y - 1))),
-     "data", "labels span -1..1"),
-    ("forward raises", lambda: nndiag.diagnose(nndiag.Subject(Raises(), (X, Y))), "model",
-     "model(X) raised RuntimeError: shapes do not match"),
-    ("non-scalar loss", lambda: nndiag.diagnose(nndiag.Subject(
-        _mlp(), (X, Y), loss=nn.CrossEntropyLoss(reduction="none"))), "loss", "not a scalar"),
-    ("loss raises", lambda: nndiag.diagnose(nndiag.Subject(
-        _mlp(), (X, Y), loss=nn.MSELoss())), "loss", "loss(output, y) raised"),
+    (
+        "labels out of range",
+        lambda: nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y + 5))),
+        "data",
+        "labels span 5..7 but the model outputs 3",
+    ),
+    (
+        "negative labels",
+        lambda: nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y - 1))),
+        "data",
+        "labels span -1..1",
+    ),
+    (
+        "forward raises",
+        lambda: nndiag.diagnose(nndiag.Subject(Raises(), (X, Y))),
+        "model",
+        "model(X) raised RuntimeError: shapes do not match",
+    ),
+    (
+        "non-scalar loss",
+        lambda: nndiag.diagnose(
+            nndiag.Subject(_mlp(), (X, Y), loss=nn.CrossEntropyLoss(reduction="none"))
+        ),
+        "loss",
+        "not a scalar",
+    ),
+    (
+        "loss raises",
+        lambda: nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y), loss=nn.MSELoss())),
+        "loss",
+        "loss(output, y) raised",
+    ),
     ("not a subject", lambda: nndiag.diagnose(_mlp()), "subject", "nndiag.Subject"),
 ]
 
 
 @pytest.mark.parametrize("case, run, argument, words", CASES, ids=[c[0] for c in CASES])
-def test_misuse_names_argument_and_fix(case: str, run: Callable[[], Any], argument: str,
-                                       words: str) -> None:
+def test_misuse_names_argument_and_fix(
+    case: str, run: Callable[[], Any], argument: str, words: str
+) -> None:
     with pytest.raises(InvalidSubject) as info:
         run()
     error = info.value
@@ -138,14 +171,17 @@ def test_float_targets_and_integer_arrays_from_numpy() -> None:
     assert report["initial_loss"].status in ("pass", "warn")
 
 
-@pytest.mark.parametrize("options, words", [
-    ({"seed": 1.5}, "Config.seed expects int"),
-    ({"overfit_steps": 0}, "Config.overfit_steps must be >= 1"),
-    ({"max_samples": 0}, "Config.max_samples must be >= 1"),
-    ({"gradient_steps": ()}, "non-empty tuple"),
-    ({"regularization_strengths": ("a",)}, "non-negative numbers"),
-    ({"checks": (1,)}, "check ids"),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"seed": 1.5}, "Config.seed expects int"),
+        ({"overfit_steps": 0}, "Config.overfit_steps must be >= 1"),
+        ({"max_samples": 0}, "Config.max_samples must be >= 1"),
+        ({"gradient_steps": ()}, "non-empty tuple"),
+        ({"regularization_strengths": ("a",)}, "non-negative numbers"),
+        ({"checks": (1,)}, "check ids"),
+    ],
+)
 def test_config_values_are_validated(options: dict[str, Any], words: str) -> None:
     with pytest.raises((TypeError, ValueError), match=words.replace("(", "\\\\(")):
         nndiag.Config(**options)

@@ -43,15 +43,20 @@ class Everything(nn.Module):
 
 def _state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     return {
-        "tensors": [(n, t.detach().clone(), t.dtype, t.data_ptr(), t.requires_grad)
-                    for n, t in [*model.named_parameters(), *model.named_buffers()]],
+        "tensors": [
+            (n, t.detach().clone(), t.dtype, t.data_ptr(), t.requires_grad)
+            for n, t in [*model.named_parameters(), *model.named_buffers()]
+        ],
         "objects": [id(t) for t in [*model.parameters(), *model.buffers()]],
-        "grads": [(id(p.grad), None if p.grad is None else p.grad.clone())
-                  for p in model.parameters()],
+        "grads": [
+            (id(p.grad), None if p.grad is None else p.grad.clone()) for p in model.parameters()
+        ],
         "training": [m.training for m in model.modules()],
         "attributes": {k: v for k, v in vars(model).items() if isinstance(v, (int, float))},
-        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-                  for m in model.modules()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for m in model.modules()
+        ],
         "optimizer": copy.deepcopy(optimizer.state_dict()),
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": np.random.get_state()[1].copy(),
@@ -69,8 +74,7 @@ def _assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
     for (i0, g0), (i1, g1) in zip(before["grads"], after["grads"]):
         assert i0 == i1
         assert (g0 is None and g1 is None) or torch.equal(g0, g1)
-    for key in ("training", "attributes", "hooks", "python_rng", "default_dtype",
-                "grad_enabled"):
+    for key in ("training", "attributes", "hooks", "python_rng", "default_dtype", "grad_enabled"):
         assert before[key] == after[key], key
     assert torch.equal(before["torch_rng"], after["torch_rng"])
     assert np.array_equal(before["numpy_rng"], after["numpy_rng"])
@@ -163,8 +167,9 @@ def test_a_setter_writing_into_a_dict_the_loss_reads_is_undone() -> None:
     def knob(m: nn.Module, strength: float) -> None:
         cfg["l2"] = strength
 
-    subject = nndiag.Subject(model, (torch.randn(32, 8), torch.arange(32) % 3), loss=loss,
-                             regularization=knob)
+    subject = nndiag.Subject(
+        model, (torch.randn(32, 8), torch.arange(32) % 3), loss=loss, regularization=knob
+    )
     report = nndiag.diagnose(subject, ["regularization_loss", "overfit_small"])
     assert report["regularization_loss"].status == "pass"
     assert cfg == {"l2": 1e-4}

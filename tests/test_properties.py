@@ -78,17 +78,22 @@ def _data(subject: nndiag.Subject) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _state(model: nn.Module) -> tuple:
-    return (copy.deepcopy(model.state_dict()), [m.training for m in model.modules()],
-            [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-            torch.random.get_rng_state())
+    return (
+        copy.deepcopy(model.state_dict()),
+        [m.training for m in model.modules()],
+        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        torch.random.get_rng_state(),
+    )
 
 
 def _unchanged(model: nn.Module, before: tuple) -> bool:
     state, modes, grads, rng = _state(model)
-    return (all(torch.equal(state[k], v) for k, v in before[0].items()) and modes == before[1]
-            and all((a is None and b is None) or torch.equal(a, b)
-                    for a, b in zip(grads, before[2]))
-            and torch.equal(rng, before[3]))
+    return (
+        all(torch.equal(state[k], v) for k, v in before[0].items())
+        and modes == before[1]
+        and all((a is None and b is None) or torch.equal(a, b) for a, b in zip(grads, before[2]))
+        and torch.equal(rng, before[3])
+    )
 
 
 def test_a_healthy_model_passes_every_assertion_and_is_left_as_it_was() -> None:
@@ -132,8 +137,11 @@ def test_integer_inputs_are_checked_by_perturbation() -> None:
     tokens = _data(subject)[0][:5]
     assert_batch_independent(subject.model, tokens)
     torch.manual_seed(0)
-    with pytest.raises(AssertionError, match=r"Output row 0 changed by up to .* when only other "
-                                             r"rows of the batch were changed"):
+    with pytest.raises(
+        AssertionError,
+        match=r"Output row 0 changed by up to .* when only other "
+        r"rows of the batch were changed",
+    ):
         assert_batch_independent(TokenMixer(), tokens)
 
 
@@ -143,9 +151,11 @@ def test_non_finite_outputs_name_the_first_module() -> None:
     X[2, 0] = 0.0
     with pytest.raises(AssertionError) as error:
         assert_finite_outputs(LogInput(), X)
-    assert str(error.value).startswith("10 of 40 output values are not finite (0 NaN, 10 "
-                                       "infinite), in row(s) 2; the first module whose output "
-                                       "is not finite is 'fc'.")
+    assert str(error.value).startswith(
+        "10 of 40 output values are not finite (0 NaN, 10 "
+        "infinite), in row(s) 2; the first module whose output "
+        "is not finite is 'fc'."
+    )
 
 
 def test_wrong_gradients_and_overconfident_init_fail() -> None:
@@ -171,8 +181,7 @@ def test_misuse_raises_misuse_errors() -> None:
     with pytest.raises(TypeError, match="expected a torch.nn.Module"):
         assert_finite_outputs(lambda x: x, torch.zeros(2, 3))
     with pytest.raises(nndiag.errors.InvalidSubject, match="labels span"):
-        assert_gradients_match(default_relu_mlp().model, torch.zeros(2, 32),
-                               torch.tensor([0, 50]))
+        assert_gradients_match(default_relu_mlp().model, torch.zeros(2, 32), torch.tensor([0, 50]))
 
 
 def _comparable(result: nndiag.CheckResult) -> dict:
@@ -186,7 +195,8 @@ def test_property_checks_shrink_to_a_minimal_counterexample_reproducibly() -> No
     assert first.status == "fail"
     assert first.evidence["counterexample"] == (
         f"2 rows (shape (2, 32), values in [{first.metrics['value_low']:.4g}, "
-        f"{first.metrics['value_high']:.4g}]): [data[0], data[0]]")
+        f"{first.metrics['value_high']:.4g}]): [data[0], data[0]]"
+    )
     assert "Minimal counterexample: 2 rows" in first.message and first.hint
     again = run_property("batch_independence", subject, Config(seed=3), max_examples=10)
     assert _comparable(again) == _comparable(first)

@@ -13,12 +13,23 @@ from nndiag.results import SCHEMA, CheckResult, Cost, Report
 
 
 def _report() -> Report:
-    return Report([
-        CheckResult("overfit_small", "fail", "diverged", {"final_loss": math.nan},
-                    {"loss": [2.3, math.inf, math.nan]}, "lower the lr", Cost(3, 2, 0.5), "a"),
-        CheckResult("dead_neurons", "pass", "ok", {"worst": 0.1}, subject="a"),
-        CheckResult("dead_neurons", "warn", "hmm", subject="b"),
-    ], meta={"seed": 3})
+    return Report(
+        [
+            CheckResult(
+                "overfit_small",
+                "fail",
+                "diverged",
+                {"final_loss": math.nan},
+                {"loss": [2.3, math.inf, math.nan]},
+                "lower the lr",
+                Cost(3, 2, 0.5),
+                "a",
+            ),
+            CheckResult("dead_neurons", "pass", "ok", {"worst": 0.1}, subject="a"),
+            CheckResult("dead_neurons", "warn", "hmm", subject="b"),
+        ],
+        meta={"seed": 3},
+    )
 
 
 def test_json_round_trip_keeps_everything(tmp_path: Path) -> None:

@@ -63,8 +63,9 @@ def test_real_rows_only_are_distinct_rows_of_the_data(X: torch.Tensor) -> None:
 
 @FAST
 @given(nst.labels(SUBJECT), nst.labels(7, max_size=3), nst.labels(REGRESSION))
-def test_labels_are_class_ids_or_targets_like_the_data(y: torch.Tensor, seven: torch.Tensor,
-                                                       targets: torch.Tensor) -> None:
+def test_labels_are_class_ids_or_targets_like_the_data(
+    y: torch.Tensor, seven: torch.Tensor, targets: torch.Tensor
+) -> None:
     assert y.dtype == torch.int64 and y.ndim == 1
     assert 0 <= int(y.min()) and int(y.max()) <= int(Y_ALL.max())
     assert 0 <= int(seven.min()) and int(seven.max()) <= 6 and 1 <= len(seven) <= 3
@@ -75,8 +76,10 @@ def test_labels_are_class_ids_or_targets_like_the_data(y: torch.Tensor, seven: t
 
 
 @FAST
-@given(nst.examples(SUBJECT, min_size=2, max_size=10, synthetic_rows=False),
-       nst.examples(SUBJECT, num_classes=10))
+@given(
+    nst.examples(SUBJECT, min_size=2, max_size=10, synthetic_rows=False),
+    nst.examples(SUBJECT, num_classes=10),
+)
 def test_examples_keep_real_rows_with_their_labels(real: tuple, mixed: tuple) -> None:
     X, y = real
     assert len(X) == len(y)
@@ -94,8 +97,17 @@ def test_seeds_respect_bounds(seed: int) -> None:
 
 
 @FAST
-@given(nst.architectures(in_features=5, out_features=2, min_depth=2, max_depth=3, max_width=6,
-                         activations=["tanh"], normalization=["batch"]))
+@given(
+    nst.architectures(
+        in_features=5,
+        out_features=2,
+        min_depth=2,
+        max_depth=3,
+        max_width=6,
+        activations=["tanh"],
+        normalization=["batch"],
+    )
+)
 def test_architectures_follow_their_arguments(model: nn.Module) -> None:
     linears = [m for m in model if isinstance(m, nn.Linear)]
     assert 3 <= len(linears) <= 4
@@ -111,31 +123,52 @@ def test_architectures_leave_the_global_rng_alone() -> None:
     model = find(nst.architectures(), lambda m: True)
     assert torch.equal(torch.random.get_rng_state(), state)
     again = find(nst.architectures(), lambda m: True)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                 again.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values())
+    )
 
 
-@pytest.mark.parametrize(("strategy", "message"), [
-    (lambda: nst.batches(SUBJECT, max_size="10"),
-     "Expected int or None but got max_size='10' (type=str)"),
-    (lambda: nst.batches(SUBJECT, min_size=0), "Expected min_size >= 1 but got min_size=0"),
-    (lambda: nst.batches(SUBJECT, min_size=5, max_size=2), "Cannot have min_size=5 > max_size=2"),
-    (lambda: nst.batches(SUBJECT, min_value=1.0, max_value=0.0),
-     "Cannot have min_value=1.0 > max_value=0.0"),
-    (lambda: nst.batches(SUBJECT, real_rows="yes"), "Expected bool but got real_rows='yes'"),
-    (lambda: nst.batches(SUBJECT, real_rows=False, synthetic_rows=False), "leave no row"),
-    (lambda: nst.batches(SUBJECT, synthetic_rows=False, min_size=1000),
-     "Cannot draw min_size=1000 distinct rows from data of 128 rows"),
-    (lambda: nst.batches("data"), "Expected an nndiag.Subject, a tensor or an array but got "
-                                  "subject='data' (type=str)"),
-    (lambda: nst.labels(torch.zeros(3, 2)), "labels() needs targets"),
-    (lambda: nst.architectures(activations=["swish"]),
-     "Unknown activations entry 'swish'; known: 'relu'"),
-    (lambda: nst.architectures(normalization="batch"),
-     "Expected a sequence but got normalization='batch' (type=str)"),
-    (lambda: nst.architectures(max_depth=1.5),
-     "Expected int but got max_depth=1.5 (type=float)"),
-])
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        (
+            lambda: nst.batches(SUBJECT, max_size="10"),
+            "Expected int or None but got max_size='10' (type=str)",
+        ),
+        (lambda: nst.batches(SUBJECT, min_size=0), "Expected min_size >= 1 but got min_size=0"),
+        (
+            lambda: nst.batches(SUBJECT, min_size=5, max_size=2),
+            "Cannot have min_size=5 > max_size=2",
+        ),
+        (
+            lambda: nst.batches(SUBJECT, min_value=1.0, max_value=0.0),
+            "Cannot have min_value=1.0 > max_value=0.0",
+        ),
+        (lambda: nst.batches(SUBJECT, real_rows="yes"), "Expected bool but got real_rows='yes'"),
+        (lambda: nst.batches(SUBJECT, real_rows=False, synthetic_rows=False), "leave no row"),
+        (
+            lambda: nst.batches(SUBJECT, synthetic_rows=False, min_size=1000),
+            "Cannot draw min_size=1000 distinct rows from data of 128 rows",
+        ),
+        (
+            lambda: nst.batches("data"),
+            "Expected an nndiag.Subject, a tensor or an array but got subject='data' (type=str)",
+        ),
+        (lambda: nst.labels(torch.zeros(3, 2)), "labels() needs targets"),
+        (
+            lambda: nst.architectures(activations=["swish"]),
+            "Unknown activations entry 'swish'; known: 'relu'",
+        ),
+        (
+            lambda: nst.architectures(normalization="batch"),
+            "Expected a sequence but got normalization='batch' (type=str)",
+        ),
+        (
+            lambda: nst.architectures(max_depth=1.5),
+            "Expected int but got max_depth=1.5 (type=float)",
+        ),
+    ],
+)
 def test_invalid_arguments_fail_when_used_not_when_defined(strategy, message: str) -> None:
     defined = strategy()  # no error yet: a test module defining it still imports
     with pytest.raises(InvalidArgument) as error:

@@ -166,8 +166,9 @@ class Session(Protocol):
         """Activation statistics over the stored batches (computed once per session)."""
 
 
-def read_items(data: Any, limit: int, is_array: Callable[[Any], bool],
-               guard: AbstractContextManager[Any]) -> list[Any]:
+def read_items(
+    data: Any, limit: int, is_array: Callable[[Any], bool], guard: AbstractContextManager[Any]
+) -> list[Any]:
     """The first ``limit`` items of ``data``: one pair ``(X, y)`` of arrays, or an iterable
     of pairs read under ``guard`` (a shuffling DataLoader draws from the global RNGs,
     which the guard gives back).
@@ -176,8 +177,7 @@ def read_items(data: Any, limit: int, is_array: Callable[[Any], bool],
         InvalidSubject: no data, not iterable, or no batch in it.
     """
     if data is None:
-        raise InvalidSubject("data", "got None", "pass one batch (X, y) or an iterable of "
-                             "batches")
+        raise InvalidSubject("data", "got None", "pass one batch (X, y) or an iterable of batches")
     # One batch: (X, y) or (X, y, extra) led by an array; a list of batches leads with a pair.
     if isinstance(data, (tuple, list)) and len(data) in (2, 3) and is_array(data[0]):
         return [data]
@@ -186,8 +186,11 @@ def read_items(data: Any, limit: int, is_array: Callable[[Any], bool],
         try:
             iterator = iter(data)  # a DataLoader draws its seed here
         except TypeError:
-            raise InvalidSubject("data", "expected (X, y) or an iterable of batches, got "
-                                 f"{describe(data)}", "pass data=(X, y)") from None
+            raise InvalidSubject(
+                "data",
+                f"expected (X, y) or an iterable of batches, got {describe(data)}",
+                "pass data=(X, y)",
+            ) from None
         for item in iterator:
             items.append(item)
             if len(items) >= limit:
@@ -205,8 +208,11 @@ def unpack(item: Any, index: int) -> tuple[str, Any, Any]:
     """
     where = "data" if index == 0 else f"data (batch {index})"
     if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-        raise InvalidSubject(where, f"a batch must be a pair (X, y), got {describe(item)}",
-                             "yield (inputs, targets) from the data iterable")
+        raise InvalidSubject(
+            where,
+            f"a batch must be a pair (X, y), got {describe(item)}",
+            "yield (inputs, targets) from the data iterable",
+        )
     return where, item[0], item[1]
 
 
@@ -219,15 +225,24 @@ def validate_arrays(where: str, X: Any, y: Any, nonfinite: Callable[[Any], int])
     """
     for arg, value in (("X", X), ("y", y)):
         if value.ndim == 0 or len(value) == 0:
-            raise InvalidSubject(where, f"{arg} is empty (shape {tuple(value.shape)})",
-                                 "pass a batch with at least one sample")
+            raise InvalidSubject(
+                where,
+                f"{arg} is empty (shape {tuple(value.shape)})",
+                "pass a batch with at least one sample",
+            )
         bad = nonfinite(value)
         if bad:
-            raise InvalidSubject(where, f"{arg} holds {bad} NaN/Inf value(s)",
-                                 "clean or impute the data before diagnosing")
+            raise InvalidSubject(
+                where,
+                f"{arg} holds {bad} NaN/Inf value(s)",
+                "clean or impute the data before diagnosing",
+            )
     if len(X) != len(y):
-        raise InvalidSubject(where, f"X has {len(X)} samples but y has {len(y)}",
-                             "pass inputs and targets of the same length")
+        raise InvalidSubject(
+            where,
+            f"X has {len(X)} samples but y has {len(y)}",
+            "pass inputs and targets of the same length",
+        )
 
 
 class SessionBase:
@@ -283,9 +298,11 @@ class SessionBase:
         flat = np.concatenate([np.asarray(y).reshape(-1) for y in labels]).astype(np.int64)
         low, high = int(flat.min()), int(flat.max())
         if classes < 2 or low < 0 or high >= classes:
-            raise InvalidSubject("data", f"labels span {low}..{high} but the model outputs "
-                                 f"{classes} class scores", f"use labels in 0..{classes - 1} "
-                                 "or widen the last layer")
+            raise InvalidSubject(
+                "data",
+                f"labels span {low}..{high} but the model outputs {classes} class scores",
+                f"use labels in 0..{classes - 1} or widen the last layer",
+            )
         counts = np.bincount(flat, minlength=classes)
         return Task("classification", classes, tuple(int(c) for c in counts))
 
@@ -337,5 +354,3 @@ def backend_for(model: Any) -> Backend:
         "pass a torch.nn.Module, a (apply_fn, params) pair for JAX, or an object with a "
         "params dict and loss(X, y) -> (loss, grads) (the CS231n protocol)",
     )
-
-

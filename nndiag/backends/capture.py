@@ -23,8 +23,9 @@ class Accumulator:
         self.bins = bins
         self.records: dict[str, LayerRecord] = {}
 
-    def add(self, name: str, kind: str, x: np.ndarray,
-            weight: tuple[str, int, float] | None = None) -> None:
+    def add(
+        self, name: str, kind: str, x: np.ndarray, weight: tuple[str, int, float] | None = None
+    ) -> None:
         """Fold one ``(rows, units)`` output of layer ``name`` into its statistics.
 
         ``weight`` is the (name, fan-in, std) of the weight layer feeding it, if known.
@@ -62,8 +63,9 @@ class Accumulator:
         np.minimum(index, self.bins - 1, out=index)
         return np.bincount(index, minlength=self.bins)
 
-    def _new(self, name: str, kind: str, x: np.ndarray,
-             weight: tuple[str, int, float] | None) -> LayerRecord:
+    def _new(
+        self, name: str, kind: str, x: np.ndarray, weight: tuple[str, int, float] | None
+    ) -> LayerRecord:
         if kind == "tanh":
             edges = (-1.0, 1.0)
         elif kind == "sigmoid":
@@ -72,8 +74,14 @@ class Accumulator:
             low = 0.0 if kind == "relu" else float(x.min())
             high = float(x.max())
             edges = (low, high if high > low else low + 1.0)
-        record = LayerRecord(name, kind, depth=len(self.records), units=int(x.shape[1]),
-                             hist_counts=np.zeros(self.bins, dtype=np.int64), hist_edges=edges)
+        record = LayerRecord(
+            name,
+            kind,
+            depth=len(self.records),
+            units=int(x.shape[1]),
+            hist_counts=np.zeros(self.bins, dtype=np.int64),
+            hist_edges=edges,
+        )
         if kind == "relu":
             record.fires = np.zeros(record.units, dtype=np.int64)
         if weight is not None:

@@ -89,29 +89,62 @@ except ImportError:  # pragma: no cover - depends on the installed jax
 __all__ = ["BACKEND", "JaxBackend", "JaxSession"]
 
 _TRACE_ERRORS: tuple[type[BaseException], ...] = tuple(
-    getattr(jax.errors, name) for name in (
-        "ConcretizationTypeError", "TracerArrayConversionError", "TracerBoolConversionError",
-        "TracerIntegerConversionError") if hasattr(jax.errors, name))
+    getattr(jax.errors, name)
+    for name in (
+        "ConcretizationTypeError",
+        "TracerArrayConversionError",
+        "TracerBoolConversionError",
+        "TracerIntegerConversionError",
+    )
+    if hasattr(jax.errors, name)
+)
 
 # Primitives whose output is an activation, and jax.nn functions jitted under their name
 # (recorded whole: their insides are not layers). Kinds follow the torch backend's names.
 _PRIMITIVE_KINDS = {"tanh": "tanh", "logistic": "sigmoid"}
 _NAMED_KINDS = {
-    "relu": "relu", "relu6": "relu", "silu": "silu", "swish": "silu", "gelu": "gelu",
-    "elu": "elu", "celu": "celu", "selu": "selu", "leaky_relu": "leaky_relu",
-    "softplus": "softplus", "mish": "mish", "hard_tanh": "hardtanh",
-    "hard_swish": "hardswish", "hard_silu": "hardswish",
+    "relu": "relu",
+    "relu6": "relu",
+    "silu": "silu",
+    "swish": "silu",
+    "gelu": "gelu",
+    "elu": "elu",
+    "celu": "celu",
+    "selu": "selu",
+    "leaky_relu": "leaky_relu",
+    "softplus": "softplus",
+    "mish": "mish",
+    "hard_tanh": "hardtanh",
+    "hard_swish": "hardswish",
+    "hard_silu": "hardswish",
 }
 # jax.nn activations that are not primitives, when traced inline rather than jitted.
 _INLINE_KINDS = {k: v for k, v in _NAMED_KINDS.items() if k not in ("relu", "relu6")}
 # The jax.nn function a primitive may come from and still be that activation.
 _OWN_FUNCTION = {"tanh": ("tanh",), "sigmoid": ("sigmoid",), "relu": ("relu", "relu6")}
 # Primitives that pass a value through (a weight transposed, a zero broadcast).
-_SAME_VALUE = {"transpose", "reshape", "convert_element_type", "copy", "copy_p", "squeeze",
-               "expand_dims"}
+_SAME_VALUE = {
+    "transpose",
+    "reshape",
+    "convert_element_type",
+    "copy",
+    "copy_p",
+    "squeeze",
+    "expand_dims",
+}
 _WEIGHT_OPS = ("dot_general", "conv_general_dilated")
-_CALLS = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-          "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint"}
+_CALLS = {
+    "jit",
+    "pjit",
+    "closed_call",
+    "core_call",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "remat",
+    "remat2",
+    "checkpoint",
+}
 
 _JAX_DIR = os.path.dirname(jax.__file__) + os.sep
 _NN_FUNCTIONS = os.path.join("nn", "functions.py")
@@ -161,8 +194,11 @@ def _knob_form(knob: Any) -> str:
         signature = inspect.signature(knob)
     except (TypeError, ValueError):
         return "setter"
-    positional = [p for p in signature.parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     required = [p for p in positional if p.default is p.empty]
     varargs = any(p.kind == p.VAR_POSITIONAL for p in signature.parameters.values())
     if len(required) == 1 and not varargs:
@@ -199,23 +235,34 @@ class JaxBackend:
     def validate_model(self, model: Any, *, optimizer: Any, regularization: Any) -> None:
         leaves = jax.tree_util.tree_leaves(model[1])
         if not any(_is_float(leaf) for leaf in leaves):
-            raise InvalidSubject("model", "params hold no floating-point array",
-                                 "pass the trainable parameters (a pytree of float arrays) "
-                                 "as the second item of (apply_fn, params)")
-        if optimizer is not None and not (callable(getattr(optimizer, "init", None))
-                                          and callable(getattr(optimizer, "update", None))):
-            raise InvalidSubject("optimizer", "expected an optax GradientTransformation, got "
-                                 f"{describe(optimizer)}", "pass optimizer=optax.adam(1e-3), "
-                                 "or leave it out for Adam at Config.overfit_lr")
+            raise InvalidSubject(
+                "model",
+                "params hold no floating-point array",
+                "pass the trainable parameters (a pytree of float arrays) "
+                "as the second item of (apply_fn, params)",
+            )
+        if optimizer is not None and not (
+            callable(getattr(optimizer, "init", None))
+            and callable(getattr(optimizer, "update", None))
+        ):
+            raise InvalidSubject(
+                "optimizer",
+                f"expected an optax GradientTransformation, got {describe(optimizer)}",
+                "pass optimizer=optax.adam(1e-3), or leave it out for Adam at Config.overfit_lr",
+            )
         if isinstance(regularization, str):
             raise InvalidSubject(
-                "regularization", f"a JAX model has no attribute {regularization!r} to set",
+                "regularization",
+                f"a JAX model has no attribute {regularization!r} to set",
                 "pass penalty(params) -> scalar (nndiag adds strength * penalty to the loss), "
-                "or a function (model, strength) -> None that sets what your loss reads")
+                "or a function (model, strength) -> None that sets what your loss reads",
+            )
         if regularization is not None and _knob_form(regularization) == "invalid":
             raise InvalidSubject(
-                "regularization", f"{describe(regularization)} takes no argument",
-                "pass penalty(params) -> scalar, or a function (model, strength) -> None")
+                "regularization",
+                f"{describe(regularization)} takes no argument",
+                "pass penalty(params) -> scalar, or a function (model, strength) -> None",
+            )
 
     def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
         """Read up to ``limit`` batches without touching the global RNGs (a shuffling
@@ -227,10 +274,14 @@ class JaxBackend:
         where, X, y = unpack(item, index)
         for arg, value in (("X", X), ("y", y)):
             if not _is_array(value):
-                raise InvalidSubject(where, f"{arg} is {describe(value)}, not an array",
-                                     f"convert {arg} with jnp.asarray or np.asarray")
-        validate_arrays(where, X, y, lambda v: int((~np.isfinite(np.asarray(v))).sum())
-                        if _is_float(v) else 0)
+                raise InvalidSubject(
+                    where,
+                    f"{arg} is {describe(value)}, not an array",
+                    f"convert {arg} with jnp.asarray or np.asarray",
+                )
+        validate_arrays(
+            where, X, y, lambda v: int((~np.isfinite(np.asarray(v))).sum()) if _is_float(v) else 0
+        )
         return Batch(jnp.asarray(X), jnp.asarray(y))
 
     def session(self, subject: Any, config: Any) -> JaxSession:
@@ -271,8 +322,14 @@ def _compiled(jitted: Any, args: tuple[Any, ...]) -> Any:
     lowered = jitted.lower(*args)
     # The arguments' structure, types and devices too: unused arguments are pruned from the
     # text, and an executable is bound to the devices it was compiled for.
-    devices = sorted({str(d) for x in jax.tree_util.tree_leaves(args)
-                      if isinstance(x, jax.Array) for d in x.devices()})
+    devices = sorted(
+        {
+            str(d)
+            for x in jax.tree_util.tree_leaves(args)
+            if isinstance(x, jax.Array)
+            for d in x.devices()
+        }
+    )
     text = f"{lowered.in_tree}\n{lowered.args_info}\n{devices}\n{lowered.as_text()}"
     key = (hashlib.sha256(text.encode()).hexdigest(), jax.default_backend())
     executable = _EXECUTABLES.get(key)
@@ -310,14 +367,24 @@ def _jit_or_eager(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @jax.jit
-def _adam(params: list[jax.Array], grads: list[jax.Array], m: list[jax.Array],
-          v: list[jax.Array], step_size: float, root_bc2: float, b1: float, b2: float,
-          eps: float) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
+def _adam(
+    params: list[jax.Array],
+    grads: list[jax.Array],
+    m: list[jax.Array],
+    v: list[jax.Array],
+    step_size: float,
+    root_bc2: float,
+    b1: float,
+    b2: float,
+    eps: float,
+) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
     """One step of torch.optim.Adam's update rule (bias corrections folded in)."""
     m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
     v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
-    new = [p - (step_size * mi / (jnp.sqrt(vi) / root_bc2 + eps)).astype(p.dtype)
-           for p, mi, vi in zip(params, m, v)]
+    new = [
+        p - (step_size * mi / (jnp.sqrt(vi) / root_bc2 + eps)).astype(p.dtype)
+        for p, mi, vi in zip(params, m, v)
+    ]
     return new, m, v
 
 
@@ -361,9 +428,12 @@ class JaxSession(SessionBase):
         except Exception as exc:
             raise ModelError("model", "apply_fn(params, X)", exc) from exc
         if not _is_array(out):
-            raise InvalidSubject("model", f"apply_fn returned {describe(out)}, not an array",
-                                 "return the logits/predictions array from apply_fn, or wrap "
-                                 "it in a function that does")
+            raise InvalidSubject(
+                "model",
+                f"apply_fn returned {describe(out)}, not an array",
+                "return the logits/predictions array from apply_fn, or wrap "
+                "it in a function that does",
+            )
         return jnp.asarray(out)
 
     def _data_loss(self, out: jax.Array, y: jax.Array) -> jax.Array:
@@ -375,8 +445,11 @@ class JaxSession(SessionBase):
             raise ModelError("loss", "loss(outputs, y)", exc) from exc
         if not (_is_array(loss) or isinstance(loss, (int, float))) or jnp.size(loss) != 1:
             shape = tuple(loss.shape) if _is_array(loss) else describe(loss)
-            raise InvalidSubject("loss", f"returned {shape}, not a scalar",
-                                 "reduce the loss to a scalar (.mean() over the batch)")
+            raise InvalidSubject(
+                "loss",
+                f"returned {shape}, not a scalar",
+                "reduce the loss to a scalar (.mean() over the batch)",
+            )
         return jnp.reshape(jnp.asarray(loss), ())
 
     def _strength_arg(self) -> float | None:
@@ -396,9 +469,11 @@ class JaxSession(SessionBase):
             raise ModelError("regularization", "regularization(params)", exc) from exc
         scalar = _is_array(value) or isinstance(value, (int, float))
         if not scalar or jnp.size(value) != 1:
-            raise InvalidSubject("regularization", f"penalty(params) returned {describe(value)}"
-                                 ", not a scalar", "return one number, e.g. "
-                                 "0.5 * sum(jnp.sum(w ** 2) for w in weights)")
+            raise InvalidSubject(
+                "regularization",
+                f"penalty(params) returned {describe(value)}, not a scalar",
+                "return one number, e.g. 0.5 * sum(jnp.sum(w ** 2) for w in weights)",
+            )
         return strength * jnp.reshape(jnp.asarray(value), ())
 
     def _loss(self, out: jax.Array, y: jax.Array, params: Any, strength: Any) -> jax.Array:
@@ -436,17 +511,24 @@ class JaxSession(SessionBase):
             out = self._apply(self.params, batch.X)
         if not out.shape or out.shape[0] != len(batch.y):
             rows = out.shape[0] if out.shape else 0
-            raise InvalidSubject("model", f"output has {rows} rows for {len(batch.y)} samples",
-                                 "return one output row per input sample")
+            raise InvalidSubject(
+                "model",
+                f"output has {rows} rows for {len(batch.y)} samples",
+                "return one output row per input sample",
+            )
         if _is_float(batch.y):
             self.task = Task("regression")
         elif len(out.shape) < 2 or out.shape[-1] < 2:
-            raise InvalidSubject("data", "integer labels need class scores of shape (N, C), "
-                                 f"the model outputs {tuple(out.shape)}",
-                                 "output one score per class, or pass float targets")
+            raise InvalidSubject(
+                "data",
+                "integer labels need class scores of shape (N, C), "
+                f"the model outputs {tuple(out.shape)}",
+                "output one score per class, or pass float targets",
+            )
         else:
-            self.task = self.classification(int(out.shape[-1]),
-                                            [np.asarray(b.y) for b in self.batches])
+            self.task = self.classification(
+                int(out.shape[-1]), [np.asarray(b.y) for b in self.batches]
+            )
         self._measure(batch)  # runs the loss on real outputs: its errors surface here
         return self.task
 
@@ -459,8 +541,7 @@ class JaxSession(SessionBase):
         try:
             self._setter(self.model, strength)
         except Exception as exc:
-            raise ModelError("regularization", f"regularization(model, {strength:g})",
-                             exc) from exc
+            raise ModelError("regularization", f"regularization(model, {strength:g})", exc) from exc
 
     def _measure(self, batch: Batch) -> dict[str, Any]:
         """The loss, per-sample losses and the losses of uninformative outputs in one
@@ -473,19 +554,25 @@ class JaxSession(SessionBase):
         self._forward += 1
         return self._measure_pass(self.params, batch.X, batch.y, self._strength_arg(), prior)
 
-    def _measure_pass(self, params: Any, X: jax.Array, y: jax.Array, strength: Any,
-                      prior: Any) -> dict[str, Any]:
+    def _measure_pass(
+        self, params: Any, X: jax.Array, y: jax.Array, strength: Any, prior: Any
+    ) -> dict[str, Any]:
         out = self._apply(params, X)
         penalty = jnp.asarray(self._penalty_term(params, strength))
-        found = {"out": out, "loss": self._data_loss(out, y) + penalty, "penalty": penalty,
-                 "uniform": self._loss(jnp.zeros_like(out), y, params, strength)}
+        found = {
+            "out": out,
+            "loss": self._data_loss(out, y) + penalty,
+            "penalty": penalty,
+            "uniform": self._loss(jnp.zeros_like(out), y, params, strength),
+        }
         if prior is not None:  # classes on the last axis
             logits = jnp.broadcast_to(prior.astype(out.dtype), out.shape)
             found["prior"] = self._loss(logits, y, params, strength)
         elif out.size == y.size:
             mean = jnp.broadcast_to(y.mean(axis=0, keepdims=True), y.shape)
-            found["mean"] = self._loss(mean.reshape(out.shape).astype(out.dtype), y, params,
-                                       strength)
+            found["mean"] = self._loss(
+                mean.reshape(out.shape).astype(out.dtype), y, params, strength
+            )
         n = min(len(y), PER_SAMPLE_ROWS)
         try:  # one vectorized pass; a loss that vmap cannot take is tried row by row
             found["per_sample"] = jax.vmap(self._row_loss)(out[:n], y[:n]) + penalty
@@ -502,8 +589,10 @@ class JaxSession(SessionBase):
             return mean, np.asarray(found["per_sample"], dtype=np.float64)
         out = found["out"]
         try:
-            rows = [float(self._row_loss(out[i], batch.y[i]))
-                    for i in range(min(len(batch), PER_SAMPLE_ROWS))]
+            rows = [
+                float(self._row_loss(out[i], batch.y[i]))
+                for i in range(min(len(batch), PER_SAMPLE_ROWS))
+            ]
         except Exception:  # a loss that cannot take single rows: no noise estimate
             return mean, None
         return mean, np.asarray(rows) + float(found["penalty"])
@@ -525,8 +614,9 @@ class JaxSession(SessionBase):
 
     # -- activations -------------------------------------------------------------------
     def _capture_layers(self) -> list[LayerRecord]:
-        recorder = _Recorder(self._leaf_names, dict(zip(self._leaf_names, self._leaves)),
-                             self.config.histogram_bins)
+        recorder = _Recorder(
+            self._leaf_names, dict(zip(self._leaf_names, self._leaves)), self.config.histogram_bins
+        )
         leaves = jax.tree_util.tree_leaves(self.params)
         left = self.config.max_samples
         for batch in self.batches:
@@ -568,8 +658,7 @@ class _Objective:
         self.strength = session._strength_arg()
         self._value = _jit_or_eager(self._loss)
 
-    def _loss(self, point: list[jax.Array], X: jax.Array, y: jax.Array,
-              strength: Any) -> jax.Array:
+    def _loss(self, point: list[jax.Array], X: jax.Array, y: jax.Array, strength: Any) -> jax.Array:
         params = self.session._assemble(point)
         return self.session._loss(self.session._apply(params, X), y, params, strength)
 
@@ -623,8 +712,7 @@ class _Objective:
 def _depends_on_inputs(jaxpr: Any, inputs: Sequence[bool] | None = None) -> list[bool]:
     """For each output of ``jaxpr``: does it depend on any input? Entering call-like
     sub-jaxprs; any other equation is assumed to mix all its inputs into all outputs."""
-    marked: set[Any] = {v for v, d in zip(jaxpr.invars, inputs or [True] * len(jaxpr.invars))
-                        if d}
+    marked: set[Any] = {v for v, d in zip(jaxpr.invars, inputs or [True] * len(jaxpr.invars)) if d}
 
     def dep(atom: Any) -> bool:
         return isinstance(atom, Var) and atom in marked
@@ -668,8 +756,9 @@ class _Trainer:
             self.optimizer = f"{type(given).__name__} (the subject's optax optimizer)"
         self._grad = _jit_or_eager(jax.value_and_grad(self._loss, has_aux=True))
 
-    def _loss(self, trainable: list[jax.Array], X: jax.Array, y: jax.Array,
-              strength: Any) -> tuple[jax.Array, jax.Array]:
+    def _loss(
+        self, trainable: list[jax.Array], X: jax.Array, y: jax.Array, strength: Any
+    ) -> tuple[jax.Array, jax.Array]:
         params = self.session._assemble(trainable)
         out = self.session._apply(params, X)
         hits = jnp.argmax(out, axis=-1) == y if self.classify else jnp.zeros(1)
@@ -677,8 +766,7 @@ class _Trainer:
 
     def step(self) -> tuple[float, float | None]:
         self.session._forward += 1
-        (loss, hits), grads = self._grad(self.params, self.batch.X, self.batch.y,
-                                         self.strength)
+        (loss, hits), grads = self._grad(self.params, self.batch.X, self.batch.y, self.strength)
         value = float(loss)
         accuracy = float(hits) if self.classify else None
         if math.isfinite(value):
@@ -687,22 +775,34 @@ class _Trainer:
             if self.optax is None:
                 b1, b2 = 0.9, 0.999
                 self.params, self.m, self.v = _adam(
-                    self.params, grads, self.m, self.v, self.lr / (1 - b1**self.steps),
-                    math.sqrt(1 - b2**self.steps), b1, b2, 1e-8)
+                    self.params,
+                    grads,
+                    self.m,
+                    self.v,
+                    self.lr / (1 - b1**self.steps),
+                    math.sqrt(1 - b2**self.steps),
+                    b1,
+                    b2,
+                    1e-8,
+                )
             else:
                 try:
                     updates, self.state = self._update(grads, self.state, self.params)
                 except NndiagError:
                     raise
                 except Exception as exc:
-                    raise ModelError("optimizer", "optimizer.update(grads, state, params)",
-                                     exc) from exc
+                    raise ModelError(
+                        "optimizer", "optimizer.update(grads, state, params)", exc
+                    ) from exc
                 self.params = [p + u.astype(p.dtype) for p, u in zip(self.params, updates)]
         return value, accuracy
 
     def unchanged(self) -> list[str]:
-        return [n for n, p, s in zip(self.session.names, self.params, self.start)
-                if np.array_equal(np.asarray(p), s)]
+        return [
+            n
+            for n, p, s in zip(self.session.names, self.params, self.start)
+            if np.array_equal(np.asarray(p), s)
+        ]
 
 
 # -- activation capture ----------------------------------------------------------------
@@ -714,8 +814,9 @@ def _subjaxpr(eqn: Any) -> tuple[Any, list[Any]] | None:
         inner = eqn.params.get(key)
         if inner is None:
             continue
-        jaxpr, consts = (inner.jaxpr, list(inner.consts)) if hasattr(inner, "consts") else (
-            inner, [])
+        jaxpr, consts = (
+            (inner.jaxpr, list(inner.consts)) if hasattr(inner, "consts") else (inner, [])
+        )
         if len(jaxpr.invars) == len(eqn.invars) and len(jaxpr.outvars) == len(eqn.outvars):
             return jaxpr, consts
     return None
@@ -812,16 +913,27 @@ class _Recorder:
             for eqn in jaxpr.eqns:
                 name = eqn.primitive.name
                 sub = _subjaxpr(eqn)
-                if (name in _PRIMITIVE_KINDS or name in _WEIGHT_OPS or name == "max"
-                        or eqn.params.get("name") in _NAMED_KINDS
-                        or (sub is not None and self._worth_entering(sub[0]))):
+                if (
+                    name in _PRIMITIVE_KINDS
+                    or name in _WEIGHT_OPS
+                    or name == "max"
+                    or eqn.params.get("name") in _NAMED_KINDS
+                    or (sub is not None and self._worth_entering(sub[0]))
+                ):
                     found = True
                     break
             self._worth[key] = found
         return self._worth[key]
 
-    def _eval(self, jaxpr: Any, consts: list[Any], args: list[Any], stack: str,
-              params: dict[Any, str], zeros: set[Any]) -> list[Any]:
+    def _eval(
+        self,
+        jaxpr: Any,
+        consts: list[Any],
+        args: list[Any],
+        stack: str,
+        params: dict[Any, str],
+        zeros: set[Any],
+    ) -> list[Any]:
         env: dict[Any, Any] = dict(zip(jaxpr.constvars, consts))
         env.update(zip(jaxpr.invars, args))
 
@@ -835,15 +947,25 @@ class _Recorder:
             invals = [read(a) for a in eqn.invars]
             where = _name_stack(stack, eqn)
             sub = _subjaxpr(eqn)
-            named = (_NAMED_KINDS.get(eqn.params.get("name", ""))
-                     if eqn.primitive.name in ("jit", "pjit") else None)
+            named = (
+                _NAMED_KINDS.get(eqn.params.get("name", ""))
+                if eqn.primitive.name in ("jit", "pjit")
+                else None
+            )
             if sub is not None and named is None and self._worth_entering(sub[0]):
                 inner, inner_consts = sub
                 outs = self._eval(
-                    inner, inner_consts, invals, where,
-                    {v: params[a] for v, a in zip(inner.invars, eqn.invars)
-                     if isinstance(a, Var) and a in params},
-                    {v for v, a in zip(inner.invars, eqn.invars) if self._is_zero(a, zeros)})
+                    inner,
+                    inner_consts,
+                    invals,
+                    where,
+                    {
+                        v: params[a]
+                        for v, a in zip(inner.invars, eqn.invars)
+                        if isinstance(a, Var) and a in params
+                    },
+                    {v for v, a in zip(inner.invars, eqn.invars) if self._is_zero(a, zeros)},
+                )
             else:
                 outs = _bind(eqn, invals)
             env.update(zip(eqn.outvars, outs))
@@ -877,8 +999,7 @@ class _Recorder:
             return None
         return kind
 
-    def _track(self, eqn: Any, invals: list[Any], params: dict[Any, str],
-               zeros: set[Any]) -> None:
+    def _track(self, eqn: Any, invals: list[Any], params: dict[Any, str], zeros: set[Any]) -> None:
         """Follow parameter leaves and constant zeros; note the last weight multiplied in."""
         name = eqn.primitive.name
         first = eqn.invars[0] if eqn.invars else None
@@ -889,8 +1010,10 @@ class _Recorder:
                 zeros.add(eqn.outvars[0])
         elif name == "dot_general":
             (contract_lhs, contract_rhs), _ = eqn.params["dimension_numbers"]
-            for atom, value, dims in ((eqn.invars[1], invals[1], contract_rhs),
-                                      (eqn.invars[0], invals[0], contract_lhs)):
+            for atom, value, dims in (
+                (eqn.invars[1], invals[1], contract_rhs),
+                (eqn.invars[0], invals[0], contract_lhs),
+            ):
                 if isinstance(atom, Var) and atom in params and np.ndim(value) >= 2:
                     fan_in = int(np.prod([value.shape[d] for d in dims]))
                     self.weight = self._weight(params[atom], fan_in, None)

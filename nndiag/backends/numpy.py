@@ -56,19 +56,31 @@ class NumpyBackend:
 
     def accepts(self, model: Any) -> bool:
         params = getattr(model, "params", None)
-        return isinstance(params, dict) and callable(getattr(model, "loss", None)) and all(
-            isinstance(v, np.ndarray) for v in params.values())
+        return (
+            isinstance(params, dict)
+            and callable(getattr(model, "loss", None))
+            and all(isinstance(v, np.ndarray) for v in params.values())
+        )
 
     def validate_model(self, model: Any, *, optimizer: Any, regularization: Any) -> None:
         if not model.params:
-            raise InvalidSubject("model", "model.params is empty",
-                                 "store the weights in model.params before diagnosing")
+            raise InvalidSubject(
+                "model",
+                "model.params is empty",
+                "store the weights in model.params before diagnosing",
+            )
         if optimizer is not None and not callable(optimizer):
-            raise InvalidSubject("optimizer", f"expected an update rule, got {describe(optimizer)}",
-                                 "pass a CS231n-style rule: optimizer=optim.sgd_momentum")
+            raise InvalidSubject(
+                "optimizer",
+                f"expected an update rule, got {describe(optimizer)}",
+                "pass a CS231n-style rule: optimizer=optim.sgd_momentum",
+            )
         if regularization not in (None, "reg") and not callable(regularization):
-            raise InvalidSubject("regularization", f"{regularization!r} is not supported",
-                                 "leave it out: a numeric model.reg is used as the knob")
+            raise InvalidSubject(
+                "regularization",
+                f"{regularization!r} is not supported",
+                "leave it out: a numeric model.reg is used as the knob",
+            )
 
     def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
         items = read_items(data, limit, lambda v: isinstance(v, np.ndarray), rng_guard())
@@ -77,8 +89,12 @@ class NumpyBackend:
     def _batch(self, item: Any, index: int) -> Batch:
         where, *pair = unpack(item, index)
         X, y = (np.asarray(v) for v in pair)
-        validate_arrays(where, X, y, lambda v: int((~np.isfinite(v)).sum())
-                        if np.issubdtype(v.dtype, np.floating) else 0)
+        validate_arrays(
+            where,
+            X,
+            y,
+            lambda v: int((~np.isfinite(v)).sum()) if np.issubdtype(v.dtype, np.floating) else 0,
+        )
         return Batch(X, y)
 
     def session(self, subject: Any, config: Any) -> NumpySession:
@@ -105,8 +121,9 @@ class NumpySession(SessionBase):
 
     def __init__(self, subject: Any, config: Any) -> None:
         super().__init__(subject, config)
-        self.has_regularization = isinstance(getattr(self.model, "reg", None), (int, float)) \
-            or callable(subject.regularization)
+        self.has_regularization = isinstance(
+            getattr(self.model, "reg", None), (int, float)
+        ) or callable(subject.regularization)
         self.framework = f"numpy {np.__version__}"
         with self.isolated("validation"):
             self.task = self._probe()
@@ -119,12 +136,16 @@ class NumpySession(SessionBase):
         except Exception as exc:
             raise ModelError("model", "model.loss(X)", exc) from exc
         if not isinstance(scores, np.ndarray) or scores.shape[:1] != X.shape[:1]:
-            raise InvalidSubject("model", f"loss(X) returned {describe(scores)}, not scores of "
-                                 f"shape ({len(X)}, C)", "return the class scores when y is None")
+            raise InvalidSubject(
+                "model",
+                f"loss(X) returned {describe(scores)}, not scores of shape ({len(X)}, C)",
+                "return the class scores when y is None",
+            )
         return scores
 
-    def _loss(self, X: np.ndarray, y: np.ndarray, grads: bool = False,
-              reseed: bool = False) -> tuple[float, Any]:
+    def _loss(
+        self, X: np.ndarray, y: np.ndarray, grads: bool = False, reseed: bool = False
+    ) -> tuple[float, Any]:
         self._forward += 1
         self._backward += int(grads)
         if reseed:  # the same random draws in every evaluation of one function
@@ -134,15 +155,24 @@ class NumpySession(SessionBase):
         except Exception as exc:  # NotImplementedError too: an unfinished assignment
             raise ModelError("model", "model.loss(X, y)", exc) from exc
         if not (isinstance(returned, tuple) and len(returned) == 2):
-            raise InvalidSubject("model", f"loss(X, y) returned {describe(returned)}, not "
-                                 "(loss, grads)", "return (loss, grads) when y is given")
+            raise InvalidSubject(
+                "model",
+                f"loss(X, y) returned {describe(returned)}, not (loss, grads)",
+                "return (loss, grads) when y is given",
+            )
         loss, found = returned
         if loss is None or np.ndim(loss) != 0:
-            raise InvalidSubject("loss", f"model.loss(X, y) returned a loss of shape "
-                                 f"{np.shape(loss)}, not a scalar", "average the loss")
+            raise InvalidSubject(
+                "loss",
+                f"model.loss(X, y) returned a loss of shape {np.shape(loss)}, not a scalar",
+                "average the loss",
+            )
         if grads and not isinstance(found, dict):
-            raise InvalidSubject("model", f"the gradients are {describe(found)}, not a dict",
-                                 "return grads as a dict keyed like model.params")
+            raise InvalidSubject(
+                "model",
+                f"the gradients are {describe(found)}, not a dict",
+                "return grads as a dict keyed like model.params",
+            )
         return float(loss), found
 
     # -- isolation ---------------------------------------------------------------------
@@ -151,8 +181,11 @@ class NumpySession(SessionBase):
         params = self.model.params
         originals = dict(params)
         values = {k: v.copy() for k, v in params.items()}
-        state = {a: copy.deepcopy(getattr(self.model, a)) for a in _STATE_ATTRIBUTES
-                 if hasattr(self.model, a)}
+        state = {
+            a: copy.deepcopy(getattr(self.model, a))
+            for a in _STATE_ATTRIBUTES
+            if hasattr(self.model, a)
+        }
         knob = self.subject.regularization
         holding = NumberSnapshot(holders(knob if callable(knob) else None, extra=(self.model,)))
         dropout = getattr(self.model, "dropout_param", None)
@@ -198,8 +231,7 @@ class NumpySession(SessionBase):
             else:
                 self.model.reg = float(strength)
         except Exception as exc:
-            raise ModelError("regularization", f"regularization(model, {strength:g})",
-                             exc) from exc
+            raise ModelError("regularization", f"regularization(model, {strength:g})", exc) from exc
 
     def losses(self, batch: Batch, per_sample: bool = True) -> tuple[float, Any]:
         loss, _ = self._loss(batch.X, batch.y)
@@ -216,8 +248,10 @@ class NumpySession(SessionBase):
             counts = np.asarray(self.task.label_counts, dtype=np.float64)
             prior = np.log(np.maximum(counts, 1e-9) / counts.sum())
             y = batch.y.astype(np.int64)
-            return {"uniform": math.log(self.task.num_classes),
-                    "prior": float(-prior[y].mean() + np.log(np.exp(prior).sum()))}
+            return {
+                "uniform": math.log(self.task.num_classes),
+                "prior": float(-prior[y].mean() + np.log(np.exp(prior).sum())),
+            }
         y = batch.y.astype(np.float64)
         return {"uniform": float((y**2).mean()), "mean": float(y.var(axis=0).mean())}
 
@@ -242,7 +276,8 @@ class NumpySession(SessionBase):
     # -- activations -------------------------------------------------------------------
     def _capture_layers(self) -> list[LayerRecord]:
         activations: Callable[[np.ndarray], Mapping[str, Any]] | None = getattr(
-            self.model, "activations", None)
+            self.model, "activations", None
+        )
         if not callable(activations):
             return []  # the activation checks skip, saying why
         stats = Accumulator(self.config.histogram_bins)
@@ -260,8 +295,11 @@ class NumpySession(SessionBase):
             weight = None
             if index < len(weights):  # CS231n order: W1 feeds the first activation, ...
                 wname, w = weights[index]
-                weight = (wname, int(np.prod(w.shape[:-1]) if w.ndim == 2 else
-                                     np.prod(w.shape[1:])), float(w.std()))
+                weight = (
+                    wname,
+                    int(np.prod(w.shape[:-1]) if w.ndim == 2 else np.prod(w.shape[1:])),
+                    float(w.std()),
+                )
             stats.add(str(name), _kind(str(name), a), a, weight)
         return stats.layers()
 
@@ -327,8 +365,10 @@ class _Objective:
 
     def value_and_grad(self) -> tuple[float, dict[str, Any]]:
         loss, grads = self.session._loss(self.X, self.y, grads=True, reseed=True)
-        return loss, {n: None if grads.get(n) is None else np.asarray(grads[n], np.float64)
-                      for n in self.names}
+        return loss, {
+            n: None if grads.get(n) is None else np.asarray(grads[n], np.float64)
+            for n in self.names
+        }
 
     def value(self, shifts: Mapping[str, Any], scale: float = 1.0) -> float:
         for name, shift in shifts.items():
@@ -352,8 +392,11 @@ class _Trainer:
         lr = session.config.overfit_lr
         self.configs: dict[str, dict[str, Any]] = {n: {"learning_rate": lr} for n in self.params}
         name = getattr(self.rule, "__name__", type(self.rule).__name__)
-        self.optimizer = (f"adam(learning_rate={lr:g}) (nndiag's default)"
-                          if self.rule is _adam else f"{name}(learning_rate={lr:g})")
+        self.optimizer = (
+            f"adam(learning_rate={lr:g}) (nndiag's default)"
+            if self.rule is _adam
+            else f"{name}(learning_rate={lr:g})"
+        )
         self.start = {n: v.copy() for n, v in self.params.items()}
 
     def step(self) -> tuple[float, float | None]:
@@ -368,8 +411,9 @@ class _Trainer:
                 if grad is None:
                     continue
                 try:
-                    updated, self.configs[name] = self.rule(self.params[name], grad,
-                                                            self.configs[name])
+                    updated, self.configs[name] = self.rule(
+                        self.params[name], grad, self.configs[name]
+                    )
                 except Exception as exc:
                     raise ModelError("optimizer", "optimizer(w, dw, config)", exc) from exc
                 np.copyto(self.params[name], updated)

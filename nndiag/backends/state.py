@@ -52,7 +52,8 @@ def holders(*functions: Callable[..., Any] | None, extra: tuple[Any, ...] = ()) 
             continue
         for c in references(fn):
             plain = hasattr(c, "__dict__") and not isinstance(
-                c, (type, types.ModuleType, types.FunctionType, types.MethodType))
+                c, (type, types.ModuleType, types.FunctionType, types.MethodType)
+            )
             if (isinstance(c, dict) or plain) and all(c is not f for f in found):
                 found.append(c)
     return found
@@ -77,8 +78,11 @@ class NumberSnapshot:
                 mapping = owner if isinstance(owner, dict) else vars(owner)
             except TypeError:
                 continue
-            self.items += [(owner, k, v) for k, v in list(mapping.items())
-                           if _is_number(v) and not str(k).startswith("__")]
+            self.items += [
+                (owner, k, v)
+                for k, v in list(mapping.items())
+                if _is_number(v) and not str(k).startswith("__")
+            ]
 
     def restore(self) -> None:
         for owner, key, value in self.items:

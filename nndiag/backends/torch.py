@@ -36,30 +36,68 @@ from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["BACKEND", "TorchBackend", "TorchSession"]
 
-_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-            nn.FeatureAlphaDropout)
+_DROPOUT = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
 
 
 def _activation_kinds() -> dict[Any, str]:
     F = nn.functional
     kinds: dict[Any, str] = {}
     for kind, funcs in {
-        "relu": (F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_,
-                 F.relu6),
+        "relu": (
+            F.relu,
+            F.relu_,
+            torch.relu,
+            torch.relu_,
+            torch.Tensor.relu,
+            torch.Tensor.relu_,
+            F.relu6,
+        ),
         "tanh": (torch.tanh, torch.tanh_, torch.Tensor.tanh, torch.Tensor.tanh_),
         "sigmoid": (torch.sigmoid, torch.sigmoid_, torch.Tensor.sigmoid, torch.Tensor.sigmoid_),
     }.items():
         kinds.update(dict.fromkeys(funcs, kind))
-    for func in (F.leaky_relu, F.gelu, F.silu, F.elu, F.selu, F.celu, F.softplus, F.mish,
-                 F.hardtanh, F.hardswish):
+    for func in (
+        F.leaky_relu,
+        F.gelu,
+        F.silu,
+        F.elu,
+        F.selu,
+        F.celu,
+        F.softplus,
+        F.mish,
+        F.hardtanh,
+        F.hardswish,
+    ):
         kinds[func] = func.__name__
     return kinds
 
 
 _KINDS = _activation_kinds()
 _ACTIVATION_MODULES = tuple(
-    getattr(nn, n) for n in ("ReLU", "ReLU6", "Tanh", "Sigmoid", "LeakyReLU", "GELU", "SiLU",
-                             "ELU", "SELU", "CELU", "Softplus", "Mish", "Hardtanh", "Hardswish")
+    getattr(nn, n)
+    for n in (
+        "ReLU",
+        "ReLU6",
+        "Tanh",
+        "Sigmoid",
+        "LeakyReLU",
+        "GELU",
+        "SiLU",
+        "ELU",
+        "SELU",
+        "CELU",
+        "Softplus",
+        "Mish",
+        "Hardtanh",
+        "Hardswish",
+    )
 )
 
 
@@ -105,16 +143,25 @@ class TorchBackend:
     def validate_model(self, model: Any, *, optimizer: Any, regularization: Any) -> None:
         params = list(model.parameters())
         if not params:
-            raise InvalidSubject("model", f"{type(model).__name__} has no parameters",
-                                 "diagnose a model with trainable layers")
+            raise InvalidSubject(
+                "model",
+                f"{type(model).__name__} has no parameters",
+                "diagnose a model with trainable layers",
+            )
         if not any(p.requires_grad for p in params):
-            raise InvalidSubject("model", "every parameter has requires_grad=False",
-                                 "unfreeze the layers to diagnose (p.requires_grad_(True))")
+            raise InvalidSubject(
+                "model",
+                "every parameter has requires_grad=False",
+                "unfreeze the layers to diagnose (p.requires_grad_(True))",
+            )
         if optimizer is not None and not (
             isinstance(optimizer, torch.optim.Optimizer) or callable(optimizer)
         ):
-            raise InvalidSubject("optimizer", f"expected a callable, got {describe(optimizer)}",
-                                 "pass optimizer=lambda params: torch.optim.SGD(params, lr=0.1)")
+            raise InvalidSubject(
+                "optimizer",
+                f"expected a callable, got {describe(optimizer)}",
+                "pass optimizer=lambda params: torch.optim.SGD(params, lr=0.1)",
+            )
         if isinstance(regularization, str):
             value = getattr(model, regularization, None)
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -123,7 +170,8 @@ class TorchBackend:
                     "regularization",
                     f"model attribute {regularization!r} is {describe(value)}, not a number",
                     "name the model attribute the loss reads its strength from, or pass a "
-                    "function (model, strength) -> None")
+                    "function (model, strength) -> None",
+                )
 
     def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
         """Read up to ``limit`` batches without touching the global RNGs (a shuffling
@@ -137,10 +185,14 @@ class TorchBackend:
         X, y = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in pair)
         for arg, value in (("X", X), ("y", y)):
             if not isinstance(value, torch.Tensor):
-                raise InvalidSubject(where, f"{arg} is {describe(value)}, not a tensor",
-                                     f"convert {arg} with torch.as_tensor")
-        validate_arrays(where, X, y, lambda v: int((~torch.isfinite(v)).sum())
-                        if v.is_floating_point() else 0)
+                raise InvalidSubject(
+                    where,
+                    f"{arg} is {describe(value)}, not a tensor",
+                    f"convert {arg} with torch.as_tensor",
+                )
+        validate_arrays(
+            where, X, y, lambda v: int((~torch.isfinite(v)).sum()) if v.is_floating_point() else 0
+        )
         return Batch(X.to(device), y.to(device))
 
     def session(self, subject: Any, config: Any) -> TorchSession:
@@ -166,8 +218,11 @@ def _owners(model: nn.Module, loss: Any) -> list[nn.Module]:
     """Every module whose tensors a check swaps and restores: the model's, and those of
     the modules a loss is or refers to (``nn.CrossEntropyLoss(weight=...)`` in a closure),
     whose tensors must follow the model into float64 and back."""
-    found = [loss] if isinstance(loss, nn.Module) else [
-        m for m in references(loss) if isinstance(m, nn.Module)]
+    found = (
+        [loss]
+        if isinstance(loss, nn.Module)
+        else [m for m in references(loss) if isinstance(m, nn.Module)]
+    )
     owners = list(model.modules())
     seen = {id(m) for m in owners}
     for module in found:
@@ -185,8 +240,12 @@ def _captured_tensors(loss: Any) -> list[tuple[Callable[[Any], None], torch.Tens
     found: list[tuple[Callable[[Any], None], torch.Tensor]] = []
 
     def floating(value: Any) -> bool:
-        return (isinstance(value, torch.Tensor) and value.is_floating_point()
-                and not isinstance(value, nn.Parameter) and value.dtype != torch.float64)
+        return (
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and not isinstance(value, nn.Parameter)
+            and value.dtype != torch.float64
+        )
 
     for cell in getattr(loss, "__closure__", None) or ():
         try:
@@ -213,18 +272,33 @@ class _Snapshot:
             owners.append(loss)  # a loss object may hold the strength
         self.training = [(m, m.training) for m in self.modules]
         # Plain-number attributes: where a regularization setter keeps its strength.
-        self.numbers = [(o, k, v) for o in owners for k, v in vars(o).items()
-                        if isinstance(v, (int, float, torch.Tensor)) and not k.startswith("__")]
+        self.numbers = [
+            (o, k, v)
+            for o in owners
+            for k, v in vars(o).items()
+            if isinstance(v, (int, float, torch.Tensor)) and not k.startswith("__")
+        ]
         self.slots = []
         for owner in owners:
             if not isinstance(owner, nn.Module):
                 continue
-            tensors = [*owner.named_parameters(recurse=False, remove_duplicate=False),
-                       *owner.named_buffers(recurse=False, remove_duplicate=False)]
+            tensors = [
+                *owner.named_parameters(recurse=False, remove_duplicate=False),
+                *owner.named_buffers(recurse=False, remove_duplicate=False),
+            ]
             for name, t in tensors:
                 grad = t.grad
-                self.slots.append((owner, name, t, t.detach().clone(), t.requires_grad,
-                                   grad, None if grad is None else grad.detach().clone()))
+                self.slots.append(
+                    (
+                        owner,
+                        name,
+                        t,
+                        t.detach().clone(),
+                        t.requires_grad,
+                        grad,
+                        None if grad is None else grad.detach().clone(),
+                    )
+                )
 
     def restore(self) -> None:
         for owner, name, tensor, values, requires_grad, grad, grad_values in self.slots:
@@ -271,9 +345,12 @@ class TorchSession(SessionBase):
         except Exception as exc:
             raise ModelError("model", "model(X)", exc) from exc
         if not isinstance(out, torch.Tensor):
-            raise InvalidSubject("model", f"forward returned {describe(out)}, not a tensor",
-                                 "return the logits/predictions tensor from forward, or wrap "
-                                 "the model in a module that does")
+            raise InvalidSubject(
+                "model",
+                f"forward returned {describe(out)}, not a tensor",
+                "return the logits/predictions tensor from forward, or wrap "
+                "the model in a module that does",
+            )
         return out
 
     def _run_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -283,8 +360,11 @@ class TorchSession(SessionBase):
             raise ModelError("loss", "loss(output, y)", exc) from exc
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else describe(loss)
-            raise InvalidSubject("loss", f"returned {shape}, not a scalar tensor",
-                                 "reduce the loss to a scalar (reduction='mean' or .mean())")
+            raise InvalidSubject(
+                "loss",
+                f"returned {shape}, not a scalar tensor",
+                "reduce the loss to a scalar (reduction='mean' or .mean())",
+            )
         return loss.reshape(())
 
     def _backward_pass(self, loss: torch.Tensor) -> None:
@@ -335,15 +415,16 @@ class TorchSession(SessionBase):
 
         try:
             for owner in _owners(self.model, self.loss_fn):
-                for name, p in list(owner.named_parameters(recurse=False,
-                                                           remove_duplicate=False)):
+                for name, p in list(owner.named_parameters(recurse=False, remove_duplicate=False)):
                     swapped.append((owner, name, p))
                     setattr(owner, name, clone(p, True))
                 for name, b in list(owner.named_buffers(recurse=False, remove_duplicate=False)):
                     swapped.append((owner, name, b))
                     setattr(owner, name, clone(b, False))
-            yield _Private({n: made[id(p)] for n, p in trainable},  # type: ignore[misc]
-                           list(made.values()))
+            yield _Private(
+                {n: made[id(p)] for n, p in trainable},  # type: ignore[misc]
+                list(made.values()),
+            )
         finally:
             for owner, name, original in reversed(swapped):
                 setattr(owner, name, original)
@@ -354,8 +435,11 @@ class TorchSession(SessionBase):
         with torch.no_grad():
             out = self._run_model(batch.X)
             if len(out) != len(batch.y):
-                raise InvalidSubject("model", f"output has {len(out)} rows for {len(batch.y)} "
-                                     "samples", "return one output row per input sample")
+                raise InvalidSubject(
+                    "model",
+                    f"output has {len(out)} rows for {len(batch.y)} samples",
+                    "return one output row per input sample",
+                )
             task = self._task(out)
             self._run_loss(out, batch.y)
         return task
@@ -365,9 +449,12 @@ class TorchSession(SessionBase):
         if ys[0].is_floating_point():
             return Task("regression")
         if out.ndim < 2 or out.shape[1] < 2:
-            raise InvalidSubject("data", f"integer labels need class scores of shape (N, C), "
-                                 f"the model outputs {tuple(out.shape)}",
-                                 "output one score per class, or pass float targets")
+            raise InvalidSubject(
+                "data",
+                f"integer labels need class scores of shape (N, C), "
+                f"the model outputs {tuple(out.shape)}",
+                "output one score per class, or pass float targets",
+            )
         return self.classification(out.shape[1], [y.cpu().numpy() for y in ys])
 
     _concat = staticmethod(torch.cat)
@@ -380,8 +467,11 @@ class TorchSession(SessionBase):
                 if isinstance(current, torch.Tensor):  # a new tensor: the user's stays as is
                     setattr(self.model, knob, torch.full_like(current, strength))
                 else:
-                    setattr(self.model, knob, type(current)(strength) if isinstance(
-                        current, float) else float(strength))
+                    setattr(
+                        self.model,
+                        knob,
+                        type(current)(strength) if isinstance(current, float) else float(strength),
+                    )
             elif knob is not None:
                 knob(self.model, strength)
         except Exception as exc:
@@ -395,8 +485,9 @@ class TorchSession(SessionBase):
                 return mean, None
             try:
                 n = min(len(batch), PER_SAMPLE_ROWS)
-                per = np.array([float(self.loss_fn(out[i:i + 1], batch.y[i:i + 1]))
-                                for i in range(n)])
+                per = np.array(
+                    [float(self.loss_fn(out[i : i + 1], batch.y[i : i + 1])) for i in range(n)]
+                )
             except Exception:  # a loss that cannot take single rows: no noise estimate
                 per = None
         return mean, per
@@ -425,8 +516,9 @@ class TorchSession(SessionBase):
         torch.set_default_dtype(torch.float64)
         private = self._private
         dtypes = [t.dtype for t in private.tensors]
-        promoted = sorted({str(p.dtype).removeprefix("torch.") for p in
-                           private.trainable.values()} - {"float64"})
+        promoted = sorted(
+            {str(p.dtype).removeprefix("torch.") for p in private.trainable.values()} - {"float64"}
+        )
         captured = _captured_tensors(self.loss_fn)
         try:  # the private clones themselves go to float64: no second copy of the model
             for t in private.tensors:
@@ -436,8 +528,7 @@ class TorchSession(SessionBase):
                 put(value.double())
             objective = _Objective(self, private.trainable, X, y)
             if promoted:
-                objective.note = (f"Parameters are {', '.join(promoted)}: checked on a "
-                                  "float64 copy.")
+                objective.note = f"Parameters are {', '.join(promoted)}: checked on a float64 copy."
             yield objective
         finally:
             for put, value in captured:
@@ -459,19 +550,26 @@ class TorchSession(SessionBase):
             lr = self.config.overfit_lr
             return torch.optim.Adam(params, lr=lr), f"Adam(lr={lr:g}) (nndiag's default)"
         if isinstance(given, torch.optim.Optimizer):  # copy class and settings, never step it
-            settings = {k: v for k, v in given.defaults.items() if k in ("lr", "momentum",
-                                                                        "betas", "eps",
-                                                                        "nesterov", "alpha")}
+            settings = {
+                k: v
+                for k, v in given.defaults.items()
+                if k in ("lr", "momentum", "betas", "eps", "nesterov", "alpha")
+            }
             shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-            return (type(given)(params, **given.defaults),
-                    f"{type(given).__name__}({shown}) (the subject's optimizer settings)")
+            return (
+                type(given)(params, **given.defaults),
+                f"{type(given).__name__}({shown}) (the subject's optimizer settings)",
+            )
         try:
             made = given(params)
         except Exception as exc:
             raise ModelError("optimizer", "optimizer(params)", exc) from exc
         if not isinstance(made, torch.optim.Optimizer):
-            raise InvalidSubject("optimizer", f"the factory returned {describe(made)}",
-                                 "return a torch.optim.Optimizer built on the given params")
+            raise InvalidSubject(
+                "optimizer",
+                f"the factory returned {describe(made)}",
+                "return a torch.optim.Optimizer built on the given params",
+            )
         lr = made.param_groups[0].get("lr")
         return made, f"{type(made).__name__}(lr={lr}) (the subject's optimizer)"
 
@@ -501,8 +599,13 @@ class _Objective:
 
     note = ""
 
-    def __init__(self, session: TorchSession, params: Mapping[str, nn.Parameter],
-                 X: torch.Tensor, y: torch.Tensor) -> None:
+    def __init__(
+        self,
+        session: TorchSession,
+        params: Mapping[str, nn.Parameter],
+        X: torch.Tensor,
+        y: torch.Tensor,
+    ) -> None:
         self.session = session
         self.params = dict(params)
         self.names = list(self.params)
@@ -529,16 +632,19 @@ class _Objective:
         loss = self._loss()
         self.session._backward_pass(loss)
         # No copy: the next call drops these .grad tensors rather than accumulating.
-        grads = {n: None if p.grad is None else p.grad.detach().cpu().numpy()
-                 for n, p in self.params.items()}
+        grads = {
+            n: None if p.grad is None else p.grad.detach().cpu().numpy()
+            for n, p in self.params.items()
+        }
         return loss.item(), grads
 
     def value(self, shifts: Mapping[str, Any], scale: float = 1.0) -> float:
         with torch.no_grad():
             for name, shift in shifts.items():  # one fused pass, no temporaries
                 p = self.params[name]
-                torch.add(self.base[name], torch.from_numpy(shift).to(p.device), alpha=scale,
-                          out=p.data)
+                torch.add(
+                    self.base[name], torch.from_numpy(shift).to(p.device), alpha=scale, out=p.data
+                )
             try:
                 return float(self._loss())
             finally:
@@ -547,8 +653,14 @@ class _Objective:
 
 
 class _Trainer:
-    def __init__(self, session: TorchSession, params: Mapping[str, nn.Parameter],
-                 optimizer: torch.optim.Optimizer, described: str, batch: Batch) -> None:
+    def __init__(
+        self,
+        session: TorchSession,
+        params: Mapping[str, nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        described: str,
+        batch: Batch,
+    ) -> None:
         self.session = session
         self.params = dict(params)
         self.opt = optimizer

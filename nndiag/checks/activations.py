@@ -34,8 +34,10 @@ def recommended_std(layer: LayerRecord) -> float | None:
 _INIT_CALLS = {  # framework -> (He, Xavier)
     "torch": ("nn.init.kaiming_normal_(w, nonlinearity='relu')", "nn.init.xavier_normal_(w)"),
     "jax": ("jax.nn.initializers.he_normal()", "jax.nn.initializers.glorot_normal()"),
-    "numpy": ("np.sqrt(2 / fan_in) * np.random.randn(fan_in, fan_out)",
-              "np.random.randn(fan_in, fan_out) / np.sqrt(fan_in)"),
+    "numpy": (
+        "np.sqrt(2 / fan_in) * np.random.randn(fan_in, fan_out)",
+        "np.random.randn(fan_in, fan_out) / np.sqrt(fan_in)",
+    ),
 }
 
 
@@ -47,106 +49,181 @@ def _init_advice(layer: LayerRecord, framework: str) -> str:
     rule = "He sqrt(2/fan_in)" if he else "Xavier 1/sqrt(fan_in)"
     calls = _INIT_CALLS.get(framework.split()[0], _INIT_CALLS["torch"])
     call = calls[0] if he else calls[1]
-    return (f"Weights of {layer.weight_layer} have std {layer.weight_std:.3g}; {rule} with "
-            f"fan_in {layer.fan_in} wants {target:.3g} ({call}).")
+    return (
+        f"Weights of {layer.weight_layer} have std {layer.weight_std:.3g}; {rule} with "
+        f"fan_in {layer.fan_in} wants {target:.3g} ({call})."
+    )
 
 
 def _layer_evidence(layer: LayerRecord) -> dict[str, Any]:
-    return {"name": layer.name, "kind": layer.kind, "depth": layer.depth, "units": layer.units,
-            "mean": layer.mean, "std": layer.std, "saturated": layer.saturated_fraction,
-            "hist_counts": np.asarray(layer.hist_counts).tolist(),
-            "hist_edges": list(layer.hist_edges), "weight_layer": layer.weight_layer,
-            "weight_std": layer.weight_std, "recommended_std": recommended_std(layer)}
+    return {
+        "name": layer.name,
+        "kind": layer.kind,
+        "depth": layer.depth,
+        "units": layer.units,
+        "mean": layer.mean,
+        "std": layer.std,
+        "saturated": layer.saturated_fraction,
+        "hist_counts": np.asarray(layer.hist_counts).tolist(),
+        "hist_edges": list(layer.hist_edges),
+        "weight_layer": layer.weight_layer,
+        "weight_std": layer.weight_std,
+        "recommended_std": recommended_std(layer),
+    }
 
 
 def activation_stats(session: Session, config: Config) -> CheckResult:
     check = "activation_stats"
     layers = session.capture()
     if not layers:
-        return CheckResult(check, "skip", "No activation function (ReLU, tanh, sigmoid, ...) "
-                           "ran in forward: nothing to measure.")
-    evidence = {"layers": [_layer_evidence(layer) for layer in layers],
-                "collapse_warn": config.collapse_warn, "collapse_fail": config.collapse_fail,
-                "saturation_warn": config.saturation_warn,
-                "saturation_fail": config.saturation_fail}
+        return CheckResult(
+            check,
+            "skip",
+            "No activation function (ReLU, tanh, sigmoid, ...) ran in forward: nothing to measure.",
+        )
+    evidence = {
+        "layers": [_layer_evidence(layer) for layer in layers],
+        "collapse_warn": config.collapse_warn,
+        "collapse_fail": config.collapse_fail,
+        "saturation_warn": config.saturation_warn,
+        "saturation_fail": config.saturation_fail,
+    }
     first = layers[0]
     ratios = [layer.std / first.std if first.std > 0 else math.nan for layer in layers]
     saturated = [layer for layer in layers if layer.kind in _SATURATING]
     worst_saturation = max(saturated, key=lambda x: x.saturated_fraction, default=None)
     finite = [r for r in ratios if math.isfinite(r)]
     metrics: dict[str, Any] = {
-        "layers": len(layers), "first_std": first.std, "last_std": layers[-1].std,
+        "layers": len(layers),
+        "first_std": first.std,
+        "last_std": layers[-1].std,
         "min_std_ratio": min(finite, default=math.nan),
         "max_std_ratio": max(finite, default=math.nan),
         "max_saturated": worst_saturation.saturated_fraction if worst_saturation else 0.0,
-        "collapse_fail_below": config.collapse_fail, "saturation_fail_above":
-            config.saturation_fail,
+        "collapse_fail_below": config.collapse_fail,
+        "saturation_fail_above": config.saturation_fail,
     }
     profile = " -> ".join(f"{layer.std:.3g}" for layer in layers[:12])
     profile += " ..." if len(layers) > 12 else ""
 
     if any(not math.isfinite(layer.std) for layer in layers):
         bad = next(layer for layer in layers if not math.isfinite(layer.std))
-        return CheckResult(check, "fail", f"Activations of {bad.name} are not finite.",
-                           metrics, evidence, "Find where the forward pass overflows.")
+        return CheckResult(
+            check,
+            "fail",
+            f"Activations of {bad.name} are not finite.",
+            metrics,
+            evidence,
+            "Find where the forward pass overflows.",
+        )
     findings: list[tuple[str, str, LayerRecord]] = []  # (status, text, layer)
     constant = next((x for x in layers if x.std == 0.0), None)
     if constant is not None:
-        findings.append(("fail", f"{constant.name} outputs a constant (std 0): no signal and "
-                         "no gradient pass through it", constant))
+        findings.append(
+            (
+                "fail",
+                f"{constant.name} outputs a constant (std 0): no signal and "
+                "no gradient pass through it",
+                constant,
+            )
+        )
     for level, limit in (("fail", config.saturation_fail), ("warn", config.saturation_warn)):
         hit = [x for x in saturated if x.saturated_fraction > limit]
         if hit:
             layer = hit[0]
-            findings.append((level, f"{layer.kind} saturates: {layer.saturated_fraction:.0%} of "
-                             f"{layer.name}'s outputs sit within 1% of a rail (limit "
-                             f"{limit:.0%}); init too large", layer))
+            findings.append(
+                (
+                    level,
+                    f"{layer.kind} saturates: {layer.saturated_fraction:.0%} of "
+                    f"{layer.name}'s outputs sit within 1% of a rail (limit "
+                    f"{limit:.0%}); init too large",
+                    layer,
+                )
+            )
             break
     for level, limit in (("fail", config.collapse_fail), ("warn", config.collapse_warn)):
         hit = [x for x, r in zip(layers, ratios) if r < limit]
         if hit:
             layer = hit[0]
-            findings.append((level, f"std collapses with depth: {first.std:.3g} ({first.name}) "
-                             f"-> {layer.std:.3g} ({layer.name}), below {limit:g}x the first "
-                             "layer; init too small", layer))
+            findings.append(
+                (
+                    level,
+                    f"std collapses with depth: {first.std:.3g} ({first.name}) "
+                    f"-> {layer.std:.3g} ({layer.name}), below {limit:g}x the first "
+                    "layer; init too small",
+                    layer,
+                )
+            )
             break
     for level, limit in (("fail", 1 / config.collapse_fail), ("warn", 1 / config.collapse_warn)):
         hit = [x for x, r in zip(layers, ratios) if r > limit and x.kind not in _SATURATING]
         if hit:
             layer = hit[0]
-            findings.append((level, f"std explodes with depth: {first.std:.3g} ({first.name}) "
-                             f"-> {layer.std:.3g} ({layer.name}), above {limit:g}x the first "
-                             "layer; init too large", layer))
+            findings.append(
+                (
+                    level,
+                    f"std explodes with depth: {first.std:.3g} ({first.name}) "
+                    f"-> {layer.std:.3g} ({layer.name}), above {limit:g}x the first "
+                    "layer; init too large",
+                    layer,
+                )
+            )
             break
     if not findings:
-        return CheckResult(check, "pass", f"Activation std stays healthy over {len(layers)} "
-                           f"layers: {profile}.", metrics, evidence)
+        return CheckResult(
+            check,
+            "pass",
+            f"Activation std stays healthy over {len(layers)} layers: {profile}.",
+            metrics,
+            evidence,
+        )
     status = "fail" if any(s == "fail" for s, _, _ in findings) else "warn"
     findings.sort(key=lambda f: (f[0] != "fail", f[2].depth))
     text = "; ".join(t for _, t, _ in findings)
     metrics["first_bad_layer"] = findings[0][2].name
-    return CheckResult(check, status, f"{text[0].upper()}{text[1:]}. Std by depth: {profile}.",
-                       metrics, evidence, _init_advice(findings[0][2], session.framework))
+    return CheckResult(
+        check,
+        status,
+        f"{text[0].upper()}{text[1:]}. Std by depth: {profile}.",
+        metrics,
+        evidence,
+        _init_advice(findings[0][2], session.framework),
+    )
 
 
 def dead_neurons(session: Session, config: Config) -> CheckResult:
     check = "dead_neurons"
     layers = [x for x in session.capture() if x.kind == "relu" and x.fires is not None]
     if not layers:
-        return CheckResult(check, "skip", "No ReLU units in the forward pass (only ReLU-family "
-                           "outputs can be exactly 0 for every sample).")
+        return CheckResult(
+            check,
+            "skip",
+            "No ReLU units in the forward pass (only ReLU-family "
+            "outputs can be exactly 0 for every sample).",
+        )
     rows = []
     for layer in layers:
         dead = int((np.asarray(layer.fires) == 0).sum())
-        rows.append({"name": layer.name, "units": layer.units, "dead": dead,
-                     "dead_fraction": dead / layer.units})
+        rows.append(
+            {
+                "name": layer.name,
+                "units": layer.units,
+                "dead": dead,
+                "dead_fraction": dead / layer.units,
+            }
+        )
     samples = layers[0].count // max(layers[0].units, 1)
     worst = max(rows, key=lambda r: r["dead_fraction"])
-    metrics = {"layers": len(rows), "worst_layer": worst["name"],
-               "worst_dead_fraction": worst["dead_fraction"],
-               "dead_units": sum(r["dead"] for r in rows),
-               "units": sum(r["units"] for r in rows), "samples": samples,
-               "warn_above": config.dead_warn, "fail_above": config.dead_fail}
+    metrics = {
+        "layers": len(rows),
+        "worst_layer": worst["name"],
+        "worst_dead_fraction": worst["dead_fraction"],
+        "dead_units": sum(r["dead"] for r in rows),
+        "units": sum(r["units"] for r in rows),
+        "samples": samples,
+        "warn_above": config.dead_warn,
+        "fail_above": config.dead_fail,
+    }
     evidence = {"layers": rows, "warn": config.dead_warn, "fail": config.dead_fail}
     profile = ", ".join(f"{r['name']} {r['dead_fraction']:.0%}" for r in rows[:8])
     if worst["dead_fraction"] >= config.dead_fail:
@@ -154,14 +231,24 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
     elif worst["dead_fraction"] >= config.dead_warn:
         status = "warn"
     else:
-        return CheckResult(check, "pass", f"Dead ReLU units per layer over {samples} "
-                           f"positions: {profile}.", metrics, evidence)
+        return CheckResult(
+            check,
+            "pass",
+            f"Dead ReLU units per layer over {samples} positions: {profile}.",
+            metrics,
+            evidence,
+        )
     limit = config.dead_fail if status == "fail" else config.dead_warn
     bad = next(r for r in rows if r["dead_fraction"] >= limit)  # the first layer at the limit
     return CheckResult(
-        check, status, f"{bad['dead']} of {bad['units']} units of {bad['name']} "
+        check,
+        status,
+        f"{bad['dead']} of {bad['units']} units of {bad['name']} "
         f"({bad['dead_fraction']:.0%}) never fire over {samples} positions (limit {limit:.0%}). "
-        f"Per layer: {profile}.", metrics, evidence,
+        f"Per layer: {profile}.",
+        metrics,
+        evidence,
         "Dead units pass no gradient. Look at the bias and weights feeding that layer (a "
         "large negative bias kills units); after training, many dead units mean the "
-        "learning rate was too high; He init or LeakyReLU keep units alive.")
+        "learning rate was too high; He init or LeakyReLU keep units alive.",
+    )

@@ -68,8 +68,9 @@ class _Finding:
     kink: bool = False
 
 
-def _checked(f: Objective, name: str, grad: np.ndarray, direction: np.ndarray, loss: float,
-             config: Config) -> _Finding:
+def _checked(
+    f: Objective, name: str, grad: np.ndarray, direction: np.ndarray, loss: float, config: Config
+) -> _Finding:
     """Compare along ``direction`` over the configured steps, stopping once it passes.
 
     A step that crosses a kink (a ReLU unit changing sides) spoils the centered difference
@@ -89,17 +90,26 @@ def _checked(f: Objective, name: str, grad: np.ndarray, direction: np.ndarray, l
             best = _Finding(error, raw, analytic, numeric, h)
         if error <= config.gradient_warn:
             return best
-        one_sided = min(one_sided,
-                        relative_error(analytic, (up - loss) / h, config.gradient_zero, noise),
-                        relative_error(analytic, (loss - down) / h, config.gradient_zero, noise))
+        one_sided = min(
+            one_sided,
+            relative_error(analytic, (up - loss) / h, config.gradient_zero, noise),
+            relative_error(analytic, (loss - down) / h, config.gradient_zero, noise),
+        )
     assert best is not None
     if one_sided < best.error and one_sided <= config.gradient_fail:
         best.error, best.kink = one_sided, True
     return best
 
 
-def _localize(f: Objective, name: str, grad: np.ndarray, direction: np.ndarray, loss: float,
-              config: Config, rng: np.random.Generator) -> dict[str, Any]:
+def _localize(
+    f: Objective,
+    name: str,
+    grad: np.ndarray,
+    direction: np.ndarray,
+    loss: float,
+    config: Config,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     """Bisect the direction's support towards the coordinate with the largest mismatch."""
     flat = np.flatnonzero(direction)
     rng.shuffle(flat)
@@ -117,10 +127,13 @@ def _localize(f: Objective, name: str, grad: np.ndarray, direction: np.ndarray, 
     unit.flat[index] = 1.0
     numeric = _difference(f, name, unit, h)
     analytic = float(grad.flat[index])
-    return {"tensor": name, "index": [int(i) for i in np.unravel_index(index, grad.shape)],
-            "analytic": analytic, "numeric": numeric,
-            "rel_error": relative_error(analytic, numeric, config.gradient_zero,
-                                        _noise(loss, h))}
+    return {
+        "tensor": name,
+        "index": [int(i) for i in np.unravel_index(index, grad.shape)],
+        "analytic": analytic,
+        "numeric": numeric,
+        "rel_error": relative_error(analytic, numeric, config.gradient_zero, _noise(loss, h)),
+    }
 
 
 def _largest(f: Objective, name: str, grad: np.ndarray, config: Config) -> dict[str, Any]:
@@ -130,9 +143,13 @@ def _largest(f: Objective, name: str, grad: np.ndarray, config: Config) -> dict[
     unit.flat[index] = 1.0
     numeric = _difference(f, name, unit, config.gradient_steps[0])
     analytic = float(grad.flat[index])
-    return {"tensor": name, "index": [int(i) for i in np.unravel_index(index, grad.shape)],
-            "analytic": analytic, "numeric": numeric,
-            "rel_error": relative_error(analytic, numeric, config.gradient_zero)}
+    return {
+        "tensor": name,
+        "index": [int(i) for i in np.unravel_index(index, grad.shape)],
+        "analytic": analytic,
+        "numeric": numeric,
+        "rel_error": relative_error(analytic, numeric, config.gradient_zero),
+    }
 
 
 def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -150,34 +167,63 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
         # Move off exact kinks (zero biases behind dead units sit on ReLU's corner): a
         # +/-jitter of the tensor's rms, far larger than the steps, far smaller than it.
         directions = {name: _signs(rng, f.shapes[name]) for name in f.names}
-        f.move({name: config.gradient_jitter * (float(np.sqrt(np.vdot(v, v) / v.size)) or 1.0)
-                * directions[name] for name, v in f.values().items()})
+        f.move(
+            {
+                name: config.gradient_jitter
+                * (float(np.sqrt(np.vdot(v, v) / v.size)) or 1.0)
+                * directions[name]
+                for name, v in f.values().items()
+            }
+        )
         loss, grads = f.value_and_grad()
         if not math.isfinite(loss):
-            return CheckResult(CHECK, "fail", f"The float64 loss is {loss}: gradients cannot "
-                               "be checked.", {"loss": loss}, {},
-                               "Fix the non-finite loss first (see initial_loss).")
+            return CheckResult(
+                CHECK,
+                "fail",
+                f"The float64 loss is {loss}: gradients cannot be checked.",
+                {"loss": loss},
+                {},
+                "Fix the non-finite loss first (see initial_loss).",
+            )
         for name in f.names:
             grad = grads[name]
             missing = grad is None
             g = np.zeros(f.shapes[name]) if missing else grad
             found = _checked(f, name, g, directions[name], loss, config)
-            status = ("pass" if found.error <= config.gradient_warn
-                      else "warn" if found.error <= config.gradient_fail else "fail")
+            status = (
+                "pass"
+                if found.error <= config.gradient_warn
+                else "warn"
+                if found.error <= config.gradient_fail
+                else "fail"
+            )
             if missing and found.error == 0.0:
                 status = "warn"  # the loss does not depend on it: an unused parameter
-            tensors.append({"name": name, "shape": list(f.shapes[name]),
-                            "rel_error": found.raw, "judged_error": found.error,
-                            "analytic": found.analytic, "numeric": found.numeric,
-                            "step": found.step, "kink": found.kink,
-                            "band": band(found.raw), "status": status, "no_grad": missing,
-                            "_grad": g})
+            tensors.append(
+                {
+                    "name": name,
+                    "shape": list(f.shapes[name]),
+                    "rel_error": found.raw,
+                    "judged_error": found.error,
+                    "analytic": found.analytic,
+                    "numeric": found.numeric,
+                    "step": found.step,
+                    "kink": found.kink,
+                    "band": band(found.raw),
+                    "status": status,
+                    "no_grad": missing,
+                    "_grad": g,
+                }
+            )
         ranked = sorted(tensors, key=lambda t: -t["judged_error"])
         worst = ranked[0]
         if worst["status"] == "fail":
-            coordinates.append(_localize(f, worst["name"], worst["_grad"],
-                                         directions[worst["name"]], loss, config, rng))
-        for t in ranked[len(coordinates):config.gradient_coordinates]:
+            coordinates.append(
+                _localize(
+                    f, worst["name"], worst["_grad"], directions[worst["name"]], loss, config, rng
+                )
+            )
+        for t in ranked[len(coordinates) : config.gradient_coordinates]:
             if not t["no_grad"]:
                 coordinates.append(_largest(f, t["name"], t["_grad"], config))
     for t in tensors:
@@ -188,56 +234,105 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
     cut = [t["name"] for t in failed if t["no_grad"]]
     unused = [t["name"] for t in warned if t["no_grad"]]
     kinks = [t["name"] for t in tensors if t["kink"]]
-    metrics = {"tensors": len(tensors), "failed": len(failed), "warned": len(warned),
-               "max_rel_error": worst["judged_error"], "worst_tensor": worst["name"],
-               "warn_above": config.gradient_warn, "fail_above": config.gradient_fail,
-               "batch": len(first), "loss": loss}
-    evidence = {"tensors": tensors, "coordinates": coordinates, "bands": BANDS,
-                "warn": config.gradient_warn, "fail": config.gradient_fail}
+    metrics = {
+        "tensors": len(tensors),
+        "failed": len(failed),
+        "warned": len(warned),
+        "max_rel_error": worst["judged_error"],
+        "worst_tensor": worst["name"],
+        "warn_above": config.gradient_warn,
+        "fail_above": config.gradient_fail,
+        "batch": len(first),
+        "loss": loss,
+    }
+    evidence = {
+        "tensors": tensors,
+        "coordinates": coordinates,
+        "bands": BANDS,
+        "warn": config.gradient_warn,
+        "fail": config.gradient_fail,
+    }
     steps = ", ".join(f"{h:g}" for h in config.gradient_steps)
     if failed:
         where = ""
         if coordinates and coordinates[0]["tensor"] == worst["name"]:
             c = coordinates[0]
-            where = (f"; worst coordinate {tuple(c['index'])}: analytic {c['analytic']:.4g}, "
-                     f"numeric {c['numeric']:.4g}")
+            where = (
+                f"; worst coordinate {tuple(c['index'])}: analytic {c['analytic']:.4g}, "
+                f"numeric {c['numeric']:.4g}"
+            )
         names = ", ".join(f"{t['name']} ({t['judged_error']:.2g})" for t in failed[:5])
-        message = (f"{len(failed)} / {len(tensors)} parameter tensors disagree with centered "
-                   f"differences: {names}. Greatest relative error {worst['judged_error']:.2g} in "
-                   f"{worst['name']} ({worst['band']}){where}; allowed {config.gradient_fail:g} "
-                   f"after ruling out kinks (h = {steps}).")
+        message = (
+            f"{len(failed)} / {len(tensors)} parameter tensors disagree with centered "
+            f"differences: {names}. Greatest relative error {worst['judged_error']:.2g} in "
+            f"{worst['name']} ({worst['band']}){where}; allowed {config.gradient_fail:g} "
+            f"after ruling out kinks (h = {steps})."
+        )
         if cut:
-            hint = (f"No gradient reaches {', '.join(cut[:4])} although the loss depends on "
-                    "it: a .detach(), .data, .item() or numpy round trip (torch) or "
-                    "jax.lax.stop_gradient cuts the graph, or a hand-written backward leaves "
-                    "it out of grads.")
+            hint = (
+                f"No gradient reaches {', '.join(cut[:4])} although the loss depends on "
+                "it: a .detach(), .data, .item() or numpy round trip (torch) or "
+                "jax.lax.stop_gradient cuts the graph, or a hand-written backward leaves "
+                "it out of grads."
+            )
         else:
-            hint = (f"The backward pass feeding {worst['name']} is wrong: check custom "
-                    "autograd Functions and hand-written backward code of that layer; "
-                    "the forward values are not at fault.")
+            hint = (
+                f"The backward pass feeding {worst['name']} is wrong: check custom "
+                "autograd Functions and hand-written backward code of that layer; "
+                "the forward values are not at fault."
+            )
         return CheckResult(CHECK, "fail", message + note, metrics, evidence, hint)
     if warned:
         names = ", ".join(f"{t['name']} ({t['judged_error']:.2g})" for t in warned[:5])
-        hint = ("Errors between 1e-6 and 1e-4 are fine for objectives with kinks (notes); "
-                "if the model is smooth, look at these tensors' backward.")
+        hint = (
+            "Errors between 1e-6 and 1e-4 are fine for objectives with kinks (notes); "
+            "if the model is smooth, look at these tensors' backward."
+        )
         if unused:
-            hint = (f"{', '.join(unused[:4])} get no gradient and do not affect the loss: "
-                    "unused parameters.")
+            hint = (
+                f"{', '.join(unused[:4])} get no gradient and do not affect the loss: "
+                "unused parameters."
+            )
         elif kinks:
-            hint = (f"The steps along {', '.join(kinks[:4])} cross a kink; judged by the "
-                    "one-sided difference that stays on the point's side of it.")
-        return CheckResult(CHECK, "warn", f"{len(warned)} / {len(tensors)} tensors match only "
-                           f"loosely: {names}.{note}", metrics, evidence, hint)
-    kink_note = (f" Steps along {', '.join(kinks[:3])} crossed a ReLU kink; judged by the "
-            "one-sided difference on the point's side." if kinks else "")
+            hint = (
+                f"The steps along {', '.join(kinks[:4])} cross a kink; judged by the "
+                "one-sided difference that stays on the point's side of it."
+            )
+        return CheckResult(
+            CHECK,
+            "warn",
+            f"{len(warned)} / {len(tensors)} tensors match only loosely: {names}.{note}",
+            metrics,
+            evidence,
+            hint,
+        )
+    kink_note = (
+        f" Steps along {', '.join(kinks[:3])} crossed a ReLU kink; judged by the "
+        "one-sided difference on the point's side."
+        if kinks
+        else ""
+    )
     # Quote the notes' relative error where the derivative stands well above rounding; a
     # tiny derivative's relative error is rounding, and its verdict discounts that.
-    clear = [t for t in tensors if not t["kink"] and not t["no_grad"]
-             and max(abs(t["analytic"]), abs(t["numeric"])) > 1e3 * _noise(loss, t["step"])]
+    clear = [
+        t
+        for t in tensors
+        if not t["kink"]
+        and not t["no_grad"]
+        and max(abs(t["analytic"]), abs(t["numeric"])) > 1e3 * _noise(loss, t["step"])
+    ]
     quoted = max(clear, key=lambda t: t["rel_error"], default=None)
-    agreement = (f"greatest relative error {quoted['rel_error']:.2g} in {quoted['name']} "
-                 f"({band(quoted['rel_error'])})" if quoted is not None
-                 else "every difference is within float64 rounding")
-    return CheckResult(CHECK, "pass", f"All {len(tensors)} parameter tensors match centered "
-                       f"differences: {agreement}.{kink_note}{note}",
-                       metrics, evidence)
+    agreement = (
+        f"greatest relative error {quoted['rel_error']:.2g} in {quoted['name']} "
+        f"({band(quoted['rel_error'])})"
+        if quoted is not None
+        else "every difference is within float64 rounding"
+    )
+    return CheckResult(
+        CHECK,
+        "pass",
+        f"All {len(tensors)} parameter tensors match centered "
+        f"differences: {agreement}.{kink_note}{note}",
+        metrics,
+        evidence,
+    )

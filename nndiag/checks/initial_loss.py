@@ -58,25 +58,37 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
     if classify:
         metrics["num_classes"] = session.task.num_classes
         metrics["ln_num_classes"] = math.log(session.task.num_classes)
-    evidence = {"measured": measured, "expected": expected, "band": [low, high],
-                "warn_band": band(config.initial_loss_warn),
-                "fail_band": band(config.initial_loss_fail)}
+    evidence = {
+        "measured": measured,
+        "expected": expected,
+        "band": [low, high],
+        "warn_band": band(config.initial_loss_warn),
+        "fail_band": band(config.initial_loss_fail),
+    }
 
     if classify:
         classes = session.task.num_classes
-        reference = (f"expected {expected:.4g} (entropy of the labels; ln {classes} = "
-                     f"{math.log(classes):.4g} for uniform scores)")
+        reference = (
+            f"expected {expected:.4g} (entropy of the labels; ln {classes} = "
+            f"{math.log(classes):.4g} for uniform scores)"
+        )
     else:
         reference = f"expected {expected:.4g} (the loss of all-zero outputs)"
-    reg_note = "" if session.has_regularization else " Regularization could not be turned off" \
-        " (no knob given), so it is included."
+    reg_note = (
+        ""
+        if session.has_regularization
+        else " Regularization could not be turned off (no knob given), so it is included."
+    )
     status = "pass"
     hint = None
     # The baselines go through the user's loss, so a loss summed over the batch looks
     # consistent with itself; the lecture's ln C for uniform scores tells it apart.
-    summed = (classify and len(batch) > 4 and abs(
-        baselines["uniform"] / math.log(session.task.num_classes) - len(batch)
-    ) < 0.25 * len(batch))
+    summed = (
+        classify
+        and len(batch) > 4
+        and abs(baselines["uniform"] / math.log(session.task.num_classes) - len(batch))
+        < 0.25 * len(batch)
+    )
     if not math.isfinite(measured):
         status = "fail"
         head = f"Loss at init is {measured} on {len(batch)} samples, {reference}."
@@ -89,28 +101,40 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
             status = "warn"
         if summed:
             status = "warn" if status == "pass" else status
-            head += (f"; the loss of uniform scores is {baselines['uniform']:.4g}, "
-                     f"{len(batch)} (the batch size) times ln C.")
-            hint = ("The loss sums over the batch (reduction='sum'): its scale and the "
-                    "learning rate then depend on the batch size; average it instead.")
+            head += (
+                f"; the loss of uniform scores is {baselines['uniform']:.4g}, "
+                f"{len(batch)} (the batch size) times ln C."
+            )
+            hint = (
+                "The loss sums over the batch (reduction='sum'): its scale and the "
+                "learning rate then depend on the batch size; average it instead."
+            )
         elif status == "pass":
             head += "; within tolerance."
         elif measured > high:
             head += f"; {deviation:.0%} too high."
             if abs(measured / scale - len(batch)) < 0.25 * len(batch):
-                hint = ("The loss is about batch-size times too large: it sums over the batch "
-                        "(reduction='sum'); average it instead.")
+                hint = (
+                    "The loss is about batch-size times too large: it sums over the batch "
+                    "(reduction='sum'); average it instead."
+                )
             elif classify:
-                hint = ("The scores at init are too confident: scale the last layer's weights "
-                        "down (e.g. std 1e-2 or x0.01) and set its bias to 0 or to the log "
-                        "prior of the labels.")
+                hint = (
+                    "The scores at init are too confident: scale the last layer's weights "
+                    "down (e.g. std 1e-2 or x0.01) and set its bias to 0 or to the log "
+                    "prior of the labels."
+                )
             else:
-                hint = ("Outputs at init are far from the targets' scale: shrink the last "
-                        "layer's weights and set its bias to the targets' mean; standardize "
-                        "the targets.")
+                hint = (
+                    "Outputs at init are far from the targets' scale: shrink the last "
+                    "layer's weights and set its bias to the targets' mean; standardize "
+                    "the targets."
+                )
         else:
             head += f"; {deviation:.0%} too low."
-            hint = ("An untrained model already scores better than chance: the inputs leak "
-                    "the labels, the weights are not freshly initialized, or the loss is "
-                    "scaled down (divided twice by the batch size?).")
+            hint = (
+                "An untrained model already scores better than chance: the inputs leak "
+                "the labels, the weights are not freshly initialized, or the loss is "
+                "scaled down (divided twice by the batch size?)."
+            )
     return CheckResult(CHECK, status, head + reg_note, metrics, evidence, hint)

@@ -17,9 +17,13 @@ CHECK = "regularization_loss"
 
 def regularization_loss(session: Session, config: Config) -> CheckResult:
     if not session.has_regularization:
-        return CheckResult(CHECK, "skip", "No regularization knob: pass regularization= (a "
-                           "model attribute name, a function (model, strength) -> None, or "
-                           "for JAX penalty(params) -> scalar).")
+        return CheckResult(
+            CHECK,
+            "skip",
+            "No regularization knob: pass regularization= (a "
+            "model attribute name, a function (model, strength) -> None, or "
+            "for JAX penalty(params) -> scalar).",
+        )
     batch = session.rows(config.max_samples)
     strengths = list(config.regularization_strengths)
     losses = []
@@ -33,21 +37,44 @@ def regularization_loss(session: Session, config: Config) -> CheckResult:
     evidence = {"strengths": strengths, "losses": losses}
     tolerance = config.regularization_min_rise * max(abs(first), 1e-12)
     if not all(math.isfinite(x) for x in losses):
-        return CheckResult(CHECK, "fail", f"The loss becomes non-finite as regularization "
-                           f"rises: {curve}.", metrics, evidence,
-                           "Look for an overflow in the penalty (e.g. exp of the weights).")
-    falls = [(strengths[i + 1], losses[i + 1]) for i in range(len(losses) - 1)
-             if losses[i + 1] < losses[i] - tolerance]
+        return CheckResult(
+            CHECK,
+            "fail",
+            f"The loss becomes non-finite as regularization rises: {curve}.",
+            metrics,
+            evidence,
+            "Look for an overflow in the penalty (e.g. exp of the weights).",
+        )
+    falls = [
+        (strengths[i + 1], losses[i + 1])
+        for i in range(len(losses) - 1)
+        if losses[i + 1] < losses[i] - tolerance
+    ]
     if last - first <= tolerance and not falls:
         return CheckResult(
-            CHECK, "fail", f"The loss ignores the regularization strength: {curve}.", metrics,
-            evidence, "The knob is not what the loss reads: make the loss add "
+            CHECK,
+            "fail",
+            f"The loss ignores the regularization strength: {curve}.",
+            metrics,
+            evidence,
+            "The knob is not what the loss reads: make the loss add "
             "strength * penalty from the same attribute the knob sets, and make sure the "
-            "penalty is not computed once and cached.")
+            "penalty is not computed once and cached.",
+        )
     if falls:
         where = ", ".join(f"{s:g}" for s, _ in falls)
-        return CheckResult(CHECK, "fail", f"The loss falls as regularization rises (at {where}): "
-                           f"{curve}.", metrics, evidence,
-                           "The penalty enters the loss with the wrong sign.")
-    return CheckResult(CHECK, "pass", f"The loss rises with the regularization strength: "
-                       f"{curve}.", metrics, evidence)
+        return CheckResult(
+            CHECK,
+            "fail",
+            f"The loss falls as regularization rises (at {where}): {curve}.",
+            metrics,
+            evidence,
+            "The penalty enters the loss with the wrong sign.",
+        )
+    return CheckResult(
+        CHECK,
+        "pass",
+        f"The loss rises with the regularization strength: {curve}.",
+        metrics,
+        evidence,
+    )

@@ -40,8 +40,16 @@ _THRESHOLD_KEY = re.compile(
     r"|tolerance|allowed|min_rise)(_|$)"
 )
 # Evidence keys that are thresholds; shown beside the metrics when the metrics lack them.
-_EVIDENCE_THRESHOLDS = ("expected", "band", "warn_band", "fail_band", "target_loss", "warn",
-                        "fail", "bands")
+_EVIDENCE_THRESHOLDS = (
+    "expected",
+    "band",
+    "warn_band",
+    "fail_band",
+    "target_loss",
+    "warn",
+    "fail",
+    "bands",
+)
 _TABLE_ROWS = 30
 
 
@@ -210,12 +218,17 @@ def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _result_view(result: CheckResult, anchor: str) -> ResultView:
-    metrics = [Row(str(k), format_value(v), bool(_THRESHOLD_KEY.search(str(k).lower())))
-               for k, v in result.metrics.items()]
+    metrics = [
+        Row(str(k), format_value(v), bool(_THRESHOLD_KEY.search(str(k).lower())))
+        for k, v in result.metrics.items()
+    ]
     evidence = result.evidence if isinstance(result.evidence, Mapping) else {}
     known = {row.key for row in metrics}
-    extra = [Row(k, format_value(evidence[k]), True) for k in _EVIDENCE_THRESHOLDS
-             if k in evidence and k not in known and evidence[k] is not None]
+    extra = [
+        Row(k, format_value(evidence[k]), True)
+        for k in _EVIDENCE_THRESHOLDS
+        if k in evidence and k not in known and evidence[k] is not None
+    ]
     counterexample = evidence.get("counterexample")
     if counterexample is not None and not isinstance(counterexample, str):
         counterexample = format_value(counterexample)
@@ -240,25 +253,58 @@ def _result_view(result: CheckResult, anchor: str) -> ResultView:
 
 _TABLES: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
     # check id -> (evidence key holding records, table title, [(record key, header)])
-    "gradient_check": ("coordinates", "sampled coordinates", [
-        ("tensor", "tensor"), ("index", "index"), ("analytic", "analytic"),
-        ("numeric", "numeric"), ("rel_error", "rel. error")]),
-    "activation_stats": ("layers", "layers (depth order)", [
-        ("name", "layer"), ("kind", "kind"), ("mean", "mean"), ("std", "std"),
-        ("saturated", "saturated"), ("weight_layer", "weights"), ("weight_std", "weight std"),
-        ("recommended_std", "recommended std")]),
-    "dead_neurons": ("layers", "layers", [
-        ("name", "layer"), ("units", "units"), ("dead", "dead"),
-        ("dead_fraction", "dead fraction")]),
+    "gradient_check": (
+        "coordinates",
+        "sampled coordinates",
+        [
+            ("tensor", "tensor"),
+            ("index", "index"),
+            ("analytic", "analytic"),
+            ("numeric", "numeric"),
+            ("rel_error", "rel. error"),
+        ],
+    ),
+    "activation_stats": (
+        "layers",
+        "layers (depth order)",
+        [
+            ("name", "layer"),
+            ("kind", "kind"),
+            ("mean", "mean"),
+            ("std", "std"),
+            ("saturated", "saturated"),
+            ("weight_layer", "weights"),
+            ("weight_std", "weight std"),
+            ("recommended_std", "recommended std"),
+        ],
+    ),
+    "dead_neurons": (
+        "layers",
+        "layers",
+        [
+            ("name", "layer"),
+            ("units", "units"),
+            ("dead", "dead"),
+            ("dead_fraction", "dead fraction"),
+        ],
+    ),
 }
 
 
 def _tables(check: str, evidence: Mapping[str, Any]) -> list[Table]:
     tables: list[Table] = []
     if check == "gradient_check":
-        tables += _table(evidence.get("tensors"), "tensors", [
-            ("name", "tensor"), ("shape", "shape"), ("rel_error", "rel. error"),
-            ("step", "step h"), ("status", "status")])
+        tables += _table(
+            evidence.get("tensors"),
+            "tensors",
+            [
+                ("name", "tensor"),
+                ("shape", "shape"),
+                ("rel_error", "rel. error"),
+                ("step", "step h"),
+                ("status", "status"),
+            ],
+        )
     spec = _TABLES.get(check)
     if spec is not None:
         key, title, columns = spec
@@ -356,8 +402,10 @@ def _when(value: Any) -> str:
 
 
 def _cost_text(forward: Any, backward: Any, seconds: Any) -> str:
-    return (f"{_text(forward)} forward \u00b7 {_text(backward)} backward \u00b7 "
-            f"{_format(_finite_or_zero(seconds))} s")
+    return (
+        f"{_text(forward)} forward \u00b7 {_text(backward)} backward \u00b7 "
+        f"{_format(_finite_or_zero(seconds))} s"
+    )
 
 
 def _finite_or_zero(value: Any) -> float:

@@ -107,14 +107,27 @@ def figure_to_data_uri(fig: Figure) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _figure(width: float, height: float, *, left: float = 0.55, bottom: float = 0.42,
-            right: float = 0.15, top: float = 0.12, wspace: float = 0.3) -> Figure:
+def _figure(
+    width: float,
+    height: float,
+    *,
+    left: float = 0.55,
+    bottom: float = 0.42,
+    right: float = 0.15,
+    top: float = 0.12,
+    wspace: float = 0.3,
+) -> Figure:
     """A figure with fixed margins in inches (constrained layout would double the draw time)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=DPI)
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
-                        top=1 - top / height, wspace=wspace)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wspace,
+    )
     return fig
 
 
@@ -249,33 +262,69 @@ def plot_initial_loss(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     if warn_band:
         ax.axvspan(*warn_band, color=TINT["pass"], lw=0)
     if band:
-        ax.axvspan(*band, ymin=0.3, ymax=0.7, facecolor="none", edgecolor=COLORS["pass"],
-                   hatch="////", lw=0.8)
+        ax.axvspan(
+            *band,
+            ymin=0.3,
+            ymax=0.7,
+            facecolor="none",
+            edgecolor=COLORS["pass"],
+            hatch="////",
+            lw=0.8,
+        )
     if expected is not None:
         ax.axvline(expected, color=INK, ls="--", lw=1)
-        ax.text(expected, 0.97, f" expected {_fmt(expected)}", va="top", ha="left",
-                fontsize=FONT - 1, color=INK)
+        ax.text(
+            expected,
+            0.97,
+            f" expected {_fmt(expected)}",
+            va="top",
+            ha="left",
+            fontsize=FONT - 1,
+            color=INK,
+        )
     if measured is not None:
         x = min(max(measured, view[0]), view[1])
         pinned = x != measured
         marker = ">" if measured > view[1] else "<" if pinned else "D"
         ax.plot([x], [0.5], marker=marker, ms=9, color=ACCENT, ls="none", clip_on=False)
-        ax.text(x, 0.08, f"measured {_fmt(measured)}", ha="right" if x > sum(view) / 2 else "left",
-                fontsize=FONT, color=ACCENT, weight="bold")
+        ax.text(
+            x,
+            0.08,
+            f"measured {_fmt(measured)}",
+            ha="right" if x > sum(view) / 2 else "left",
+            fontsize=FONT,
+            color=ACCENT,
+            weight="bold",
+        )
     else:
-        ax.text(0.02, 0.4, "measured: not finite", transform=ax.transAxes, fontsize=FONT,
-                color=COLORS["fail"], weight="bold")
+        ax.text(
+            0.02,
+            0.4,
+            "measured: not finite",
+            transform=ax.transAxes,
+            fontsize=FONT,
+            color=COLORS["fail"],
+            weight="bold",
+        )
     ax.set_xlabel("initial loss", fontsize=FONT)
     if band or warn_band or fail_band:
         from matplotlib.patches import Patch
 
         handles = [Patch(color=TINT[s], label=f"{s} region") for s in ("pass", "warn", "fail")]
         if band:
-            handles.append(Patch(facecolor="none", edgecolor=COLORS["pass"], hatch="////",
-                                 label="noise band"))
-        ax.legend(handles=handles, fontsize=FONT - 2, loc="lower right", frameon=False,
-                  ncols=len(handles), bbox_to_anchor=(1, 0.98), borderaxespad=0,
-                  handlelength=1.4)
+            handles.append(
+                Patch(facecolor="none", edgecolor=COLORS["pass"], hatch="////", label="noise band")
+            )
+        ax.legend(
+            handles=handles,
+            fontsize=FONT - 2,
+            loc="lower right",
+            frameon=False,
+            ncols=len(handles),
+            bbox_to_anchor=(1, 0.98),
+            borderaxespad=0,
+            handlelength=1.4,
+        )
     return [("initial loss: measured against expected, with the pass/warn bands", fig)]
 
 
@@ -296,12 +345,25 @@ def plot_regularization_loss(evidence: Mapping[str, Any]) -> list[tuple[str, Fig
         _log_scale(ax.yaxis)
     ax.plot(xs, ys, marker="o", ms=4, color=ACCENT, lw=1.4)
     for x, y in points:
-        ax.annotate(_fmt(y), (x, y), textcoords="offset points", xytext=(3, 5),
-                    fontsize=FONT - 2, color=MUTED)
+        ax.annotate(
+            _fmt(y),
+            (x, y),
+            textcoords="offset points",
+            xytext=(3, 5),
+            fontsize=FONT - 2,
+            color=MUTED,
+        )
     dropped = len(strengths) - len(points)
     if dropped > 0:
-        ax.text(0.02, 0.95, f"{dropped} non-finite point(s) not shown", transform=ax.transAxes,
-                va="top", fontsize=FONT - 1, color=COLORS["fail"])
+        ax.text(
+            0.02,
+            0.95,
+            f"{dropped} non-finite point(s) not shown",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=FONT - 1,
+            color=COLORS["fail"],
+        )
     ax.set_xlabel("regularization strength", fontsize=FONT)
     ax.set_ylabel("loss", fontsize=FONT)
     return [("loss against regularization strength", fig)]
@@ -328,8 +390,14 @@ def plot_overfit_small(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     bad = next((i for i, v in enumerate(loss) if not math.isfinite(v)), None)
     if bad is not None:
         ax.axvline(bad, color=COLORS["fail"], lw=1, ls=":")
-        ax.text(bad, 0.5, f" non-finite from step {bad}", transform=ax.get_xaxis_transform(),
-                fontsize=FONT - 1, color=COLORS["fail"])
+        ax.text(
+            bad,
+            0.5,
+            f" non-finite from step {bad}",
+            transform=ax.get_xaxis_transform(),
+            fontsize=FONT - 1,
+            color=COLORS["fail"],
+        )
     ax.set_xlabel("step", fontsize=FONT)
     ax.set_ylabel("training loss", fontsize=FONT)
     ax.legend(fontsize=FONT - 1, frameon=False)
@@ -369,27 +437,51 @@ def plot_gradient_check(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]
     left = max(left, _ZERO_FLOOR)
 
     labels = [_label(t.get("name")) for t in shown]
-    fig = _figure(5.8, 1.05 + 0.24 * len(shown), left=_label_inches(labels, FONT - 1),
-                  bottom=0.45, top=0.22, right=0.2)
+    fig = _figure(
+        5.8,
+        1.05 + 0.24 * len(shown),
+        left=_label_inches(labels, FONT - 1),
+        bottom=0.45,
+        top=0.22,
+        right=0.2,
+    )
     ax = fig.subplots()
     _style(ax)
     _log_scale(ax.xaxis)
     ax.set_xlim(left, right)
     edges = [left, bands["good"], bands["kinks_ok"], bands["wrong"], right]
-    regions = [("good", TINT["pass"]), ("kinks ok", "#eef5d9"), ("suspicious", TINT["warn"]),
-               ("wrong", TINT["fail"])]
+    regions = [
+        ("good", TINT["pass"]),
+        ("kinks ok", "#eef5d9"),
+        ("suspicious", TINT["warn"]),
+        ("wrong", TINT["fail"]),
+    ]
     for (name, color), lo, hi in zip(regions, edges, edges[1:]):
         if hi > lo:
             ax.axvspan(lo, hi, color=color, lw=0)
-            ax.text(math.sqrt(lo * hi), 1.0, name, transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=FONT - 2, color=MUTED)
+            ax.text(
+                math.sqrt(lo * hi),
+                1.0,
+                name,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=FONT - 2,
+                color=MUTED,
+            )
     for key, status in (("warn", "warn"), ("fail", "fail")):
         value = _number(evidence.get(key))
         if value is not None and value > 0:
             ax.axvline(value, color=COLORS[status], ls="--", lw=1)
             # In the empty slot under the last bar, so the label never covers a bar.
-            ax.text(value, len(shown) - 0.1, f" {key} {_tick_label(value)}", va="center",
-                    fontsize=FONT - 2, color=COLORS[status])
+            ax.text(
+                value,
+                len(shown) - 0.1,
+                f" {key} {_tick_label(value)}",
+                va="center",
+                fontsize=FONT - 2,
+                color=COLORS[status],
+            )
 
     ys = list(range(len(shown)))
     widths, colors, hatches = [], [], []
@@ -410,13 +502,21 @@ def plot_gradient_check(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]
         text = _fmt(error) if error is not None else ("missing" if value is None else str(value))
         if error == 0:
             text = "0 (exact)"
-        ax.text(min(bar.get_width() + left, right), bar.get_y() + bar.get_height() / 2,
-                f" {text}", va="center", ha="left" if error is not None else "right",
-                fontsize=FONT - 2, color=INK, clip_on=True)
+        ax.text(
+            min(bar.get_width() + left, right),
+            bar.get_y() + bar.get_height() / 2,
+            f" {text}",
+            va="center",
+            ha="left" if error is not None else "right",
+            fontsize=FONT - 2,
+            color=INK,
+            clip_on=True,
+        )
     ax.set_yticks(ys, labels)
     ax.set_ylim(len(shown) + 0.25, -0.6)
-    ax.set_xlabel("relative error |analytic - numeric| / max(|analytic|, |numeric|)",
-                  fontsize=FONT - 1)
+    ax.set_xlabel(
+        "relative error |analytic - numeric| / max(|analytic|, |numeric|)", fontsize=FONT - 1
+    )
     alt = "relative gradient error per tensor, log scale"
     if len(tensors) > len(shown):
         alt += f" (first {len(shown)} of {len(tensors)} tensors)"
@@ -455,8 +555,9 @@ def plot_activation_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure
     shown = layers[:_MAX_HISTOGRAMS]
     cols = min(len(shown), _PER_ROW)
     rows = math.ceil(len(shown) / cols)
-    fig = _figure(max(1.25 * cols, 6.6) + 0.1, 1.3 * rows, left=0.05, right=0.05, bottom=0.02,
-                  top=0.02)
+    fig = _figure(
+        max(1.25 * cols, 6.6) + 0.1, 1.3 * rows, left=0.05, right=0.05, bottom=0.02, top=0.02
+    )
     ax = fig.subplots()
     ax.set_axis_off()
     ax.set_xlim(0, max(cols, 6.6 / 1.25))  # few layers: keep slots at their usual size
@@ -470,9 +571,16 @@ def plot_activation_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure
         edges = _pair(layer.get("hist_edges"))
         mean, std = _number(layer.get("mean")), _number(layer.get("std"))
         saturated = _number(layer.get("saturated"))
-        ax.text((x0 + x1) / 2, base + height + 0.03,
-                f"{_label(layer.get('name'), 18)}\n\u03bc {_short(mean)}  \u03c3 {_short(std)}",
-                ha="center", va="bottom", fontsize=small, color=INK, linespacing=1.35)
+        ax.text(
+            (x0 + x1) / 2,
+            base + height + 0.03,
+            f"{_label(layer.get('name'), 18)}\n\u03bc {_short(mean)}  \u03c3 {_short(std)}",
+            ha="center",
+            va="bottom",
+            fontsize=small,
+            color=INK,
+            linespacing=1.35,
+        )
         ax.plot([x0, x1], [base, base], color="#9aa0aa", lw=0.6)
         peak = max(_finite(counts), default=0.0)
         if edges and edges[1] > edges[0] and peak > 0:
@@ -480,21 +588,44 @@ def plot_activation_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure
             heights = base + height * np.clip(heights, 0.0, None) / peak
             kind = layer.get("kind")
             color = KIND_COLORS.get(kind if isinstance(kind, str) else "", MUTED)
-            ax.stairs(heights, np.linspace(x0, x1, len(counts) + 1), baseline=base, fill=True,
-                      color=color, alpha=0.85)
-            ax.text(x0, base - 0.02, _short(edges[0]), ha="left", va="top", fontsize=small,
-                    color=MUTED)
-            ax.text(x1, base - 0.02, _short(edges[1]), ha="right", va="top", fontsize=small,
-                    color=MUTED)
+            ax.stairs(
+                heights,
+                np.linspace(x0, x1, len(counts) + 1),
+                baseline=base,
+                fill=True,
+                color=color,
+                alpha=0.85,
+            )
+            ax.text(
+                x0, base - 0.02, _short(edges[0]), ha="left", va="top", fontsize=small, color=MUTED
+            )
+            ax.text(
+                x1, base - 0.02, _short(edges[1]), ha="right", va="top", fontsize=small, color=MUTED
+            )
             if edges[0] < 0 < edges[1]:
                 zero = x0 + (x1 - x0) * -edges[0] / (edges[1] - edges[0])
                 ax.plot([zero, zero], [base, base - 0.04], color=MUTED, lw=0.6)
         else:
-            ax.text((x0 + x1) / 2, base + height / 2, "no histogram", ha="center",
-                    va="center", fontsize=small, color=MUTED)
+            ax.text(
+                (x0 + x1) / 2,
+                base + height / 2,
+                "no histogram",
+                ha="center",
+                va="center",
+                fontsize=small,
+                color=MUTED,
+            )
         if saturated is not None and saturated > 0.05:  # between the two range labels
-            ax.text((x0 + x1) / 2, base - 0.05, f"{saturated:.0%} sat.", ha="center",
-                    va="top", fontsize=small, color=COLORS["fail"], weight="bold")
+            ax.text(
+                (x0 + x1) / 2,
+                base - 0.05,
+                f"{saturated:.0%} sat.",
+                ha="center",
+                va="top",
+                fontsize=small,
+                color=COLORS["fail"],
+                weight="bold",
+            )
     alt = "activation histograms per layer in depth order"
     if len(layers) > len(shown):
         alt += f" (first {len(shown)} of {len(layers)} layers)"
@@ -511,8 +642,11 @@ def plot_activation_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure
             ys = [math.nan if v is None else v for v in values]
             ax.plot(xs, ys, marker="o", ms=3.5, lw=1.2, color=ACCENT)
             positive = [v for v in values if v is not None]
-            if name == "std" and positive and min(positive) > 0 and (
-                max(positive) / min(positive) > 100
+            if (
+                name == "std"
+                and positive
+                and min(positive) > 0
+                and (max(positive) / min(positive) > 100)
             ):
                 _log_scale(ax.yaxis)
             ax.set_title(f"layer {name}", fontsize=FONT, color=INK)
@@ -529,8 +663,14 @@ def plot_dead_neurons(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
         return []
     warn, fail = _number(evidence.get("warn")), _number(evidence.get("fail"))
     labels = [_label(layer.get("name")) for layer in layers]
-    fig = _figure(5.0, 0.9 + 0.24 * len(layers), left=_label_inches(labels, FONT - 1),
-                  bottom=0.42, top=0.24, right=0.2)
+    fig = _figure(
+        5.0,
+        0.9 + 0.24 * len(layers),
+        left=_label_inches(labels, FONT - 1),
+        bottom=0.42,
+        top=0.24,
+        right=0.2,
+    )
     ax = fig.subplots()
     _style(ax)
     ys = list(range(len(layers)))
@@ -556,8 +696,16 @@ def plot_dead_neurons(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     for value, status in ((warn, "warn"), (fail, "fail")):
         if value is not None and 0 <= value <= 1:
             ax.axvline(value, color=COLORS[status], ls="--", lw=1)
-            ax.text(value, 1.0, f"{status} {value:.0%}", transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=FONT - 2, color=COLORS[status])
+            ax.text(
+                value,
+                1.0,
+                f"{status} {value:.0%}",
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=FONT - 2,
+                color=COLORS[status],
+            )
     ax.set_xlim(0, 1.12)
     ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
     ax.set_yticks(ys, labels)

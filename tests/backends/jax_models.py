@@ -28,8 +28,15 @@ def classification(seed: int, n: int = N, features: int = IN) -> tuple[np.ndarra
     return X, rng.integers(0, CLASSES, n)
 
 
-def init_mlp(seed: int, depth: int, std: Callable[[int], float] | None, width: int = WIDTH,
-             features: int = IN, out: int = CLASSES, bias: bool = True) -> Params:
+def init_mlp(
+    seed: int,
+    depth: int,
+    std: Callable[[int], float] | None,
+    width: int = WIDTH,
+    features: int = IN,
+    out: int = CLASSES,
+    bias: bool = True,
+) -> Params:
     """``depth`` dense layers, ``W`` of shape (fan_in, fan_out) applied as ``x @ W``.
 
     ``std(fan_in)`` gives the weights' normal std; None draws torch's default
@@ -108,12 +115,12 @@ def l2_penalty(params: Params) -> jax.Array:
 def l2_mlp(seed: int = 0) -> nndiag.Subject:
     """Healthy: ``regularization=penalty(params)``, nndiag scales it."""
     model = (mlp(jax.nn.relu), init_mlp(seed, 3, he))
-    return nndiag.Subject(model, classification(seed), regularization=l2_penalty,
-                          name="jax_l2_mlp")
+    return nndiag.Subject(model, classification(seed), regularization=l2_penalty, name="jax_l2_mlp")
 
 
-def holder_subject(seed: int = 0, ignore_knob: bool = False,
-                   name: str = "jax_holder_mlp") -> tuple[nndiag.Subject, dict[str, float]]:
+def holder_subject(
+    seed: int = 0, ignore_knob: bool = False, name: str = "jax_holder_mlp"
+) -> tuple[nndiag.Subject, dict[str, float]]:
     """The loss reads its strength from a dict the setter writes (the protocol form);
     returns the subject and that dict. The loss sees the outputs, not the parameters, so
     its penalty is on the outputs (activity regularization)."""
@@ -130,8 +137,13 @@ def holder_subject(seed: int = 0, ignore_knob: bool = False,
     def set_l2(model: Any, strength: float) -> None:
         holder["l2"] = strength
 
-    subject = nndiag.Subject((mlp(jax.nn.relu), params), classification(seed), loss=loss,
-                             regularization=set_l2, name=name)
+    subject = nndiag.Subject(
+        (mlp(jax.nn.relu), params),
+        classification(seed),
+        loss=loss,
+        regularization=set_l2,
+        name=name,
+    )
     return subject, holder
 
 
@@ -139,8 +151,9 @@ def holder_mlp(seed: int = 0) -> nndiag.Subject:
     return holder_subject(seed)[0]
 
 
-HEALTHY = {f.__name__: f for f in (he_relu_mlp, xavier_tanh_mlp, regression_mlp, l2_mlp,
-                                   holder_mlp)}
+HEALTHY = {
+    f.__name__: f for f in (he_relu_mlp, xavier_tanh_mlp, regression_mlp, l2_mlp, holder_mlp)
+}
 
 
 # -- broken ------------------------------------------------------------------------------
@@ -160,8 +173,7 @@ def dead_relu(seed: int = 0) -> nndiag.Subject:
     """The second hidden layer's bias is -10: its ReLUs never fire."""
     params = init_mlp(seed, 4, he)
     params["layers"][1]["b"] = jnp.full(WIDTH, -10.0)
-    return nndiag.Subject((mlp(jax.nn.relu), params), classification(seed),
-                          name="jax_dead_relu")
+    return nndiag.Subject((mlp(jax.nn.relu), params), classification(seed), name="jax_dead_relu")
 
 
 def double_softmax(seed: int = 0) -> nndiag.Subject:
@@ -171,8 +183,9 @@ def double_softmax(seed: int = 0) -> nndiag.Subject:
     def apply(params: Params, x: jax.Array) -> jax.Array:
         return jax.nn.softmax(body(params, x))
 
-    return nndiag.Subject((apply, init_mlp(seed, 3, he)), classification(seed),
-                          name="jax_double_softmax")
+    return nndiag.Subject(
+        (apply, init_mlp(seed, 3, he)), classification(seed), name="jax_double_softmax"
+    )
 
 
 @jax.custom_vjp
@@ -205,8 +218,9 @@ def stop_gradient(seed: int = 0) -> nndiag.Subject:
         h = jax.lax.stop_gradient(jax.nn.relu(x @ first["W"] + first["b"]))
         return h @ last["W"] + last["b"]
 
-    return nndiag.Subject((apply, init_mlp(seed, 2, None)), classification(seed),
-                          name="jax_stop_gradient")
+    return nndiag.Subject(
+        (apply, init_mlp(seed, 2, None)), classification(seed), name="jax_stop_gradient"
+    )
 
 
 def ignored_knob(seed: int = 0) -> nndiag.Subject:
@@ -217,8 +231,9 @@ def ignored_knob(seed: int = 0) -> nndiag.Subject:
 def huge_last_layer(seed: int = 0) -> nndiag.Subject:
     params = init_mlp(seed, 3, he)
     params["layers"][-1]["W"] = params["layers"][-1]["W"] * 100.0
-    return nndiag.Subject((mlp(jax.nn.relu), params), classification(seed),
-                          name="jax_huge_last_layer")
+    return nndiag.Subject(
+        (mlp(jax.nn.relu), params), classification(seed), name="jax_huge_last_layer"
+    )
 
 
 # bug -> the check that must fail on it

@@ -13,16 +13,25 @@ class FullyConnectedNet:
     """affine - act - ... - affine - softmax, with L2 ``reg``, optional dropout, as in the
     assignment; ``bugs`` switches on one named defect."""
 
-    def __init__(self, dims: list[int], weight_scale: float | str = "he", act: str = "relu",
-                 reg: float = 0.0, dropout: float | None = None, dtype: Any = np.float64,
-                 seed: int = 0, bugs: frozenset[str] = frozenset(),
-                 last_scale: float | None = 1e-2) -> None:
+    def __init__(
+        self,
+        dims: list[int],
+        weight_scale: float | str = "he",
+        act: str = "relu",
+        reg: float = 0.0,
+        dropout: float | None = None,
+        dtype: Any = np.float64,
+        seed: int = 0,
+        bugs: frozenset[str] = frozenset(),
+        last_scale: float | None = 1e-2,
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.params: dict[str, np.ndarray] = {}
         self.layers = len(dims) - 1
         for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:]), start=1):
             scale = {"he": np.sqrt(2 / fan_in), "xavier": np.sqrt(1 / fan_in)}.get(
-                weight_scale, weight_scale)  # type: ignore[arg-type]
+                weight_scale, weight_scale
+            )  # type: ignore[arg-type]
             if i == len(dims) - 1 and last_scale is not None:
                 scale = last_scale  # a small last layer: the assignments' loss of ~ln C
             self.params[f"W{i}"] = (scale * rng.standard_normal((fan_in, fan_out))).astype(dtype)
@@ -78,8 +87,11 @@ class FullyConnectedNet:
         n = len(X)
         loss = -np.log(probs[np.arange(n), y]).mean()
         strength = 1e-4 if "ignored_reg" in self.bugs else self.reg
-        loss += 0.5 * strength * sum((self.params[f"W{i}"] ** 2).sum()
-                                     for i in range(1, self.layers + 1))
+        loss += (
+            0.5
+            * strength
+            * sum((self.params[f"W{i}"] ** 2).sum() for i in range(1, self.layers + 1))
+        )
         dscores = probs.copy()
         dscores[np.arange(n), y] -= 1
         dscores /= n
@@ -122,12 +134,18 @@ HEALTHY = {
     "float32_dropout": lambda s: net(s, dtype=np.float32, dropout=0.8, reg=1e-3),
 }
 BROKEN = {
-    "small_init_tanh": (lambda s: net(s, dims=[32] + [100] * 7 + [CLASSES],
-                                      weight_scale=0.01, act="tanh", last_scale=None),
-                        "activation_stats"),
-    "large_init_tanh": (lambda s: net(s, dims=[32] + [100] * 7 + [CLASSES],
-                                      weight_scale=1.0, act="tanh", last_scale=None),
-                        "activation_stats"),
+    "small_init_tanh": (
+        lambda s: net(
+            s, dims=[32] + [100] * 7 + [CLASSES], weight_scale=0.01, act="tanh", last_scale=None
+        ),
+        "activation_stats",
+    ),
+    "large_init_tanh": (
+        lambda s: net(
+            s, dims=[32] + [100] * 7 + [CLASSES], weight_scale=1.0, act="tanh", last_scale=None
+        ),
+        "activation_stats",
+    ),
     "dead_relu": (lambda s: net(s, bugs=frozenset({"dead"})), "dead_neurons"),
     "double_softmax": (lambda s: net(s, bugs=frozenset({"double_softmax"})), "overfit_small"),
     "wrong_backward": (lambda s: net(s, bugs=frozenset({"leaky_backward"})), "gradient_check"),

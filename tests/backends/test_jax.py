@@ -75,10 +75,13 @@ def test_tensors_are_named_by_pytree_path_and_integer_leaves_are_left_alone() ->
         seen_steps.append(p["step"].dtype.kind)
         return apply(p, x)
 
-    result = _check(nndiag.Subject((apply_checked, params), M.classification(0)),
-                    "gradient_check")
+    result = _check(nndiag.Subject((apply_checked, params), M.classification(0)), "gradient_check")
     assert [t["name"] for t in result.evidence["tensors"]] == [
-        "layers/0/W", "layers/0/b", "layers/1/W", "layers/1/b"]
+        "layers/0/W",
+        "layers/0/b",
+        "layers/1/W",
+        "layers/1/b",
+    ]
     assert set(seen_steps) == {"i"}
 
 
@@ -121,8 +124,9 @@ def _sgd(lr: float) -> _SGD:
 
 
 def test_an_optax_style_optimizer_is_used_as_given() -> None:
-    subject = nndiag.Subject((M.mlp(jax.nn.relu), M.init_mlp(0, 3, M.he)),
-                             M.classification(0), optimizer=_sgd(1e3))
+    subject = nndiag.Subject(
+        (M.mlp(jax.nn.relu), M.init_mlp(0, 3, M.he)), M.classification(0), optimizer=_sgd(1e3)
+    )
     result = _check(subject, "overfit_small")
     assert result.status == "fail" and result.metrics["cause"] == "lr_too_high"
     assert "the subject's optax optimizer" in result.metrics["optimizer"]
@@ -134,10 +138,12 @@ def test_a_function_jit_cannot_trace_runs_eagerly() -> None:
             raise ValueError("input out of range")
         return x @ params["W"]
 
-    subject = nndiag.Subject((guarded, {"W": jnp.zeros((M.IN, M.CLASSES))}),
-                             M.classification(0))
-    report = nndiag.diagnose(subject, ["overfit_small", "gradient_check", "activation_stats"],
-                             nndiag.Config(overfit_steps=10))
+    subject = nndiag.Subject((guarded, {"W": jnp.zeros((M.IN, M.CLASSES))}), M.classification(0))
+    report = nndiag.diagnose(
+        subject,
+        ["overfit_small", "gradient_check", "activation_stats"],
+        nndiag.Config(overfit_steps=10),
+    )
     assert report["overfit_small"].metrics["steps"] == 10
     assert report["overfit_small"].cost.backward == 10
     assert report["gradient_check"].status == "pass"
@@ -164,7 +170,11 @@ def test_capture_records_each_activation_with_kind_order_and_weight() -> None:
     params = M.init_mlp(0, 5, M.xavier)
     layers = _layers(nndiag.Subject((_mixed, params), M.classification(0)))
     assert [(x["name"], x["kind"]) for x in layers] == [
-        ("relu", "relu"), ("tanh", "tanh"), ("sigmoid", "sigmoid"), ("relu#2", "relu")]
+        ("relu", "relu"),
+        ("tanh", "tanh"),
+        ("sigmoid", "sigmoid"),
+        ("relu#2", "relu"),
+    ]
     assert [x["weight_layer"] for x in layers] == [f"layers/{i}/W" for i in range(4)]
     W0 = np.asarray(params["layers"][0]["W"])
     assert layers[0]["weight_std"] == pytest.approx(float(W0.std()), rel=1e-6)
@@ -207,7 +217,10 @@ def test_composite_activations_are_recorded_whole_not_by_their_insides() -> None
 
     layers = _layers(nndiag.Subject((apply, M.init_mlp(0, 4, M.he)), M.classification(0)))
     assert [(x["name"], x["kind"]) for x in layers] == [
-        ("gelu", "gelu"), ("silu", "silu"), ("softplus", "softplus")]
+        ("gelu", "gelu"),
+        ("silu", "silu"),
+        ("softplus", "softplus"),
+    ]
     X, _ = M.classification(0)
     a = M.init_mlp(0, 4, M.he)["layers"][0]
     expected = np.asarray(jax.nn.gelu(X @ a["W"] + a["b"]))
@@ -216,23 +229,28 @@ def test_composite_activations_are_recorded_whole_not_by_their_insides() -> None
 
 @pytest.mark.parametrize("layout", [("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW")])
 def test_convolution_units_are_channels_and_fan_in_spans_the_kernel(
-        layout: tuple[str, str, str]) -> None:
+    layout: tuple[str, str, str],
+) -> None:
     rng = np.random.default_rng(0)
     channels_last = layout[0] == "NHWC"
     kernel = rng.normal(0, math.sqrt(2 / 27), (3, 3, 3, 8) if channels_last else (8, 3, 3, 3))
-    params = {"conv": {"W": jnp.asarray(kernel, jnp.float32)},
-              "fc": {"W": jnp.asarray(rng.normal(0, 0.1, (8, M.CLASSES)), jnp.float32)}}
+    params = {
+        "conv": {"W": jnp.asarray(kernel, jnp.float32)},
+        "fc": {"W": jnp.asarray(rng.normal(0, 0.1, (8, M.CLASSES)), jnp.float32)},
+    }
     X = rng.normal(size=(16, 6, 6, 3) if channels_last else (16, 3, 6, 6)).astype(np.float32)
     y = rng.integers(0, M.CLASSES, 16)
 
     def apply(p: Any, x: jax.Array) -> jax.Array:
-        h = jax.lax.conv_general_dilated(x, p["conv"]["W"], (1, 1), "SAME",
-                                         dimension_numbers=layout)
+        h = jax.lax.conv_general_dilated(
+            x, p["conv"]["W"], (1, 1), "SAME", dimension_numbers=layout
+        )
         h = jax.nn.relu(h)
         return h.mean(axis=(1, 2) if channels_last else (2, 3)) @ p["fc"]["W"]
 
-    report = nndiag.diagnose(nndiag.Subject((apply, params), (X, y)),
-                             ["activation_stats", "dead_neurons"])
+    report = nndiag.diagnose(
+        nndiag.Subject((apply, params), (X, y)), ["activation_stats", "dead_neurons"]
+    )
     layer = report["activation_stats"].evidence["layers"][0]
     assert layer["weight_layer"] == "conv/W" and layer["units"] == 8
     assert layer["recommended_std"] == pytest.approx(math.sqrt(2 / 27))
@@ -244,8 +262,9 @@ def test_einsum_weights_are_followed_into_its_jit() -> None:
         a, b = p["layers"]
         return jnp.einsum("ni,io->no", jnp.tanh(jnp.einsum("ni,io->no", x, a["W"])), b["W"])
 
-    layers = _layers(nndiag.Subject((apply, M.init_mlp(0, 2, M.xavier, bias=False)),
-                                    M.classification(0)))
+    layers = _layers(
+        nndiag.Subject((apply, M.init_mlp(0, 2, M.xavier, bias=False)), M.classification(0))
+    )
     assert [(x["name"], x["weight_layer"]) for x in layers] == [("tanh", "layers/0/W")]
 
 
@@ -257,7 +276,8 @@ def test_a_clamp_at_zero_inside_an_installed_library_is_not_a_relu(tmp_path: Any
     (folder / "normlib.py").write_text(
         "import jax.numpy as jnp\n\n"
         "def variance(x):\n"
-        "    return jnp.maximum(jnp.mean(x * x, -1, keepdims=True), 0.0)\n")
+        "    return jnp.maximum(jnp.mean(x * x, -1, keepdims=True), 0.0)\n"
+    )
     spec = importlib.util.spec_from_file_location("normlib", folder / "normlib.py")
     assert spec is not None and spec.loader is not None
     normlib = importlib.util.module_from_spec(spec)
@@ -280,8 +300,9 @@ def test_dead_fraction_per_layer_matches_a_direct_count() -> None:
     a, b = params["layers"][:2]
     hidden = jax.nn.relu(jax.nn.relu(X @ a["W"] + a["b"]) @ b["W"] + b["b"])
     expected = int((np.asarray(hidden) <= 0).all(0).sum())
-    result = _check(nndiag.Subject((M.mlp(jax.nn.relu), params), M.classification(0)),
-                    "dead_neurons")
+    result = _check(
+        nndiag.Subject((M.mlp(jax.nn.relu), params), M.classification(0)), "dead_neurons"
+    )
     rows = {r["name"]: r for r in result.evidence["layers"]}
     assert rows["relu#2"]["dead"] == expected >= 30
     assert result.status == ("fail" if expected / 50 >= 0.7 else "warn")
@@ -289,17 +310,20 @@ def test_dead_fraction_per_layer_matches_a_direct_count() -> None:
 
 def test_no_activation_function_skips() -> None:
     params = {"W": jnp.zeros((M.IN, M.CLASSES))}
-    report = nndiag.diagnose(nndiag.Subject((lambda p, x: x @ p["W"], params),
-                                            M.classification(0)),
-                             ["activation_stats", "dead_neurons"])
+    report = nndiag.diagnose(
+        nndiag.Subject((lambda p, x: x @ p["W"], params), M.classification(0)),
+        ["activation_stats", "dead_neurons"],
+    )
     assert report["activation_stats"].status == "skip"
     assert report["dead_neurons"].status == "skip"
 
 
 # -- isolation ---------------------------------------------------------------------------
 def _state(params: Any) -> list[tuple[str, Any, np.ndarray, int]]:
-    return [(jax.tree_util.keystr(path), leaf.dtype, np.array(leaf), id(leaf))
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return [
+        (jax.tree_util.keystr(path), leaf.dtype, np.array(leaf), id(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
 
 
 def test_diagnosis_leaves_params_x64_holder_and_rngs_untouched() -> None:
@@ -330,7 +354,7 @@ def test_reading_an_iterable_of_batches_leaves_the_global_rng_alone() -> None:
     def shuffled() -> Any:
         order = np.random.permutation(64)
         for i in range(0, 64, 16):
-            yield X[order[i:i + 16]], y[order[i:i + 16]]
+            yield X[order[i : i + 16]], y[order[i : i + 16]]
 
     state = np.random.get_state()[1].copy()
     subject = nndiag.Subject((M.mlp(jax.nn.relu), M.init_mlp(0, 3, M.he)), shuffled())
@@ -367,37 +391,82 @@ CASES: list[tuple[str, Callable[[], Any], str, str]] = [
     ("empty iterable", lambda: nndiag.Subject(_model(), []), "data", "no batch"),
     ("empty batch", lambda: nndiag.Subject(_model(), (X[:0], Y[:0])), "data", "empty"),
     ("not a pair", lambda: nndiag.Subject(_model(), [X]), "data", "pair (X, y)"),
-    ("length mismatch", lambda: nndiag.Subject(_model(), (X, Y[:10])), "data",
-     "16 samples but y has 10"),
+    (
+        "length mismatch",
+        lambda: nndiag.Subject(_model(), (X, Y[:10])),
+        "data",
+        "16 samples but y has 10",
+    ),
     ("NaN in the data", lambda: nndiag.Subject(_model(), _nan_data()), "data", "NaN"),
-    ("lists, not arrays", lambda: nndiag.Subject(_model(), [(X.tolist(), Y.tolist())]),
-     "data", "not an array"),
-    ("params not arrays", lambda: nndiag.Subject((_model()[0], {"W": [[1.0]]}), (X, Y)),
-     "model", "no nndiag backend"),
-    ("no float params", lambda: nndiag.Subject((_model()[0], {"W": jnp.zeros(3, int)}),
-                                               (X, Y)), "model", "no floating-point"),
-    ("knob is a name", lambda: nndiag.Subject(_model(), (X, Y), regularization="l2"),
-     "regularization", "no attribute 'l2'"),
-    ("bad optimizer", lambda: nndiag.Subject(_model(), (X, Y), optimizer=0.1), "optimizer",
-     "optax GradientTransformation"),
+    (
+        "lists, not arrays",
+        lambda: nndiag.Subject(_model(), [(X.tolist(), Y.tolist())]),
+        "data",
+        "not an array",
+    ),
+    (
+        "params not arrays",
+        lambda: nndiag.Subject((_model()[0], {"W": [[1.0]]}), (X, Y)),
+        "model",
+        "no nndiag backend",
+    ),
+    (
+        "no float params",
+        lambda: nndiag.Subject((_model()[0], {"W": jnp.zeros(3, int)}), (X, Y)),
+        "model",
+        "no floating-point",
+    ),
+    (
+        "knob is a name",
+        lambda: nndiag.Subject(_model(), (X, Y), regularization="l2"),
+        "regularization",
+        "no attribute 'l2'",
+    ),
+    (
+        "bad optimizer",
+        lambda: nndiag.Subject(_model(), (X, Y), optimizer=0.1),
+        "optimizer",
+        "optax GradientTransformation",
+    ),
     ("labels out of range", _labels(5), "data", "labels span 5..7 but the model outputs 3"),
     ("negative labels", _labels(-1), "data", "labels span -1..1"),
-    ("apply raises", lambda: nndiag.diagnose(nndiag.Subject((_raises, _model()[1]), (X, Y))),
-     "model", "apply_fn(params, X) raised RuntimeError: shapes do not match"),
-    ("apply returns a tuple", lambda: nndiag.diagnose(nndiag.Subject(
-        (lambda p, x: (x, x), _model()[1]), (X, Y))), "model", "not an array"),
-    ("scores of the wrong shape", lambda: nndiag.diagnose(nndiag.Subject(
-        (lambda p, x: x.sum(1), _model()[1]), (X, Y))), "data", "class scores of shape"),
-    ("non-scalar loss", lambda: nndiag.diagnose(nndiag.Subject(
-        _model(), (X, Y), loss=lambda out, y: out)), "loss", "not a scalar"),
-    ("loss raises", lambda: nndiag.diagnose(nndiag.Subject(
-        _model(), (X, Y), loss=lambda out, y: out @ y)), "loss", "loss(outputs, y) raised"),
+    (
+        "apply raises",
+        lambda: nndiag.diagnose(nndiag.Subject((_raises, _model()[1]), (X, Y))),
+        "model",
+        "apply_fn(params, X) raised RuntimeError: shapes do not match",
+    ),
+    (
+        "apply returns a tuple",
+        lambda: nndiag.diagnose(nndiag.Subject((lambda p, x: (x, x), _model()[1]), (X, Y))),
+        "model",
+        "not an array",
+    ),
+    (
+        "scores of the wrong shape",
+        lambda: nndiag.diagnose(nndiag.Subject((lambda p, x: x.sum(1), _model()[1]), (X, Y))),
+        "data",
+        "class scores of shape",
+    ),
+    (
+        "non-scalar loss",
+        lambda: nndiag.diagnose(nndiag.Subject(_model(), (X, Y), loss=lambda out, y: out)),
+        "loss",
+        "not a scalar",
+    ),
+    (
+        "loss raises",
+        lambda: nndiag.diagnose(nndiag.Subject(_model(), (X, Y), loss=lambda out, y: out @ y)),
+        "loss",
+        "loss(outputs, y) raised",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, run, argument, words", CASES, ids=[c[0] for c in CASES])
-def test_misuse_names_argument_and_fix(case: str, run: Callable[[], Any], argument: str,
-                                       words: str) -> None:
+def test_misuse_names_argument_and_fix(
+    case: str, run: Callable[[], Any], argument: str, words: str
+) -> None:
     with pytest.raises(InvalidSubject) as info:
         run()
     error = info.value
@@ -417,8 +486,14 @@ def test_only_apply_params_pairs_are_taken() -> None:
     apply, params = _model()
     assert backend_for((apply, params)).name == "jax"
     assert backend_for((apply, {"W": np.zeros((2, 2))})).name == "jax"  # numpy leaves
-    for model in [(params, apply), (apply,), (apply, params, 1), [apply, params],
-                  (apply, {}), (apply, {"W": 1.0})]:
+    for model in [
+        (params, apply),
+        (apply,),
+        (apply, params, 1),
+        [apply, params],
+        (apply, {}),
+        (apply, {"W": 1.0}),
+    ]:
         with pytest.raises(InvalidSubject):
             backend_for(model)
 
@@ -464,10 +539,10 @@ def _compare_with_torch(torch: Any) -> None:
         layers += [linear] if i == len(params["layers"]) - 1 else [linear, torch.nn.ReLU()]
     torch_report = nndiag.diagnose(nndiag.Subject(torch.nn.Sequential(*layers), (X, y)))
     jax_report = nndiag.diagnose(nndiag.Subject((M.mlp(jax.nn.relu), params), (X, y)))
-    assert ([(r.check, r.status) for r in jax_report]
-            == [(r.check, r.status) for r in torch_report])
+    assert [(r.check, r.status) for r in jax_report] == [(r.check, r.status) for r in torch_report]
     assert jax_report["initial_loss"].metrics["measured"] == pytest.approx(
-        torch_report["initial_loss"].metrics["measured"], abs=1e-5)
+        torch_report["initial_loss"].metrics["measured"], abs=1e-5
+    )
     ours = jax_report["activation_stats"].evidence["layers"]
     theirs = torch_report["activation_stats"].evidence["layers"]
     assert len(ours) == len(theirs) == 3

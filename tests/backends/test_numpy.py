@@ -29,11 +29,14 @@ def test_broken_numpy_models_fail_their_check(name: str, seed: int) -> None:
 
 
 def _snapshot(model: M.FullyConnectedNet) -> dict[str, Any]:
-    return {"ids": {k: id(v) for k, v in model.params.items()},
-            "values": {k: v.copy() for k, v in model.params.items()},
-            "dtypes": {k: v.dtype for k, v in model.params.items()},
-            "reg": model.reg, "dropout": dict(model.dropout_param or {}),
-            "rng": np.random.get_state()[1].copy()}
+    return {
+        "ids": {k: id(v) for k, v in model.params.items()},
+        "values": {k: v.copy() for k, v in model.params.items()},
+        "dtypes": {k: v.dtype for k, v in model.params.items()},
+        "reg": model.reg,
+        "dropout": dict(model.dropout_param or {}),
+        "rng": np.random.get_state()[1].copy(),
+    }
 
 
 def test_model_params_state_and_rng_are_untouched() -> None:
@@ -58,8 +61,7 @@ def test_float32_params_are_checked_on_a_float64_copy_and_said_so() -> None:
 
 def test_missing_gradient_is_named_not_crashed() -> None:
     model = M.net(0, bugs=frozenset({"missing_grad"}))
-    report = nndiag.diagnose(nndiag.Subject(model, M.data(0)),
-                             ["gradient_check", "overfit_small"])
+    report = nndiag.diagnose(nndiag.Subject(model, M.data(0)), ["gradient_check", "overfit_small"])
     assert report["gradient_check"].metrics["worst_tensor"] == "b1"
     assert "b1" in report["gradient_check"].hint
     assert "b1" in report["overfit_small"].message
@@ -79,8 +81,7 @@ def test_loss_returning_none_is_an_error_result() -> None:
         def loss(self, X: np.ndarray, y: np.ndarray | None = None) -> Any:
             return super().loss(X) if y is None else None
 
-    report = nndiag.diagnose(nndiag.Subject(NoneLoss([32, 16, 10]), M.data(0)),
-                             ["initial_loss"])
+    report = nndiag.diagnose(nndiag.Subject(NoneLoss([32, 16, 10]), M.data(0)), ["initial_loss"])
     assert report["initial_loss"].status == "error"
     assert "not (loss, grads)" in report["initial_loss"].message
 
@@ -89,8 +90,9 @@ def test_without_activations_method_the_activation_checks_skip() -> None:
     class Plain(M.FullyConnectedNet):
         activations = None  # type: ignore[assignment]
 
-    report = nndiag.diagnose(nndiag.Subject(Plain([32, 16, 10]), M.data(0)),
-                             ["activation_stats", "dead_neurons"])
+    report = nndiag.diagnose(
+        nndiag.Subject(Plain([32, 16, 10]), M.data(0)), ["activation_stats", "dead_neurons"]
+    )
     assert {r.status for r in report} == {"skip"}
 
 
@@ -117,19 +119,24 @@ def test_parity_with_torch_on_the_same_weights() -> None:
     twin = torch.nn.Sequential(*layers[:-1])
     checks = ["initial_loss", "gradient_check", "activation_stats", "dead_neurons"]
     ours = nndiag.diagnose(nndiag.Subject(model, (X, y)), checks)
-    theirs = nndiag.diagnose(nndiag.Subject(twin, (torch.from_numpy(X), torch.from_numpy(y))),
-                             checks)
+    theirs = nndiag.diagnose(
+        nndiag.Subject(twin, (torch.from_numpy(X), torch.from_numpy(y))), checks
+    )
     assert [r.status for r in ours] == [r.status for r in theirs]
     assert ours["initial_loss"].metrics["measured"] == pytest.approx(
-        theirs["initial_loss"].metrics["measured"], abs=1e-9)
+        theirs["initial_loss"].metrics["measured"], abs=1e-9
+    )
     assert ours["initial_loss"].metrics["expected"] == pytest.approx(
-        theirs["initial_loss"].metrics["expected"], abs=1e-9)
-    for a, b in zip(ours["activation_stats"].evidence["layers"],
-                    theirs["activation_stats"].evidence["layers"]):
+        theirs["initial_loss"].metrics["expected"], abs=1e-9
+    )
+    for a, b in zip(
+        ours["activation_stats"].evidence["layers"], theirs["activation_stats"].evidence["layers"]
+    ):
         assert a["std"] == pytest.approx(b["std"], rel=1e-5)
         assert a["weight_std"] == pytest.approx(b["weight_std"], rel=1e-5)
     assert [r["dead"] for r in ours["dead_neurons"].evidence["layers"]] == [
-        r["dead"] for r in theirs["dead_neurons"].evidence["layers"]]
+        r["dead"] for r in theirs["dead_neurons"].evidence["layers"]
+    ]
 
 
 def test_batchnorm_state_on_the_model_is_restored_in_place() -> None:
@@ -163,8 +170,7 @@ def test_a_callable_knob_on_a_numpy_model_is_undone() -> None:
         m.lam = strength
         m.reg = strength
 
-    nndiag.diagnose(nndiag.Subject(model, M.data(0), regularization=knob),
-                    ["regularization_loss"])
+    nndiag.diagnose(nndiag.Subject(model, M.data(0), regularization=knob), ["regularization_loss"])
     assert (model.lam, model.reg) == (0.5, 1e-3)
 
 

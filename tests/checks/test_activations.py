@@ -77,8 +77,9 @@ def test_relu_nets_get_he_advice() -> None:
 
 def test_dead_fraction_per_layer_matches_a_direct_count() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(IN, 50), nn.ReLU(), nn.Linear(50, 50), nn.ReLU(),
-                          nn.Linear(50, 10))
+    model = nn.Sequential(
+        nn.Linear(IN, 50), nn.ReLU(), nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 10)
+    )
     with torch.no_grad():
         model[2].bias[:30] = -50.0  # 30 of 50 units can never fire
     X, _ = _classification(0)
@@ -115,8 +116,9 @@ def test_no_activation_function_skips() -> None:
 
 def test_a_layer_with_constant_output_fails() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(IN, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                          nn.Linear(32, 10))
+    model = nn.Sequential(
+        nn.Linear(IN, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
     with torch.no_grad():
         model[0].bias.fill_(-100.0)  # the first ReLU layer never fires: std 0 from there on
     result = _diagnose(model, "activation_stats")["activation_stats"]
@@ -134,8 +136,9 @@ def test_relu6_layers_count_as_relu_units() -> None:
 
 def test_the_message_names_the_layer_over_the_failing_limit() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(IN, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(),
-                          nn.Linear(20, 10))
+    model = nn.Sequential(
+        nn.Linear(IN, 20), nn.ReLU(), nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 10)
+    )
     with torch.no_grad():
         model[0].bias[:11] = -100.0  # 55%: over the warn limit only
         model[2].bias[:16] = -100.0  # 80%: over the fail limit

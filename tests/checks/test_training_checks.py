@@ -130,8 +130,9 @@ def test_regularization_through_a_setter_function() -> None:
         model.l2 = strength
 
     batch = subject.batches[0]
-    subject = nndiag.Subject(subject.model, (batch.X, batch.y), loss=subject.loss,
-                             regularization=knob)
+    subject = nndiag.Subject(
+        subject.model, (batch.X, batch.y), loss=subject.loss, regularization=knob
+    )
     result = nndiag.diagnose(subject, ["regularization_loss"])["regularization_loss"]
     assert result.status == "pass"
     assert calls == [0.0, 1e-3, 1.0, 1e3]

@@ -59,7 +59,7 @@ def plain():
     return nndiag.Subject(mlp(1), data())
 '''
 
-CONFTEST = '''
+CONFTEST = """
 import os
 
 import nndiag
@@ -120,9 +120,9 @@ def mixer():
 def broken_factory():
     log("factory:broken_factory")
     raise RuntimeError("weights file not found")
-'''
+"""
 
-PYPROJECT = '''
+PYPROJECT = """
 [tool.nndiag]
 subjects = ["subjects:plain"]
 overfit-lr = 0.01
@@ -133,12 +133,12 @@ checks = ["initial_loss", "gradient_check", "finite_outputs"]
 
 [tool.nndiag.overrides.huge_init]
 xfail = ["initial_loss"]
-'''
+"""
 
-TEST_FILE = '''
+TEST_FILE = """
 def test_ordinary():
     assert True
-'''
+"""
 
 
 class Project:
@@ -157,14 +157,15 @@ class Project:
         return json.loads((self.path / directory / "nndiag.json").read_text())
 
     def statuses(self, directory: str = "reports") -> dict[tuple[str, str], str]:
-        return {(r["subject"], r["check"]): r["status"]
-                for r in self.report(directory)["results"]}
+        return {(r["subject"], r["check"]): r["status"] for r in self.report(directory)["results"]}
 
     def events(self) -> list[tuple[str, int]]:
         if not self.log.exists():
             return []
-        return [(event, int(pid)) for event, pid in
-                (line.split() for line in self.log.read_text().splitlines())]
+        return [
+            (event, int(pid))
+            for event, pid in (line.split() for line in self.log.read_text().splitlines())
+        ]
 
     def write(self, name: str, text: str) -> Path:
         path = self.path / name
@@ -174,8 +175,9 @@ class Project:
 
 @pytest.fixture
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Project:
-    pytester.makepyfile(models=MODELS, subjects=SUBJECTS, conftest=CONFTEST,
-                        test_ordinary=TEST_FILE)
+    pytester.makepyfile(
+        models=MODELS, subjects=SUBJECTS, conftest=CONFTEST, test_ordinary=TEST_FILE
+    )
     (pytester.path / "pyproject.toml").write_text(PYPROJECT)
     # One torch thread per process: xdist's workers would otherwise oversubscribe the cores,
     # and serial and parallel runs must do the same arithmetic to compare equal.

@@ -14,8 +14,16 @@ from nndiag.plugin import SESSION_KEY
 
 from .conftest import Project
 
-ALL = ["initial_loss", "regularization_loss", "overfit_small", "gradient_check",
-       "activation_stats", "dead_neurons", "batch_independence", "finite_outputs"]
+ALL = [
+    "initial_loss",
+    "regularization_loss",
+    "overfit_small",
+    "gradient_check",
+    "activation_stats",
+    "dead_neurons",
+    "batch_independence",
+    "finite_outputs",
+]
 
 
 def _collected(result: pytest.RunResult) -> list[str]:
@@ -40,33 +48,55 @@ def test_one_item_per_subject_and_check_selectable_with_k_and_m(project: Project
 
 
 def test_checks_option_picks_among_each_subjects_checks(project: Project) -> None:
-    result = project.run("--nndiag", "--collect-only", "-q",
-                         "--nndiag-checks", "finite_outputs, initial_loss")
+    result = project.run(
+        "--nndiag", "--collect-only", "-q", "--nndiag-checks", "finite_outputs, initial_loss"
+    )
     assert _collected(result)[1:] == [
-        "nndiag::mlp::finite_outputs", "nndiag::mlp::initial_loss",
+        "nndiag::mlp::finite_outputs",
+        "nndiag::mlp::initial_loss",
         "nndiag::huge_init::initial_loss",
         "nndiag::mixer::finite_outputs",
         "nndiag::broken_factory::initial_loss",
-        "nndiag::plain::finite_outputs", "nndiag::plain::initial_loss",
+        "nndiag::plain::finite_outputs",
+        "nndiag::plain::initial_loss",
     ]
 
 
-@pytest.mark.parametrize(("args", "toml", "message"), [
-    (["--nndiag-checks", "initial_loss,bogus"], "",
-     "--nndiag-checks names unknown check(s) 'bogus'; known checks: initial_loss, "),
-    (["--nndiag-seed", "abc"], "", "--nndiag-seed expects an int >= 0 or 'random', got 'abc'"),
-    (["--nndiag-examples", "0"], "", "--nndiag-examples expects an int >= 1, got 0"),
-    ([], "[tool.nndiag]\ndead_warm = 0.2\n",
-     "pyproject.toml: unknown key(s) 'dead_warm'; known keys: checks, collapse_fail,"),
-    ([], "[tool.nndiag]\ndead-warn = 'high'\n",
-     "nndiag option 'dead_warn' expects float, got 'high' (type=str)"),
-    ([], "[tool.nndiag.overrides.mlp]\nxfail = ['initial-loss']\n",
-     "[tool.nndiag.overrides.mlp] xfail names unknown check(s) 'initial-loss'"),
-    ([], "[tool.nndiag]\nsubjects = ['no_colon']\n",
-     "subjects expects a list of 'module:function' strings"),
-])
-def test_misuse_is_a_usage_error(project: Project, args: list[str], toml: str,
-                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "toml", "message"),
+    [
+        (
+            ["--nndiag-checks", "initial_loss,bogus"],
+            "",
+            "--nndiag-checks names unknown check(s) 'bogus'; known checks: initial_loss, ",
+        ),
+        (["--nndiag-seed", "abc"], "", "--nndiag-seed expects an int >= 0 or 'random', got 'abc'"),
+        (["--nndiag-examples", "0"], "", "--nndiag-examples expects an int >= 1, got 0"),
+        (
+            [],
+            "[tool.nndiag]\ndead_warm = 0.2\n",
+            "pyproject.toml: unknown key(s) 'dead_warm'; known keys: checks, collapse_fail,",
+        ),
+        (
+            [],
+            "[tool.nndiag]\ndead-warn = 'high'\n",
+            "nndiag option 'dead_warn' expects float, got 'high' (type=str)",
+        ),
+        (
+            [],
+            "[tool.nndiag.overrides.mlp]\nxfail = ['initial-loss']\n",
+            "[tool.nndiag.overrides.mlp] xfail names unknown check(s) 'initial-loss'",
+        ),
+        (
+            [],
+            "[tool.nndiag]\nsubjects = ['no_colon']\n",
+            "subjects expects a list of 'module:function' strings",
+        ),
+    ],
+)
+def test_misuse_is_a_usage_error(
+    project: Project, args: list[str], toml: str, message: str
+) -> None:
     (project.path / "pyproject.toml").write_text(toml)
     result = project.run("--nndiag", "--collect-only", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -76,7 +106,9 @@ def test_misuse_is_a_usage_error(project: Project, args: list[str], toml: str,
 
 
 def test_subject_mistakes_are_collection_errors(project: Project) -> None:
-    project.write("conftest.py", """
+    project.write(
+        "conftest.py",
+        """
         import nndiag
 
         @nndiag.subject(name="twin")
@@ -86,13 +118,20 @@ def test_subject_mistakes_are_collection_errors(project: Project) -> None:
         @nndiag.subject(name="twin")
         def second():
             pass
-    """)
+    """,
+    )
     twins = project.run("--nndiag", "--collect-only")
     assert twins.ret == pytest.ExitCode.INTERRUPTED
-    twins.stdout.fnmatch_lines(["*nndiag: two subjects are named 'twin' (conftest.py:* and "
-                                "conftest.py:*); rename one with @nndiag.subject(name=...)*"])
+    twins.stdout.fnmatch_lines(
+        [
+            "*nndiag: two subjects are named 'twin' (conftest.py:* and "
+            "conftest.py:*); rename one with @nndiag.subject(name=...)*"
+        ]
+    )
 
-    project.write("conftest.py", """
+    project.write(
+        "conftest.py",
+        """
         import nndiag
 
         @nndiag.subject(checks=["initial_loss", "dead_neurones"])
@@ -106,19 +145,28 @@ def test_subject_mistakes_are_collection_errors(project: Project) -> None:
         @nndiag.subject
         def fine():
             pass
-    """)
-    (project.path / "pyproject.toml").write_text(
-        "[tool.nndiag.overrides.fien]\ndead-warn = 0.4\n")
+    """,
+    )
+    (project.path / "pyproject.toml").write_text("[tool.nndiag.overrides.fien]\ndead-warn = 0.4\n")
     result = project.run("--nndiag", "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.INTERRUPTED
     text = result.stdout.str()
-    assert re.search(r"nndiag: subject 'typo' \(conftest\.py:\d+\): @nndiag\.subject\(checks="
-                     r"\.\.\.\) names unknown check\(s\) 'dead_neurones'; known checks: ", text)
-    assert re.search(r"nndiag: subject name 'has space' \(conftest\.py:\d+\) cannot be part "
-                     r"of a test id", text)
-    assert re.search(r"pyproject\.toml:1: PytestConfigWarning: nndiag: \[tool\.nndiag\.overrides"
-                     r"\.fien\] match\(es\) no subject collected in this run \(subjects: typo, "
-                     r"has space, fine\)", text)
+    assert re.search(
+        r"nndiag: subject 'typo' \(conftest\.py:\d+\): @nndiag\.subject\(checks="
+        r"\.\.\.\) names unknown check\(s\) 'dead_neurones'; known checks: ",
+        text,
+    )
+    assert re.search(
+        r"nndiag: subject name 'has space' \(conftest\.py:\d+\) cannot be part "
+        r"of a test id",
+        text,
+    )
+    assert re.search(
+        r"pyproject\.toml:1: PytestConfigWarning: nndiag: \[tool\.nndiag\.overrides"
+        r"\.fien\] match\(es\) no subject collected in this run \(subjects: typo, "
+        r"has space, fine\)",
+        text,
+    )
     assert "nndiag::fine::initial_loss" in text  # the other subjects are still collected
 
 
@@ -128,7 +176,8 @@ def test_settings_precedence(pytester: pytest.Pytester) -> None:
         "[tool.nndiag]\ndead-warn = 0.2\ndead-fail = 0.9\nseed = 3\nproperty-examples = 5\n"
         "checks = ['initial_loss', 'dead_neurons', 'finite_outputs']\n"
         "[tool.nndiag.overrides.b]\ndead_fail = 0.8\nchecks = ['dead_neurons']\n"
-        "property-examples = 9\n")
+        "property-examples = 9\n"
+    )
     import nndiag
     from nndiag._pytest_items import SubjectSpec
 
@@ -149,24 +198,40 @@ def test_settings_precedence(pytester: pytest.Pytester) -> None:
     assert c.checks == ("gradient_check", "dead_neurons")
     assert Config().dead_warn != 0.2  # the file, not a default, set it
 
-    config = pytester.parseconfigure("--nndiag", "--nndiag-seed", "11", "--nndiag-checks",
-                                     "dead_neurons,initial_loss", "--nndiag-examples", "4")
+    config = pytester.parseconfigure(
+        "--nndiag",
+        "--nndiag-seed",
+        "11",
+        "--nndiag-checks",
+        "dead_neurons,initial_loss",
+        "--nndiag-examples",
+        "4",
+    )
     session = config.stash[SESSION_KEY]
     a = session.plan(spec("a", seed=5))
     assert (a.config.seed, a.checks, a.property_examples) == (
-        11, ("dead_neurons", "initial_loss"), 4)
+        11,
+        ("dead_neurons", "initial_loss"),
+        4,
+    )
     b = session.plan(spec("b"))
     assert (b.checks, b.property_examples, b.config.seed) == (("dead_neurons",), 4, 11)
 
 
 def test_every_option_states_its_default() -> None:
-    help_text = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True,
-                               text=True, check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     section = help_text.split("nndiag: neural-network sanity checks as tests:")[1]
     section = section.split("\n\n")[0]
     options = [o for o in section.split("\n  --") if o.strip()]
     assert {o.split()[0].split("=")[0].lstrip("-") for o in options} == {
-        "nndiag", "nndiag-checks", "nndiag-seed", "nndiag-report", "nndiag-strict",
-        "nndiag-examples"}
+        "nndiag",
+        "nndiag-checks",
+        "nndiag-seed",
+        "nndiag-report",
+        "nndiag-strict",
+        "nndiag-examples",
+    }
     for option in options:
         assert "(default:" in " ".join(option.split()), option

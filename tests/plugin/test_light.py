@@ -6,8 +6,17 @@ import re
 import subprocess
 import sys
 
-HEAVY = ("torch", "numpy", "matplotlib", "jax", "hypothesis", "jinja2", "nndiag._pytest_items",
-         "nndiag.properties", "nndiag.strategies")
+HEAVY = (
+    "torch",
+    "numpy",
+    "matplotlib",
+    "jax",
+    "hypothesis",
+    "jinja2",
+    "nndiag._pytest_items",
+    "nndiag.properties",
+    "nndiag.strategies",
+)
 
 
 def test_importing_the_plugin_imports_no_heavy_module() -> None:
@@ -17,8 +26,9 @@ def test_importing_the_plugin_imports_no_heavy_module() -> None:
         f"heavy = [m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in {HEAVY!r}]\n"
         "print(sorted(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -27,11 +37,27 @@ def test_a_run_without_nndiag_loads_nothing_heavy(tmp_path) -> None:
         "import sys\n"
         "def test_nothing_heavy():\n"
         f"    heavy = {HEAVY!r}\n"
-        "    assert [m for m in sys.modules if m.split('.')[0] in heavy or m in heavy] == []\n")
+        "    assert [m for m in sys.modules if m.split('.')[0] in heavy or m in heavy] == []\n"
+    )
     # Other plugins off: what is measured is nndiag's own footprint.
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesis",
-         "-p", "no:benchmark", "-p", "no:xdist", str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:hypothesis",
+            "-p",
+            "no:benchmark",
+            "-p",
+            "no:xdist",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout
     assert re.search(r"^plugins: .*nndiag-", result.stdout, re.M)  # loaded, and idle

@@ -22,15 +22,30 @@ def _plain(value: Any) -> bool:
 
 
 def test_junit_properties_of_numpy_metrics_are_plain_values() -> None:
-    result = CheckResult("gradient_check", "pass", "ok",
-                         metrics={"max_rel_error": np.float64(1e-9), "tensors": np.int64(4),
-                                  "worst": "fc.weight", "nan": float("nan"),
-                                  "table": [1.0, 2.0]},
-                         evidence={"curve": np.arange(3.0)}, cost=Cost(1, 1, 0.5), subject="m")
+    result = CheckResult(
+        "gradient_check",
+        "pass",
+        "ok",
+        metrics={
+            "max_rel_error": np.float64(1e-9),
+            "tensors": np.int64(4),
+            "worst": "fc.weight",
+            "nan": float("nan"),
+            "table": [1.0, 2.0],
+        },
+        evidence={"curve": np.arange(3.0)},
+        cost=Cost(1, 1, 0.5),
+        subject="m",
+    )
     data = result.to_dict()
     properties = _properties(data)
     assert _plain(properties)
-    assert dict(properties) == {"nndiag.status": "pass", "nndiag.seconds": 0.5,
-                                "nndiag.max_rel_error": 1e-9, "nndiag.tensors": 4,
-                                "nndiag.worst": "fc.weight", "nndiag.nan": "NaN"}
+    assert dict(properties) == {
+        "nndiag.status": "pass",
+        "nndiag.seconds": 0.5,
+        "nndiag.max_rel_error": 1e-9,
+        "nndiag.tensors": 4,
+        "nndiag.worst": "fc.weight",
+        "nndiag.nan": "NaN",
+    }
     assert _plain(data) and json.loads(json.dumps(data)) == data

@@ -76,13 +76,14 @@ def test_each_status_becomes_its_pytest_outcome(project: Project) -> None:
 
     # skip: the check's reason, located at the factory.
     assert re.search(r"^SKIPPED \[1\] conftest\.py:\d+: No regularization knob", text, re.M)
-    assert "XFAIL nndiag::huge_init::initial_loss - [tool.nndiag.overrides.huge_init] xfail " \
-           "lists initial_loss" in text
+    assert (
+        "XFAIL nndiag::huge_init::initial_loss - [tool.nndiag.overrides.huge_init] xfail "
+        "lists initial_loss" in text
+    )
 
     # The table and the reports.
     summary = _section(text, r"nndiag: 6 subject\(s\), seed 7")
-    assert re.search(r"^check +mlp +huge_init +warns +mixer +broken_factory +plain$", summary,
-                     re.M)
+    assert re.search(r"^check +mlp +huge_init +warns +mixer +broken_factory +plain$", summary, re.M)
     assert re.search(r"^initial_loss +pass +xfail +- +- +ERROR +pass$", summary, re.M)
     assert re.search(r"^dead_neurons +pass +- +WARN +- +- +-$", summary, re.M)
     assert "18 results: 12 pass, 1 warn, 2 fail, 1 skip, 2 error" in summary
@@ -98,27 +99,37 @@ def test_each_status_becomes_its_pytest_outcome(project: Project) -> None:
     assert mixer["metrics"]["seed"] == 7
 
     # --junitxml: each check's key metrics as properties, errors and failures as such.
-    cases = {(c.get("classname"), c.get("name")): c
-             for c in ET.parse(project.path / "junit.xml").getroot().iter("testcase")}
-    props = {p.get("name"): p.get("value")
-             for p in cases["nndiag.mlp", "initial_loss"].iter("property")}
+    cases = {
+        (c.get("classname"), c.get("name")): c
+        for c in ET.parse(project.path / "junit.xml").getroot().iter("testcase")
+    }
+    props = {
+        p.get("name"): p.get("value") for p in cases["nndiag.mlp", "initial_loss"].iter("property")
+    }
     assert props["nndiag.status"] == "pass"
     assert float(props["nndiag.measured"]) == pytest.approx(
-        report["results"][0]["metrics"]["measured"])
+        report["results"][0]["metrics"]["measured"]
+    )
     assert cases["nndiag.mixer", "batch_independence"].find("failure") is not None
     assert cases["nndiag.broken_factory", "initial_loss"].find("error") is not None
-    leak = {p.get("name"): p.get("value")
-            for p in cases["nndiag.mixer", "batch_independence"].iter("property")}
+    leak = {
+        p.get("name"): p.get("value")
+        for p in cases["nndiag.mixer", "batch_independence"].iter("property")
+    }
     assert leak["nndiag.status"] == "fail" and float(leak["nndiag.leak"]) > 0
 
 
 def test_xdist_gives_the_serial_results_and_writes_once(project: Project) -> None:
     # A random seed, chosen by the controller and handed to both workers ...
-    parallel = project.run("--nndiag", "-n", "2", "--nndiag-seed", "random",
-                           "--nndiag-report", "parallel")
+    parallel = project.run(
+        "--nndiag", "-n", "2", "--nndiag-seed", "random", "--nndiag-report", "parallel"
+    )
     parallel_events = project.events()
-    match = re.search(r"nndiag: seed (\d+) \(--nndiag-seed random; rerun with --nndiag-seed "
-                      r"(\d+)\)", parallel.stdout.str())
+    match = re.search(
+        r"nndiag: seed (\d+) \(--nndiag-seed random; rerun with --nndiag-seed "
+        r"(\d+)\)",
+        parallel.stdout.str(),
+    )
     assert match and match.group(1) == match.group(2)
     seed = match.group(1)
     # ... reproduces the same results in a serial run given that seed.
@@ -131,14 +142,19 @@ def test_xdist_gives_the_serial_results_and_writes_once(project: Project) -> Non
     assert serial.parseoutcomes() == parallel.parseoutcomes()
 
     def comparable(directory: str) -> list[dict]:
-        return [{k: v for k, v in r.items() if k != "cost"}
-                for r in project.report(directory)["results"]]
+        return [
+            {k: v for k, v in r.items() if k != "cost"}
+            for r in project.report(directory)["results"]
+        ]
 
     assert comparable("parallel") == comparable("serial")
     assert len(comparable("serial")) == len(EXPECTED)
     assert project.report("parallel")["meta"]["seed"] == int(seed)
-    assert {r["metrics"]["seed"] for r in project.report("parallel")["results"]
-            if r["check"] in ("batch_independence", "finite_outputs")} == {int(seed)}
+    assert {
+        r["metrics"]["seed"]
+        for r in project.report("parallel")["results"]
+        if r["check"] in ("batch_independence", "finite_outputs")
+    } == {int(seed)}
 
     # The report is written once per run, by the controller; each process calls a
     # subject's factory at most once.
@@ -151,7 +167,8 @@ def test_xdist_gives_the_serial_results_and_writes_once(project: Project) -> Non
     assert len(workers) == 2
     assert [pid for event, pid in parallel_events if event == "to_json"][0] not in workers
     assert {e for e, _ in serial_events if e.startswith("factory:")} == {
-        f"factory:{s}" for s in ("mlp", "huge_init", "warns", "mixer", "broken_factory")}
+        f"factory:{s}" for s in ("mlp", "huge_init", "warns", "mixer", "broken_factory")
+    }
 
 
 def test_without_nndiag_the_plugin_does_nothing(project: Project) -> None:
@@ -164,7 +181,9 @@ def test_without_nndiag_the_plugin_does_nothing(project: Project) -> None:
 
 
 def test_strict_fails_warnings_and_unusable_subjects_error(project: Project) -> None:
-    project.write("conftest.py", """
+    project.write(
+        "conftest.py",
+        """
         import nndiag
 
         @nndiag.subject(checks="dead_neurons", dead_warn=0.0, dead_fail=1.0)
@@ -181,44 +200,58 @@ def test_strict_fails_warnings_and_unusable_subjects_error(project: Project) -> 
         @nndiag.subject(checks=["initial_loss"])
         def not_a_subject():
             return 42
-    """)
+    """,
+    )
     (project.path / "pyproject.toml").write_text("")
     result = project.run("--nndiag", "--nndiag-strict", "--nndiag-report", "out")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=1, failed=1, errors=3)
 
     # --nndiag-strict: the warning fails its test.
-    result.stdout.fnmatch_lines(["*warns::dead_neurons warn:*",
-                                 "*(--nndiag-strict: a warning fails the test)*"])
+    result.stdout.fnmatch_lines(
+        ["*warns::dead_neurons warn:*", "*(--nndiag-strict: a warning fails the test)*"]
+    )
     # An unusable subject, or a factory returning something else, errors each of its items.
-    result.stdout.fnmatch_lines([
-        "*bad_labels::initial_loss error: subject 'bad_labels' cannot be diagnosed: data: "
-        "labels span 5..7 but the model outputs 3 class scores*",
-        "*bad_labels::finite_outputs error: subject 'bad_labels' cannot be diagnosed*",
-        "*not_a_subject::initial_loss error: subject 'not_a_subject' (conftest.py:*) is "
-        "invalid: not_a_subject: the factory returned 42 (type=int)*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*bad_labels::initial_loss error: subject 'bad_labels' cannot be diagnosed: data: "
+            "labels span 5..7 but the model outputs 3 class scores*",
+            "*bad_labels::finite_outputs error: subject 'bad_labels' cannot be diagnosed*",
+            "*not_a_subject::initial_loss error: subject 'not_a_subject' (conftest.py:*) is "
+            "invalid: not_a_subject: the factory returned 42 (type=int)*",
+        ]
+    )
     # --nndiag-report moves the reports.
     assert project.statuses("out") == {
-        ("warns", "dead_neurons"): "warn", ("bad_labels", "initial_loss"): "error",
-        ("bad_labels", "finite_outputs"): "error", ("not_a_subject", "initial_loss"): "error"}
+        ("warns", "dead_neurons"): "warn",
+        ("bad_labels", "initial_loss"): "error",
+        ("bad_labels", "finite_outputs"): "error",
+        ("not_a_subject", "initial_loss"): "error",
+    }
     assert not (project.path / "reports").exists()
 
 
-def test_the_example_project_passes_and_writes_its_reports(pytester: pytest.Pytester,
-                                                           monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+def test_the_example_project_passes_and_writes_its_reports(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     examples = Path(__file__).resolve().parents[2] / "examples"
-    shutil.copytree(examples, pytester.path / "examples",
-                    ignore=shutil.ignore_patterns("__pycache__", "reports", ".hypothesis"))
+    shutil.copytree(
+        examples,
+        pytester.path / "examples",
+        ignore=shutil.ignore_patterns("__pycache__", "reports", ".hypothesis"),
+    )
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     result = pytester.runpytest_subprocess("--nndiag", "examples/")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.assert_outcomes(passed=32, skipped=2, xfailed=6)
     report = Project(pytester).report()
     failed = {(r["subject"], r["check"]) for r in report["results"] if r["status"] == "fail"}
-    assert failed == {("huge_last_layer", "initial_loss"), ("dead_relu", "overfit_small"),
-                      ("dead_relu", "dead_neurons"), ("dead_relu", "activation_stats"),
-                      ("batch_mixer", "batch_independence"),
-                      ("custom_backward", "gradient_check")}
+    assert failed == {
+        ("huge_last_layer", "initial_loss"),
+        ("dead_relu", "overfit_small"),
+        ("dead_relu", "dead_neurons"),
+        ("dead_relu", "activation_stats"),
+        ("batch_mixer", "batch_independence"),
+        ("custom_backward", "gradient_check"),
+    }
     assert (pytester.path / "reports" / "nndiag.html").exists() is HTML

@@ -30,8 +30,9 @@ META = {
 HOSTILE = ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>')
 
 
-def _gaussian_counts(mean: float, std: float, lo: float, hi: float, bins: int = 40,
-                     total: int = 5000) -> list[int]:
+def _gaussian_counts(
+    mean: float, std: float, lo: float, hi: float, bins: int = 40, total: int = 5000
+) -> list[int]:
     width = (hi - lo) / bins
     std = max(std, width / 4)
     centers = [lo + (i + 0.5) * width for i in range(bins)]
@@ -43,8 +44,11 @@ def _gaussian_counts(mean: float, std: float, lo: float, hi: float, bins: int = 
 def initial_loss(status: str, rng: random.Random) -> dict[str, Any]:
     expected = math.log(10)
     noise = 0.02
-    measured = {"pass": expected + rng.uniform(-0.01, 0.01), "warn": expected * 1.16,
-                "fail": expected * 4.3}.get(status, expected)
+    measured = {
+        "pass": expected + rng.uniform(-0.01, 0.01),
+        "warn": expected * 1.16,
+        "fail": expected * 4.3,
+    }.get(status, expected)
     evidence = {
         "measured": measured,
         "expected": expected,
@@ -52,26 +56,44 @@ def initial_loss(status: str, rng: random.Random) -> dict[str, Any]:
         "warn_band": [expected * 0.9 - noise, expected * 1.1 + noise],
         "fail_band": [expected * 0.75 - noise, expected * 1.25 + noise],
     }
-    metrics = {"measured": measured, "expected": expected, "classes": 10, "samples": 512,
-               "relative_error": abs(measured - expected) / expected, "warn": 0.1, "fail": 0.25}
-    return {"evidence": evidence, "metrics": metrics, "cost": Cost(2, 0, 0.011),
-            "message": f"initial loss {measured:.3f}, expected ln(10) = {expected:.3f}",
-            "hint": None if status == "pass" else
-            "the last layer's weights are too large; scale them down (e.g. std 1e-2)"}
+    metrics = {
+        "measured": measured,
+        "expected": expected,
+        "classes": 10,
+        "samples": 512,
+        "relative_error": abs(measured - expected) / expected,
+        "warn": 0.1,
+        "fail": 0.25,
+    }
+    return {
+        "evidence": evidence,
+        "metrics": metrics,
+        "cost": Cost(2, 0, 0.011),
+        "message": f"initial loss {measured:.3f}, expected ln(10) = {expected:.3f}",
+        "hint": None
+        if status == "pass"
+        else "the last layer's weights are too large; scale them down (e.g. std 1e-2)",
+    }
 
 
 def regularization_loss(status: str, rng: random.Random) -> dict[str, Any]:
     strengths = [0.0, 1e-3, 1.0, 1e3]
     base = 2.30 + rng.uniform(-0.01, 0.01)
     losses = [base] * 4 if status == "fail" else [base, base + 0.002, base + 1.6, 1570.0]
-    return {"evidence": {"strengths": strengths, "losses": losses},
-            "metrics": {"loss_without": base, "loss_at_max": losses[-1],
-                        "rise": losses[-1] / base - 1, "min_rise": 1e-6},
-            "cost": Cost(4, 0, 0.02),
-            "message": "the loss rises with the regularization strength" if status != "fail"
-            else "the loss does not change between strength 0 and 1e3",
-            "hint": None if status != "fail"
-            else "the regularization term is not added to the loss"}
+    return {
+        "evidence": {"strengths": strengths, "losses": losses},
+        "metrics": {
+            "loss_without": base,
+            "loss_at_max": losses[-1],
+            "rise": losses[-1] / base - 1,
+            "min_rise": 1e-6,
+        },
+        "cost": Cost(4, 0, 0.02),
+        "message": "the loss rises with the regularization strength"
+        if status != "fail"
+        else "the loss does not change between strength 0 and 1e3",
+        "hint": None if status != "fail" else "the regularization term is not added to the loss",
+    }
 
 
 def overfit_small(status: str, rng: random.Random) -> dict[str, Any]:
@@ -82,41 +104,83 @@ def overfit_small(status: str, rng: random.Random) -> dict[str, Any]:
     else:
         loss = [2.30 * math.exp(-i / 9) + 2e-4 for i in range(steps)]
         accuracy = [min(1.0, 0.1 + i / 25) for i in range(steps)]
-    return {"evidence": {"loss": loss, "accuracy": accuracy, "target_loss": 0.046},
-            "metrics": {"initial_loss": loss[0], "final_loss": loss[-1],
-                        "final_accuracy": accuracy[-1], "steps": steps, "target_loss": 0.046},
-            "cost": Cost(steps, steps, 0.41),
-            "message": f"final loss {loss[-1]:.3g} after {steps} steps on 20 samples",
-            "hint": None if status != "fail" else "the model cannot fit 20 samples: check the "
-            "optimizer step, the learning rate and that the loss uses the labels"}
+    return {
+        "evidence": {"loss": loss, "accuracy": accuracy, "target_loss": 0.046},
+        "metrics": {
+            "initial_loss": loss[0],
+            "final_loss": loss[-1],
+            "final_accuracy": accuracy[-1],
+            "steps": steps,
+            "target_loss": 0.046,
+        },
+        "cost": Cost(steps, steps, 0.41),
+        "message": f"final loss {loss[-1]:.3g} after {steps} steps on 20 samples",
+        "hint": None
+        if status != "fail"
+        else "the model cannot fit 20 samples: check the "
+        "optimizer step, the learning rate and that the loss uses the labels",
+    }
 
 
 def gradient_check(status: str, rng: random.Random) -> dict[str, Any]:
     tensors = []
-    for i, (name, shape) in enumerate([("fc1.weight", [100, 3072]), ("fc1.bias", [100]),
-                                       ("fc2.weight", [100, 100]), ("fc2.bias", [100]),
-                                       ("fc3.weight", [10, 100]), ("fc3.bias", [10])]):
+    for i, (name, shape) in enumerate(
+        [
+            ("fc1.weight", [100, 3072]),
+            ("fc1.bias", [100]),
+            ("fc2.weight", [100, 100]),
+            ("fc2.bias", [100]),
+            ("fc3.weight", [10, 100]),
+            ("fc3.bias", [10]),
+        ]
+    ):
         error = 10 ** rng.uniform(-10, -8)
         tensor_status = "pass"
         if status == "fail" and i == 2:
             error, tensor_status = 3.1e-2, "fail"
         elif status == "warn" and i == 0:
             error, tensor_status = 4e-6, "warn"
-        tensors.append({"name": name, "shape": shape, "rel_error": error, "step": 1e-6,
-                        "status": tensor_status})
-    coordinates = [{"tensor": t["name"], "index": [rng.randrange(s) for s in t["shape"]],
-                    "analytic": rng.gauss(0, 1e-2), "numeric": rng.gauss(0, 1e-2),
-                    "rel_error": t["rel_error"] * rng.uniform(0.5, 2)} for t in tensors * 2]
+        tensors.append(
+            {
+                "name": name,
+                "shape": shape,
+                "rel_error": error,
+                "step": 1e-6,
+                "status": tensor_status,
+            }
+        )
+    coordinates = [
+        {
+            "tensor": t["name"],
+            "index": [rng.randrange(s) for s in t["shape"]],
+            "analytic": rng.gauss(0, 1e-2),
+            "numeric": rng.gauss(0, 1e-2),
+            "rel_error": t["rel_error"] * rng.uniform(0.5, 2),
+        }
+        for t in tensors * 2
+    ]
     worst = max(tensors, key=lambda t: t["rel_error"])
-    return {"evidence": {"tensors": tensors, "warn": 1e-6, "fail": 1e-4,
-                         "bands": {"good": 1e-7, "kinks_ok": 1e-4, "wrong": 1e-2},
-                         "coordinates": coordinates},
-            "metrics": {"max_rel_error": worst["rel_error"], "worst_tensor": worst["name"],
-                        "warn": 1e-6, "fail": 1e-4, "directions": 6},
-            "cost": Cost(14, 7, 0.09),
-            "message": f"greatest relative error {worst['rel_error']:.1e} in {worst['name']}",
-            "hint": None if status == "pass" else
-            f"the analytic gradient of {worst['name']} disagrees with the numeric one"}
+    return {
+        "evidence": {
+            "tensors": tensors,
+            "warn": 1e-6,
+            "fail": 1e-4,
+            "bands": {"good": 1e-7, "kinks_ok": 1e-4, "wrong": 1e-2},
+            "coordinates": coordinates,
+        },
+        "metrics": {
+            "max_rel_error": worst["rel_error"],
+            "worst_tensor": worst["name"],
+            "warn": 1e-6,
+            "fail": 1e-4,
+            "directions": 6,
+        },
+        "cost": Cost(14, 7, 0.09),
+        "message": f"greatest relative error {worst['rel_error']:.1e} in {worst['name']}",
+        "hint": None
+        if status == "pass"
+        else f"the analytic gradient of {worst['name']} disagrees with the numeric one",
+    }
 
 
 def activation_stats(status: str, rng: random.Random, names: Sequence[str] = ()) -> dict[str, Any]:
@@ -131,37 +195,64 @@ def activation_stats(status: str, rng: random.Random, names: Sequence[str] = ())
             std *= 0.97
         saturated = max(0.0, (std - 0.85) * 2) if status == "warn" else 0.0
         name = names[depth - 1] if depth <= len(names) else f"tanh{depth}"
-        layers.append({"name": name, "kind": "tanh", "depth": depth,
-                       "mean": rng.gauss(0, std / 20), "std": std, "saturated": saturated,
-                       "hist_counts": _gaussian_counts(0.0, std, -1, 1),
-                       "hist_edges": [-1.0, 1.0], "weight_layer": f"fc{depth}",
-                       "weight_std": 0.01 if status == "fail" else 0.03,
-                       "recommended_std": 0.0316})
-    return {"evidence": {"layers": layers},
-            "metrics": {"first_std": layers[0]["std"], "last_std": layers[-1]["std"],
-                        "collapse_ratio": layers[-1]["std"] / layers[0]["std"],
-                        "collapse_warn": 0.2, "collapse_fail": 0.05},
-            "cost": Cost(1, 0, 0.03),
-            "message": f"activation std goes from {layers[0]['std']:.2g} to "
-            f"{layers[-1]['std']:.2g} over 10 tanh layers",
-            "hint": None if status == "pass" else
-            "initialize the weights with std 1/sqrt(fan_in) (Xavier) for tanh layers"}
+        layers.append(
+            {
+                "name": name,
+                "kind": "tanh",
+                "depth": depth,
+                "mean": rng.gauss(0, std / 20),
+                "std": std,
+                "saturated": saturated,
+                "hist_counts": _gaussian_counts(0.0, std, -1, 1),
+                "hist_edges": [-1.0, 1.0],
+                "weight_layer": f"fc{depth}",
+                "weight_std": 0.01 if status == "fail" else 0.03,
+                "recommended_std": 0.0316,
+            }
+        )
+    return {
+        "evidence": {"layers": layers},
+        "metrics": {
+            "first_std": layers[0]["std"],
+            "last_std": layers[-1]["std"],
+            "collapse_ratio": layers[-1]["std"] / layers[0]["std"],
+            "collapse_warn": 0.2,
+            "collapse_fail": 0.05,
+        },
+        "cost": Cost(1, 0, 0.03),
+        "message": f"activation std goes from {layers[0]['std']:.2g} to "
+        f"{layers[-1]['std']:.2g} over 10 tanh layers",
+        "hint": None
+        if status == "pass"
+        else "initialize the weights with std 1/sqrt(fan_in) (Xavier) for tanh layers",
+    }
 
 
 def dead_neurons(status: str, rng: random.Random, names: Sequence[str] = ()) -> dict[str, Any]:
-    fractions = {"pass": [0.02, 0.05, 0.08, 0.12], "warn": [0.1, 0.3, 0.55, 0.6],
-                 "fail": [0.2, 0.5, 0.78, 0.93]}.get(status, [0.0] * 4)
+    fractions = {
+        "pass": [0.02, 0.05, 0.08, 0.12],
+        "warn": [0.1, 0.3, 0.55, 0.6],
+        "fail": [0.2, 0.5, 0.78, 0.93],
+    }.get(status, [0.0] * 4)
     layers = []
     for i, fraction in enumerate(fractions):
         units = 100
         name = names[i] if i < len(names) else f"relu{i + 1}"
-        layers.append({"name": name, "units": units, "dead": round(fraction * units),
-                       "dead_fraction": round(fraction * units) / units})
-    return {"evidence": {"layers": layers, "warn": 0.5, "fail": 0.7},
-            "metrics": {"max_dead_fraction": max(fractions), "warn": 0.5, "fail": 0.7},
-            "cost": Cost(1, 0, 0.03),
-            "message": f"{max(fractions):.0%} of the units of the worst layer never fire",
-            "hint": None if status == "pass" else "lower the learning rate or the bias init"}
+        layers.append(
+            {
+                "name": name,
+                "units": units,
+                "dead": round(fraction * units),
+                "dead_fraction": round(fraction * units) / units,
+            }
+        )
+    return {
+        "evidence": {"layers": layers, "warn": 0.5, "fail": 0.7},
+        "metrics": {"max_dead_fraction": max(fractions), "warn": 0.5, "fail": 0.7},
+        "cost": Cost(1, 0, 0.03),
+        "message": f"{max(fractions):.0%} of the units of the worst layer never fire",
+        "hint": None if status == "pass" else "lower the learning rate or the bias init",
+    }
 
 
 def extra(check: str, status: str, rng: random.Random) -> dict[str, Any]:
@@ -173,9 +264,13 @@ def extra(check: str, status: str, rng: random.Random) -> dict[str, Any]:
             "                 [1., 0.]]),\n"
             ")"
         )
-    return {"evidence": evidence, "metrics": {"examples": rng.randrange(50, 200), "max_diff": 0.0},
-            "cost": Cost(40, 0, 0.2), "message": f"{check} held on every example"
-            if status == "pass" else f"{check} {status}", "hint": None}
+    return {
+        "evidence": evidence,
+        "metrics": {"examples": rng.randrange(50, 200), "max_diff": 0.0},
+        "cost": Cost(40, 0, 0.2),
+        "message": f"{check} held on every example" if status == "pass" else f"{check} {status}",
+        "hint": None,
+    }
 
 
 BUILDERS = {
@@ -188,19 +283,30 @@ BUILDERS = {
 }
 
 
-def result(subject: str, check: str, status: str, rng: random.Random | None = None,
-           **kwargs: Any) -> CheckResult:
+def result(
+    subject: str, check: str, status: str, rng: random.Random | None = None, **kwargs: Any
+) -> CheckResult:
     """One result of ``check`` with evidence that matches ``status``."""
     rng = rng or random.Random(0)
     builder = BUILDERS.get(check)
     parts = builder(status, rng, **kwargs) if builder else extra(check, status, rng)
     if status in ("skip", "error"):
         parts["evidence"] = {}
-        parts["message"] = ("skipped: the model has no activation layers" if status == "skip"
-                            else f"forward raised RuntimeError during {check}")
-    return CheckResult(check, status, parts["message"], metrics=parts["metrics"],
-                       evidence=parts["evidence"], hint=parts["hint"], cost=parts["cost"],
-                       subject=subject)
+        parts["message"] = (
+            "skipped: the model has no activation layers"
+            if status == "skip"
+            else f"forward raised RuntimeError during {check}"
+        )
+    return CheckResult(
+        check,
+        status,
+        parts["message"],
+        metrics=parts["metrics"],
+        evidence=parts["evidence"],
+        hint=parts["hint"],
+        cost=parts["cost"],
+        subject=subject,
+    )
 
 
 def big_report(subjects: int = 20, checks: int = 10, seed: int = 0) -> Report:
@@ -224,8 +330,9 @@ def demo_report() -> Report:
     broken = ("fail", "fail", "fail", "fail", "fail", "warn")
     results += [result("DeepTanhNet (std 0.01)", c, s, rng) for c, s in zip(KNOWN_CHECKS, broken)]
     mixed = ("warn", "pass", "pass", "warn", "warn", "skip", "fail", "error")
-    results += [result("ConvNet", c, s, rng)
-                for c, s in zip(KNOWN_CHECKS + EXTRA_CHECKS[:2], mixed)]
+    results += [
+        result("ConvNet", c, s, rng) for c, s in zip(KNOWN_CHECKS + EXTRA_CHECKS[:2], mixed)
+    ]
     return Report(results, meta=META)
 
 
@@ -233,14 +340,24 @@ def hostile_report() -> Report:
     """User strings that try to inject markup, in every place a user string can go."""
     bad_script, bad_img = HOSTILE
     results = [
-        CheckResult("initial_loss", "fail", f"message {bad_script}", hint=f"hint {bad_img}",
-                    metrics={bad_script: 1.0, "value": bad_img},
-                    evidence=initial_loss("fail", random.Random(0))["evidence"],
-                    subject=bad_script),
+        CheckResult(
+            "initial_loss",
+            "fail",
+            f"message {bad_script}",
+            hint=f"hint {bad_img}",
+            metrics={bad_script: 1.0, "value": bad_img},
+            evidence=initial_loss("fail", random.Random(0))["evidence"],
+            subject=bad_script,
+        ),
         result(bad_img, "activation_stats", "warn", names=[bad_script, bad_img, "a$b"]),
         result(bad_img, "dead_neurons", "fail", names=[bad_img, bad_script]),
-        CheckResult(bad_script, "fail", bad_img, subject=bad_img,
-                    evidence={"counterexample": f"f(x={bad_script!r})"}),
+        CheckResult(
+            bad_script,
+            "fail",
+            bad_img,
+            subject=bad_img,
+            evidence={"counterexample": f"f(x={bad_script!r})"},
+        ),
     ]
     meta = dict(META, frameworks={bad_script: bad_img}, python=bad_img)
     return Report(results, meta=meta)

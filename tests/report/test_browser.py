@@ -20,8 +20,15 @@ from nndiag.results import STATUSES
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path(os.environ.get("NNDIAG_CHROMIUM", "/usr/bin/chromium"))
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 if not CHROMIUM.is_file():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
@@ -68,15 +75,15 @@ def demo_page(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def test_loads_without_errors_or_network(demo_page: Page) -> None:
     assert demo_page.errors == []
-    assert all(url.startswith(("file:", "data:")) for url in demo_page.requests), (
-        demo_page.requests)
+    assert all(url.startswith(("file:", "data:")) for url in demo_page.requests), demo_page.requests
     assert demo_page.page.title().startswith("nndiag report: failed")
 
 
 def test_every_image_decodes(demo_page: Page) -> None:
     # Collapsed results hold images too: they must decode all the same.
     sizes = demo_page.page.eval_on_selector_all(
-        "img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        "img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+    )
     assert len(sizes) >= 10
     assert all(complete and width > 0 and height > 0 for complete, width, height in sizes), sizes
 
@@ -136,7 +143,8 @@ def test_hostile_names_show_as_text(browser: Any, tmp_path: Path) -> None:
         for raw in synthetic.HOSTILE:
             assert raw in text
         names = page.page.eval_on_selector_all(
-            "section.subject > h2 .name", "ns => ns.map(n => n.textContent)")
+            "section.subject > h2 .name", "ns => ns.map(n => n.textContent)"
+        )
         assert names == list(synthetic.hostile_report().subjects)
     finally:
         page.page.close()

@@ -29,8 +29,9 @@ def one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     return err
 
 
-def test_round_trip_gives_the_same_page(saved: Path, tmp_path: Path, demo_report: Report,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_round_trip_gives_the_same_page(
+    saved: Path, tmp_path: Path, demo_report: Report, capsys: pytest.CaptureFixture[str]
+) -> None:
     direct = demo_report.to_html(tmp_path / "direct.html")
     out = tmp_path / "out.html"
     assert main(["report", str(saved), "-o", str(out)]) == 0
@@ -41,8 +42,19 @@ def test_round_trip_gives_the_same_page(saved: Path, tmp_path: Path, demo_report
 def test_round_trip_with_nonfinite_values(tmp_path: Path) -> None:
     result = synthetic.result("net", "overfit_small", "fail")
     evidence = dict(result.evidence, loss=[2.3, float("nan"), float("inf")], target_loss=None)
-    report = Report([type(result)(result.check, "fail", "diverged", metrics={"final": float("inf")},
-                                  evidence=evidence, subject="net")], meta=synthetic.META)
+    report = Report(
+        [
+            type(result)(
+                result.check,
+                "fail",
+                "diverged",
+                metrics={"final": float("inf")},
+                evidence=evidence,
+                subject="net",
+            )
+        ],
+        meta=synthetic.META,
+    )
     saved = report.to_json(tmp_path / "r.json")
     assert main(["report", str(saved), "--output", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.html").read_text(encoding="utf-8") == render_html(report)
@@ -72,14 +84,25 @@ def test_directory_as_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         ('{"schema": "other/2", "results": []}', ["not an nndiag report", "other/2"]),
         ('{"schema": "nndiag.report/1"}', ["not a well-formed nndiag report", "results"]),
         ('{"schema": "nndiag.report/1", "results": [{"check": "x"}]}', ["not a well-formed"]),
-        (('{"schema": "nndiag.report/1", "results": [{"check": "x", "status": "great", '
-          '"message": "m"}]}'), ["status must be one of"]),
-        (('{"schema": "nndiag.report/1", "results": [{"check": "x", "status": "pass", '
-          '"message": "m", "cost": {"passes": 1}}]}'), ["not a well-formed"]),
+        (
+            (
+                '{"schema": "nndiag.report/1", "results": [{"check": "x", "status": "great", '
+                '"message": "m"}]}'
+            ),
+            ["status must be one of"],
+        ),
+        (
+            (
+                '{"schema": "nndiag.report/1", "results": [{"check": "x", "status": "pass", '
+                '"message": "m", "cost": {"passes": 1}}]}'
+            ),
+            ["not a well-formed"],
+        ),
     ],
 )
-def test_not_an_nndiag_report(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
-                              words: list[str]) -> None:
+def test_not_an_nndiag_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, words: list[str]
+) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(content, encoding="utf-8")
     assert main(["report", str(bad), "-o", str(tmp_path / "bad.html")]) == 2
@@ -94,25 +117,25 @@ def test_binary_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     one_line_error(capsys, "image.json")
 
 
-def test_output_would_overwrite_input(tmp_path: Path, demo_report: Report,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_would_overwrite_input(
+    tmp_path: Path, demo_report: Report, capsys: pytest.CaptureFixture[str]
+) -> None:
     saved = demo_report.to_json(tmp_path / "r.html")
     assert main(["report", str(saved)]) == 2
     one_line_error(capsys, "overwrite")
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root can write anywhere")
-def test_unwritable_output(saved: Path, tmp_path: Path,
-                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output(saved: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     assert main(["report", str(saved), "-o", str(locked / "out.html")]) == 1
     one_line_error(capsys, "cannot write")
 
 
-def test_output_is_a_directory(saved: Path, tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_is_a_directory(
+    saved: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["report", str(saved), "-o", str(tmp_path)]) == 1
     one_line_error(capsys, "cannot write")
 
@@ -137,11 +160,17 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_console_entry_point_has_no_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"hello": "world"}), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "nndiag.cli", "report", str(bad)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "nndiag.cli", "report", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 2
     assert done.stdout == "" and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        (f"nndiag report: error: {bad}: not an nndiag report: schema None, "
-         "expected 'nndiag.report/1'")
+        (
+            f"nndiag report: error: {bad}: not an nndiag report: schema None, "
+            "expected 'nndiag.report/1'"
+        )
     ]

@@ -44,8 +44,10 @@ def sections(html: str) -> dict[str, str]:
 
 
 def one(check: str, status: str = "pass", **kwargs) -> Report:
-    return Report([CheckResult(check, status, f"{check} {status}", subject="net", **kwargs)],
-                  meta=synthetic.META)
+    return Report(
+        [CheckResult(check, status, f"{check} {status}", subject="net", **kwargs)],
+        meta=synthetic.META,
+    )
 
 
 # --------------------------------------------------------------------------- the page
@@ -86,8 +88,9 @@ def test_passing_report_says_passed() -> None:
 
 @pytest.mark.parametrize("status", STATUSES)
 def test_every_status_renders(status: str) -> None:
-    html = render_html(Report([synthetic.result("net", "dead_neurons", status)],
-                              meta=synthetic.META))
+    html = render_html(
+        Report([synthetic.result("net", "dead_neurons", status)], meta=synthetic.META)
+    )
     (section,) = sections(html).values()
     assert f'data-status="{status}"' in section
     assert f'<span class="badge st-{status}">{status}</span>' in section
@@ -119,7 +122,7 @@ def test_grid_is_subject_by_check(demo_report: Report, demo_html: str) -> None:
 def test_failing_results_start_open_and_passing_closed(demo_html: str) -> None:
     for section in sections(demo_html).values():
         status = re.search(r'data-status="(\w+)"', section).group(1)
-        opened = re.match(r'<details[^>]*\sopen>', section) is not None
+        opened = re.match(r"<details[^>]*\sopen>", section) is not None
         assert opened == (status in ("fail", "warn", "error")), section[:120]
 
 
@@ -137,8 +140,13 @@ def test_result_shows_message_hint_metrics_thresholds_and_cost() -> None:
 
 
 def test_evidence_thresholds_show_when_metrics_lack_them() -> None:
-    html = render_html(one("dead_neurons", metrics={"max_dead_fraction": 0.2},
-                           evidence={"layers": [], "warn": 0.5, "fail": 0.7}))
+    html = render_html(
+        one(
+            "dead_neurons",
+            metrics={"max_dead_fraction": 0.2},
+            evidence={"layers": [], "warn": 0.5, "fail": 0.7},
+        )
+    )
     assert '<tr class="limit"><th>warn</th><td>0.5</td></tr>' in html
     assert '<tr class="limit"><th>fail</th><td>0.7</td></tr>' in html
 
@@ -153,8 +161,9 @@ def test_every_known_check_draws_its_plots(demo_report: Report) -> None:
 
 
 def test_unknown_check_gets_metrics_only() -> None:
-    html = render_html(one("my_custom_check", metrics={"loss": 1.5, "steps": 3},
-                           evidence={"series": [1, 2, 3]}))
+    html = render_html(
+        one("my_custom_check", metrics={"loss": 1.5, "steps": 3}, evidence={"series": [1, 2, 3]})
+    )
     (section,) = sections(html).values()
     assert "<img" not in section and "plot unavailable" not in section
     assert "<tr><th>loss</th><td>1.5</td></tr>" in section
@@ -177,8 +186,13 @@ def test_a_plot_that_raises_becomes_a_note(monkeypatch: pytest.MonkeyPatch) -> N
         raise RuntimeError("<boom>")
 
     monkeypatch.setitem(plots.PLOTTERS, "initial_loss", broken)
-    report = Report([synthetic.result("net", "initial_loss", "fail"),
-                     synthetic.result("net", "dead_neurons", "fail")], meta=synthetic.META)
+    report = Report(
+        [
+            synthetic.result("net", "initial_loss", "fail"),
+            synthetic.result("net", "dead_neurons", "fail"),
+        ],
+        meta=synthetic.META,
+    )
     html = render_html(report)
     first, second = sections(html).values()
     assert "plot unavailable (RuntimeError: &lt;boom&gt;)" in first and "<img" not in first
@@ -204,8 +218,9 @@ def test_nonfinite_values_in_evidence_still_plot(check: str, bad: float | None) 
             return bad
         return value
 
-    spoiled = CheckResult(check, "fail", "spoiled", evidence=spoil(dict(result.evidence)),
-                          subject="net")
+    spoiled = CheckResult(
+        check, "fail", "spoiled", evidence=spoil(dict(result.evidence)), subject="net"
+    )
     drawn = plots.plots_for(spoiled)
     assert all(p.note is None for p in drawn), drawn
     html = render_html(Report([spoiled], meta=synthetic.META))
@@ -232,9 +247,17 @@ MALFORMED = [
 
 @pytest.mark.parametrize("evidence", MALFORMED, ids=range(len(MALFORMED)))
 def test_malformed_evidence_never_breaks_the_page(evidence: dict) -> None:
-    results = [CheckResult(check, "warn", "odd evidence", evidence=evidence, subject="net",
-                           metrics={"x": math.nan, "y": [math.inf, None], "z": {"a": None}})
-               for check in synthetic.BUILDERS]
+    results = [
+        CheckResult(
+            check,
+            "warn",
+            "odd evidence",
+            evidence=evidence,
+            subject="net",
+            metrics={"x": math.nan, "y": [math.inf, None], "z": {"a": None}},
+        )
+        for check in synthetic.BUILDERS
+    ]
     html = render_html(Report(results, meta=synthetic.META))
     assert len(sections(html)) == len(results)
     assert "NaN" in html and "\u221e" in html
@@ -252,9 +275,13 @@ def test_empty_report_renders() -> None:
 
 
 def test_multiple_results_for_one_cell_show_the_worst() -> None:
-    report = Report([CheckResult("initial_loss", "pass", "a", subject="net"),
-                     CheckResult("initial_loss", "fail", "b", subject="net")],
-                    meta=synthetic.META)
+    report = Report(
+        [
+            CheckResult("initial_loss", "pass", "a", subject="net"),
+            CheckResult("initial_loss", "fail", "b", subject="net"),
+        ],
+        meta=synthetic.META,
+    )
     html = render_html(report)
     assert '<td class="cell st-fail"><a href="#r2"' in html
     assert len(sections(html)) == 2
@@ -266,10 +293,24 @@ def test_rendering_is_deterministic(demo_report: Report, demo_html: str) -> None
 
 def test_live_values_render_like_their_json(tmp_path) -> None:
     """Tuples and ints-as-floats are normalised through the JSON document first."""
-    live = Report([CheckResult("dead_neurons", "warn", "m", subject="net",
-                               metrics={"shape": (3, 4)}, cost=Cost(1, 2, 0.5),
-                               evidence={"layers": ({"name": "a", "dead_fraction": 0.6},),
-                                         "warn": 0.5, "fail": 0.7})], meta=synthetic.META)
+    live = Report(
+        [
+            CheckResult(
+                "dead_neurons",
+                "warn",
+                "m",
+                subject="net",
+                metrics={"shape": (3, 4)},
+                cost=Cost(1, 2, 0.5),
+                evidence={
+                    "layers": ({"name": "a", "dead_fraction": 0.6},),
+                    "warn": 0.5,
+                    "fail": 0.7,
+                },
+            )
+        ],
+        meta=synthetic.META,
+    )
     path = live.to_json(tmp_path / "r.json")
     from nndiag import load_report
 
@@ -314,11 +355,25 @@ def test_hostile_layer_names_still_plot(hostile_report: Report) -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(None, "\u2014"), (True, "true"), (3, "3"), (0.0, "0"), (2.0, "2"), (0.25, "0.25"),
-     (1e-7, "1e-7"), (3.14159e-5, "3.14e-5"), (2.302585, "2.303"), (1.5e10, "1.5e10"),
-     (math.nan, "NaN"), (math.inf, "\u221e"), (-math.inf, "\u2212\u221e"),
-     ([1, 2.5], "[1, 2.5]"), ({"a": 1e-7}, "{a: 1e-7}"), ("<b>", "<b>"),
-     (list(range(10)), "[0, 1, 2, 3, 4, 5, 6, 7, \u2026 10 items]")],
+    [
+        (None, "\u2014"),
+        (True, "true"),
+        (3, "3"),
+        (0.0, "0"),
+        (2.0, "2"),
+        (0.25, "0.25"),
+        (1e-7, "1e-7"),
+        (3.14159e-5, "3.14e-5"),
+        (2.302585, "2.303"),
+        (1.5e10, "1.5e10"),
+        (math.nan, "NaN"),
+        (math.inf, "\u221e"),
+        (-math.inf, "\u2212\u221e"),
+        ([1, 2.5], "[1, 2.5]"),
+        ({"a": 1e-7}, "{a: 1e-7}"),
+        ("<b>", "<b>"),
+        (list(range(10)), "[0, 1, 2, 3, 4, 5, 6, 7, \u2026 10 items]"),
+    ],
 )
 def test_format_value(value, text: str) -> None:
     assert format_value(value) == text
@@ -343,6 +398,7 @@ def test_importing_nndiag_and_rendering_never_touch_pyplot() -> None:
     from pathlib import Path
 
     folder = str(Path(__file__).parent)
-    done = subprocess.run([sys.executable, "-c", code, folder], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code, folder], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr

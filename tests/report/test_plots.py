@@ -11,25 +11,66 @@ from hypothesis import strategies as st
 from nndiag.report import plots
 from nndiag.results import CheckResult
 
-numbers = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
-                    st.integers(-10**6, 10**6), st.booleans(), st.text(max_size=5))
+numbers = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**6), 10**6),
+    st.booleans(),
+    st.text(max_size=5),
+)
 values = st.recursive(
     numbers,
-    lambda inner: st.one_of(st.lists(inner, max_size=6),
-                            st.dictionaries(st.sampled_from(
-                                ["name", "depth", "mean", "std", "hist_counts", "hist_edges",
-                                 "rel_error", "status", "dead_fraction", "units", "dead",
-                                 "kind", "saturated"]), inner, max_size=6)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=6),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "name",
+                    "depth",
+                    "mean",
+                    "std",
+                    "hist_counts",
+                    "hist_edges",
+                    "rel_error",
+                    "status",
+                    "dead_fraction",
+                    "units",
+                    "dead",
+                    "kind",
+                    "saturated",
+                ]
+            ),
+            inner,
+            max_size=6,
+        ),
+    ),
     max_leaves=12,
 )
-EVIDENCE_KEYS = ["measured", "expected", "band", "warn_band", "fail_band", "strengths", "losses",
-                 "loss", "accuracy", "target_loss", "tensors", "warn", "fail", "bands",
-                 "coordinates", "layers"]
+EVIDENCE_KEYS = [
+    "measured",
+    "expected",
+    "band",
+    "warn_band",
+    "fail_band",
+    "strengths",
+    "losses",
+    "loss",
+    "accuracy",
+    "target_loss",
+    "tensors",
+    "warn",
+    "fail",
+    "bands",
+    "coordinates",
+    "layers",
+]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(check=st.sampled_from(sorted(plots.PLOTTERS)),
-       evidence=st.dictionaries(st.sampled_from(EVIDENCE_KEYS), values, min_size=1))
+@given(
+    check=st.sampled_from(sorted(plots.PLOTTERS)),
+    evidence=st.dictionaries(st.sampled_from(EVIDENCE_KEYS), values, min_size=1),
+)
 def test_plots_for_never_raises(check: str, evidence: dict) -> None:
     drawn = plots.plots_for(CheckResult(check, "warn", "m", evidence=evidence))
     for plot in drawn:
@@ -65,8 +106,9 @@ def test_wide_histogram_row_gets_its_own_row() -> None:
 
 def test_many_tensors_are_capped() -> None:
     tensors = [{"name": f"w{i}", "rel_error": 1e-9, "status": "pass"} for i in range(100)]
-    (plot,) = plots.plots_for(CheckResult("gradient_check", "pass", "m",
-                                          evidence={"tensors": tensors}))
+    (plot,) = plots.plots_for(
+        CheckResult("gradient_check", "pass", "m", evidence={"tensors": tensors})
+    )
     assert "first 40 of 100 tensors" in plot.alt
 
 
@@ -79,4 +121,10 @@ def test_measured_far_outside_the_bands_is_pinned_to_the_edge() -> None:
 
 def test_tick_labels_are_plain_text() -> None:
     assert [plots._tick_label(v) for v in (1e-7, 0.01, 1.0, 1e3, 0, 2.5e-7)] == [
-        "1e-7", "0.01", "1", "1e3", "0", "2.5e-7"]
+        "1e-7",
+        "0.01",
+        "1",
+        "1e3",
+        "0",
+        "2.5e-7",
+    ]

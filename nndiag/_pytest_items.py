@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from nndiag.checks import CHECKS
+from nndiag.checks import registry
 from nndiag.config import Config
 from nndiag.core import Runner, error_result
 from nndiag.errors import CheckFailed, InvalidSubject, describe
@@ -37,7 +37,7 @@ from nndiag.subject import Subject, SubjectFactory
 __all__ = ["ALL_CHECKS", "CheckItem", "NndiagSession"]
 
 # Every id an item can run: nndiag's checks, then the Hypothesis property checks.
-ALL_CHECKS: tuple[str, ...] = (*CHECKS, *PROPERTY_CHECKS)
+ALL_CHECKS: tuple[str, ...] = (*registry(), *PROPERTY_CHECKS)
 # Hypothesis examples per property check: enough to meet batch sizes 1-16, constant,
 # extreme and data rows; a tiny MLP runs them in ~0.1 s.
 DEFAULT_PROPERTY_EXAMPLES = 25
@@ -457,7 +457,7 @@ class NndiagSession:
             if self.cli_checks is None
             else tuple(c for c in self.cli_checks if c in declared)
         )
-        config = dataclasses.replace(config, checks=tuple(c for c in checks if c in CHECKS))
+        config = dataclasses.replace(config, checks=tuple(c for c in checks if c in registry()))
         xfail = frozenset(_check_ids(override.get("xfail", []), "xfail") or ())
         examples = (
             self.property_examples

@@ -12,18 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from nndiag.checks import BUILTIN
 from nndiag.errors import describe
 
 __all__ = ["DEFAULT_CHECKS", "Config"]
 
-DEFAULT_CHECKS: tuple[str, ...] = (
-    "initial_loss",
-    "regularization_loss",
-    "overfit_small",
-    "gradient_check",
-    "activation_stats",
-    "dead_neurons",
-)
+# nndiag's own checks that run by default, in registry order (see nndiag.checks).
+DEFAULT_CHECKS: tuple[str, ...] = tuple(spec.id for spec in BUILTIN if spec.default)
 
 
 def _check_tuple(where: str, value: Any, strings: bool, positive: bool) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nndiag.checks import CHECKS, get_check
-from nndiag.config import Config
+from nndiag.checks import default_checks, get_check
+from nndiag.config import DEFAULT_CHECKS, Config
 from nndiag.errors import InvalidSubject, ModelError, describe
 from nndiag.results import CheckResult, Cost, Report, environment
 
@@ -58,7 +58,7 @@ class Runner:
 
     def run(self, check: str) -> CheckResult:
         """Run one check; model errors and nndiag bugs become ``error`` results."""
-        function = get_check(check)
+        function = get_check(check).load()
         session = self.session
         forward0, backward0 = session.passes()
         start = time.perf_counter()
@@ -112,7 +112,8 @@ def diagnose(
 
     Args:
         subject: What to diagnose.
-        checks: Check ids to run, in order; ``None`` runs ``config.checks`` (all six).
+        checks: Check ids to run, in order; ``None`` runs ``config.checks`` (by default
+            every check whose registry record is on by default, registered ones included).
         config: Thresholds, budgets and seed; ``None`` uses the defaults.
 
     Returns:
@@ -126,9 +127,10 @@ def diagnose(
     config = runner.config
     if isinstance(checks, str):
         checks = [checks]
-    selected = list(config.checks if checks is None else checks)
+    if checks is None:
+        checks = default_checks() if config.checks == DEFAULT_CHECKS else config.checks
+    selected = list(checks)
     for check in selected:
-        if check not in CHECKS:
-            raise ValueError(f"unknown check {check!r}; known checks: {', '.join(CHECKS)}")
+        get_check(check)  # an unknown id raises before any check runs
     results = [runner.run(check) for check in selected]
     return Report(results, meta=environment(config.seed))

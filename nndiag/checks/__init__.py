@@ -1,42 +1,279 @@
-"""The checks: pure functions ``(session, config) -> CheckResult``, no pytest inside.
+"""The check registry: one :class:`CheckSpec` record per check, and nothing else to edit.
 
-Ids are stable; ``CHECKS`` maps each to ``"module:function"`` so that choosing a check does
-not import the others.
+A check is a pure function ``(session, config) -> CheckResult`` in its own module (no
+pytest inside), asking its questions through the primitives of
+:class:`nndiag.contract.Session`. Its record says everything the rest of nndiag needs: the
+id, where the function lives, whether it runs by default (and why), the ``Config`` fields it
+reads (its settings section), its plot and evidence tables in the report, and a one-line
+doc. Every list of checks, count and help text derives from :func:`registry`.
+
+Records name functions as ``"module:attribute"`` strings, so that listing checks (as the
+pytest plugin does at start-up) imports no check and no framework. Third parties register
+a record under the ``nndiag.checks`` entry-point group (see ``docs/writing-a-check.md``).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nndiag.backends import Session
+    from matplotlib.figure import Figure
+
     from nndiag.config import Config
+    from nndiag.contract import Session
     from nndiag.results import CheckResult
 
     CheckFunction = Callable[[Session, Config], CheckResult]
+    Plotter = Callable[[Mapping[str, Any]], list[tuple[str, Figure]]]
 
-__all__ = ["CHECKS", "get_check"]
+__all__ = [
+    "BUILTIN",
+    "ENTRY_POINT_GROUP",
+    "CheckSpec",
+    "TableSpec",
+    "UnknownCheck",
+    "default_checks",
+    "get_check",
+    "registry",
+    "resolve",
+]
 
-CHECKS: dict[str, str] = {
-    "initial_loss": "nndiag.checks.initial_loss:initial_loss",
-    "regularization_loss": "nndiag.checks.regularization:regularization_loss",
-    "overfit_small": "nndiag.checks.overfit:overfit_small",
-    "gradient_check": "nndiag.checks.gradients:gradient_check",
-    "activation_stats": "nndiag.checks.activations:activation_stats",
-    "dead_neurons": "nndiag.checks.activations:dead_neurons",
-}
+ENTRY_POINT_GROUP = "nndiag.checks"
 
 
-def get_check(check_id: str) -> CheckFunction:
-    """The function behind ``check_id``.
+class UnknownCheck(ValueError):
+    """A check id that no record has; the message lists the known ones."""
+
+    def __init__(self, check: object, known: list[str]) -> None:
+        super().__init__(f"unknown check {check!r}; known checks: {', '.join(known)}")
+        self.check = check
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """An evidence table in the report: records under ``evidence[key]``, one row each."""
+
+    key: str
+    title: str
+    columns: tuple[tuple[str, str], ...]  # (record key, column header)
+    sort_by: str | None = None  # a numeric record key the rows are ordered by
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """Everything nndiag knows about one check.
+
+    Attributes:
+        id: Stable id: result key, pytest item name, JSON field.
+        function: ``"module:function"`` (or the function itself) taking
+            ``(session, config)`` and returning a :class:`~nndiag.results.CheckResult`.
+        doc: One line: what the check asks.
+        default: Whether ``diagnose()`` and ``pytest --nndiag`` run it unless told otherwise.
+        why: Why it is on by default or opt-in (its cost, what it needs).
+        settings: The ``Config`` fields the check reads: its settings section.
+        plot: ``"module:function"`` (a bare name means one in :mod:`nndiag.report.plots`)
+            or a callable drawing ``evidence -> [(alt text, matplotlib Figure)]``.
+        tables: Evidence tables the report shows under the check's metrics.
+    """
+
+    id: str
+    function: str | Callable[..., Any]
+    doc: str
+    default: bool = True
+    why: str = ""
+    settings: tuple[str, ...] = ()
+    plot: str | Callable[..., Any] | None = None
+    tables: tuple[TableSpec, ...] = ()
+
+    def load(self) -> CheckFunction:
+        """The check function (imports its module on first use)."""
+        return resolve(self.function)
+
+    def plotter(self) -> Plotter | None:
+        """The plot function, or None when the check draws no plot."""
+        if self.plot is None:
+            return None
+        if isinstance(self.plot, str) and ":" not in self.plot:
+            return resolve(f"nndiag.report.plots:{self.plot}")
+        return resolve(self.plot)
+
+
+def resolve(target: str | Callable[..., Any]) -> Any:
+    """The object a ``"module:attribute"`` string names (a callable is returned as is)."""
+    if not isinstance(target, str):
+        return target
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+_COORDINATE_COLUMNS = (
+    ("tensor", "tensor"),
+    ("index", "index"),
+    ("analytic", "analytic"),
+    ("numeric", "numeric"),
+    ("rel_error", "rel. error"),
+)
+
+BUILTIN: tuple[CheckSpec, ...] = (
+    CheckSpec(
+        "initial_loss",
+        "nndiag.checks.initial_loss:initial_loss",
+        "Is the loss at init what an uninformative model scores (ln C, or the label prior's "
+        "entropy)?",
+        why="one forward pass",
+        settings=("initial_loss_warn", "initial_loss_fail", "initial_loss_sigmas"),
+        plot="plot_initial_loss",
+    ),
+    CheckSpec(
+        "regularization_loss",
+        "nndiag.checks.regularization:regularization_loss",
+        "Does raising the regularization strength raise the loss?",
+        why="four forward passes; skips without a regularization knob",
+        settings=("regularization_strengths", "regularization_min_rise"),
+        plot="plot_regularization_loss",
+    ),
+    CheckSpec(
+        "overfit_small",
+        "nndiag.checks.overfit:overfit_small",
+        "Can the model fit ~20 samples to ~100% accuracy and ~0 loss, regularization off?",
+        why="at most overfit_steps training steps on 20 samples",
+        settings=(
+            "overfit_samples",
+            "overfit_steps",
+            "overfit_lr",
+            "overfit_loss_ratio",
+            "overfit_diverge_factor",
+            "overfit_flat_ratio",
+        ),
+        plot="plot_overfit_small",
+    ),
+    CheckSpec(
+        "gradient_check",
+        "nndiag.checks.gradients:gradient_check",
+        "Do analytic gradients match centered differences (float64), per parameter tensor?",
+        why="one backward pass and two forward passes per tensor, in float64",
+        settings=(
+            "gradient_steps",
+            "gradient_warn",
+            "gradient_fail",
+            "gradient_batch",
+            "gradient_zero",
+            "gradient_jitter",
+            "gradient_coordinates",
+        ),
+        plot="plot_gradient_check",
+        tables=(
+            TableSpec(
+                "tensors",
+                "tensors",
+                (
+                    ("name", "tensor"),
+                    ("shape", "shape"),
+                    ("rel_error", "rel. error"),
+                    ("step", "step h"),
+                    ("status", "status"),
+                ),
+            ),
+            TableSpec("coordinates", "sampled coordinates", _COORDINATE_COLUMNS),
+        ),
+    ),
+    CheckSpec(
+        "activation_stats",
+        "nndiag.checks.activations:activation_stats",
+        "Does the activations' std hold up with depth, without saturating tanh/sigmoid?",
+        why="one forward pass, shared with dead_neurons",
+        settings=(
+            "saturation_warn",
+            "saturation_fail",
+            "collapse_warn",
+            "collapse_fail",
+            "histogram_bins",
+        ),
+        plot="plot_activation_stats",
+        tables=(
+            TableSpec(
+                "layers",
+                "layers (depth order)",
+                (
+                    ("name", "layer"),
+                    ("kind", "kind"),
+                    ("mean", "mean"),
+                    ("std", "std"),
+                    ("saturated", "saturated"),
+                    ("weight_layer", "weights"),
+                    ("weight_std", "weight std"),
+                    ("recommended_std", "recommended std"),
+                ),
+                sort_by="depth",
+            ),
+        ),
+    ),
+    CheckSpec(
+        "dead_neurons",
+        "nndiag.checks.activations:dead_neurons",
+        "What fraction of each layer's ReLUs never fire over the batch?",
+        why="shares activation_stats' forward pass",
+        settings=("dead_warn", "dead_fail", "histogram_bins"),
+        plot="plot_dead_neurons",
+        tables=(
+            TableSpec(
+                "layers",
+                "layers",
+                (
+                    ("name", "layer"),
+                    ("units", "units"),
+                    ("dead", "dead"),
+                    ("dead_fraction", "dead fraction"),
+                ),
+            ),
+        ),
+    ),
+)
+
+
+def _registered() -> list[CheckSpec]:
+    from importlib.metadata import entry_points
+
+    found = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        spec = ep.load()
+        if not isinstance(spec, CheckSpec):
+            raise TypeError(
+                f"entry point {ep.name!r} in group {ENTRY_POINT_GROUP!r} names "
+                f"{type(spec).__name__}, not an nndiag.checks.CheckSpec"
+            )
+        found.append(spec)
+    return found
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict[str, CheckSpec]:
+    """Every check by id: nndiag's own, then those registered under the entry-point group
+    (a registered id never replaces a built-in one). Read once per process; call
+    ``registry.cache_clear()`` after installing a plugin at run time."""
+    records = {spec.id: spec for spec in BUILTIN}
+    for spec in _registered():
+        records.setdefault(spec.id, spec)
+    return records
+
+
+def default_checks() -> tuple[str, ...]:
+    """Ids of the checks that run unless a run names its own, in registry order."""
+    return tuple(spec.id for spec in registry().values() if spec.default)
+
+
+def get_check(check_id: str) -> CheckSpec:
+    """The record of ``check_id``.
 
     Raises:
-        ValueError: unknown id; the message lists the known ones.
+        UnknownCheck: no check has that id (a ``ValueError``); the message lists the ids.
     """
-    target = CHECKS.get(check_id)
-    if target is None:
-        raise ValueError(f"unknown check {check_id!r}; known checks: {', '.join(CHECKS)}")
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+    records = registry()
+    spec = records.get(check_id) if isinstance(check_id, str) else None
+    if spec is None:
+        raise UnknownCheck(check_id, list(records))
+    return spec

@@ -251,70 +251,21 @@ def _result_view(result: CheckResult, anchor: str) -> ResultView:
 
 # --------------------------------------------------------------------------- evidence tables
 
-_TABLES: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
-    # check id -> (evidence key holding records, table title, [(record key, header)])
-    "gradient_check": (
-        "coordinates",
-        "sampled coordinates",
-        [
-            ("tensor", "tensor"),
-            ("index", "index"),
-            ("analytic", "analytic"),
-            ("numeric", "numeric"),
-            ("rel_error", "rel. error"),
-        ],
-    ),
-    "activation_stats": (
-        "layers",
-        "layers (depth order)",
-        [
-            ("name", "layer"),
-            ("kind", "kind"),
-            ("mean", "mean"),
-            ("std", "std"),
-            ("saturated", "saturated"),
-            ("weight_layer", "weights"),
-            ("weight_std", "weight std"),
-            ("recommended_std", "recommended std"),
-        ],
-    ),
-    "dead_neurons": (
-        "layers",
-        "layers",
-        [
-            ("name", "layer"),
-            ("units", "units"),
-            ("dead", "dead"),
-            ("dead_fraction", "dead fraction"),
-        ],
-    ),
-}
-
 
 def _tables(check: str, evidence: Mapping[str, Any]) -> list[Table]:
+    from nndiag.checks import registry
+
+    spec = registry().get(check)
     tables: list[Table] = []
-    if check == "gradient_check":
-        tables += _table(
-            evidence.get("tensors"),
-            "tensors",
-            [
-                ("name", "tensor"),
-                ("shape", "shape"),
-                ("rel_error", "rel. error"),
-                ("step", "step h"),
-                ("status", "status"),
-            ],
-        )
-    spec = _TABLES.get(check)
-    if spec is not None:
-        key, title, columns = spec
-        records = evidence.get(key)
-        if check == "activation_stats" and isinstance(records, list):
+    for table in spec.tables if spec is not None else ():
+        records = evidence.get(table.key)
+        if table.sort_by is not None and isinstance(records, list):
+            key = table.sort_by
             records = sorted(
                 (r for r in records if isinstance(r, Mapping)),
-                key=lambda r: _number_or(r.get("depth"), math.inf),
+                key=lambda r: _number_or(r.get(key), math.inf),
             )
-        tables += _table(records, title, columns)
+        tables += _table(records, table.title, list(table.columns))
     return tables
 
 

@@ -61,6 +61,14 @@ class Plot:
 Plotter = Callable[[Mapping[str, Any]], "list[tuple[str, Figure]]"]
 
 
+def _registered_plotter(check: str) -> Plotter | None:
+    """The plotter of a check registered by a third party (nndiag's own are in PLOTTERS)."""
+    from nndiag.checks import registry
+
+    spec = registry().get(check)
+    return spec.plotter() if spec is not None else None
+
+
 def plots_for(result: CheckResult) -> list[Plot]:
     """Draw the plots for one check result; never raises.
 
@@ -72,7 +80,7 @@ def plots_for(result: CheckResult) -> list[Plot]:
         no plotter; a single note-only :class:`Plot` when drawing failed.
     """
     evidence = result.evidence
-    plotter = PLOTTERS.get(result.check)
+    plotter = PLOTTERS.get(result.check) or _registered_plotter(result.check)
     if not evidence or plotter is None:
         return []
     try:
@@ -714,12 +722,11 @@ def plot_dead_neurons(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     return [("fraction of dead units per layer", fig)]
 
 
-PLOTTERS: dict[str, Plotter] = {
-    "initial_loss": plot_initial_loss,
-    "regularization_loss": plot_regularization_loss,
-    "overfit_small": plot_overfit_small,
-    "gradient_check": plot_gradient_check,
-    "activation_stats": plot_activation_stats,
-    "dead_neurons": plot_dead_neurons,
-}
+def _plotters() -> dict[str, Plotter]:
+    from nndiag.checks import BUILTIN
+
+    return {spec.id: plotter for spec in BUILTIN if (plotter := spec.plotter()) is not None}
+
+
+PLOTTERS: dict[str, Plotter] = _plotters()
 """Check id -> plotter; a check without an entry gets its metrics table only."""

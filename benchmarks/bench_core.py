@@ -138,7 +138,7 @@ def test_activation_capture_overhead(
     benchmark: pytest.FixtureRequest, net: str, batch: int
 ) -> None:
     """Issue target: capture adds <= 30% to a bare forward; memory flat in the batch."""
-    from nndiag.backends.torch import _Recorder
+    from nndiag.backends.torch.capture import Recorder
 
     if net == "mlp":
         model, (X, _) = _mlp(), _data(batch)
@@ -153,7 +153,7 @@ def test_activation_capture_overhead(
             model(X)
 
     def captured() -> list:
-        recorder = _Recorder(model, 40)
+        recorder = Recorder(model, 40)
         with torch.no_grad(), recorder:
             model(X)
         return recorder.layers()

@@ -308,7 +308,7 @@ class SessionBase:
 
 
 class Backend(Protocol):
-    """What a framework adapter provides; see ``nndiag/backends/torch.py``."""
+    """What a framework adapter provides; see ``nndiag/backends/torch/``."""
 
     name: str
 

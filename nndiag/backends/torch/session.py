@@ -1,12 +1,4 @@
-"""PyTorch backend: any ``torch.nn.Module``.
-
-Checks never run on the user's tensors. For the length of a check every parameter and
-buffer slot of the model (and of a loss that is a module) holds a private clone, swapped in
-through ``setattr`` so that a loss or regularization closure reading ``model.fc.weight``
-sees exactly what the check differentiates or trains. The originals are put back in
-``finally``, and a snapshot taken beforehand restores anything else a check could touch
-(modes, plain-number attributes, ``requires_grad``, ``.grad``, RNG states).
-"""
+"""The torch backend's session: one diagnose run of one ``torch.nn.Module`` subject."""
 
 from __future__ import annotations
 
@@ -18,23 +10,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from nndiag.backends import (
-    PER_SAMPLE_ROWS,
-    Batch,
-    LayerRecord,
-    SessionBase,
-    Task,
-    read_items,
-    unpack,
-    validate_arrays,
-)
-from nndiag.backends.capture import Accumulator
+from nndiag.backends import PER_SAMPLE_ROWS, Batch, LayerRecord, SessionBase, Task
 from nndiag.backends.state import NumberSnapshot, holders, references, rng_guard
+from nndiag.backends.torch.capture import Recorder
 from nndiag.errors import InvalidSubject, ModelError, describe
 
-__all__ = ["BACKEND", "TorchBackend", "TorchSession"]
+__all__ = ["TorchSession", "rng_devices", "torch_rng_guard"]
 
 _DROPOUT = (
     nn.Dropout,
@@ -46,72 +28,8 @@ _DROPOUT = (
 )
 
 
-def _activation_kinds() -> dict[Any, str]:
-    F = nn.functional
-    kinds: dict[Any, str] = {}
-    for kind, funcs in {
-        "relu": (
-            F.relu,
-            F.relu_,
-            torch.relu,
-            torch.relu_,
-            torch.Tensor.relu,
-            torch.Tensor.relu_,
-            F.relu6,
-        ),
-        "tanh": (torch.tanh, torch.tanh_, torch.Tensor.tanh, torch.Tensor.tanh_),
-        "sigmoid": (torch.sigmoid, torch.sigmoid_, torch.Tensor.sigmoid, torch.Tensor.sigmoid_),
-    }.items():
-        kinds.update(dict.fromkeys(funcs, kind))
-    for func in (
-        F.leaky_relu,
-        F.gelu,
-        F.silu,
-        F.elu,
-        F.selu,
-        F.celu,
-        F.softplus,
-        F.mish,
-        F.hardtanh,
-        F.hardswish,
-    ):
-        kinds[func] = func.__name__
-    return kinds
-
-
-_KINDS = _activation_kinds()
-_ACTIVATION_MODULES = tuple(
-    getattr(nn, n)
-    for n in (
-        "ReLU",
-        "ReLU6",
-        "Tanh",
-        "Sigmoid",
-        "LeakyReLU",
-        "GELU",
-        "SiLU",
-        "ELU",
-        "SELU",
-        "CELU",
-        "Softplus",
-        "Mish",
-        "Hardtanh",
-        "Hardswish",
-    )
-)
-
-
-def _hardtanh_floor(args: Any, kwargs: Any) -> float:
-    if len(args) > 1:
-        return float(args[1])
-    return float((kwargs or {}).get("min_val", -1.0))
-
-
-def _is_array(value: Any) -> bool:
-    return isinstance(value, (torch.Tensor, np.ndarray))
-
-
-def _rng_guard_devices(model: nn.Module) -> list[int]:
+def rng_devices(model: nn.Module) -> list[int]:
+    """The CUDA devices the model's parameters sit on, whose generators a check guards."""
     return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
@@ -124,82 +42,12 @@ def _seed(seed: int, devices: list[int]) -> None:
 
 
 @contextmanager
-def _rng_guard(devices: list[int], seed: int | None = None) -> Iterator[None]:
+def torch_rng_guard(devices: list[int], seed: int | None = None) -> Iterator[None]:
     """Leave torch, numpy and ``random`` generators exactly as they were."""
     with rng_guard(), torch.random.fork_rng(devices=devices):
         if seed is not None:
             _seed(seed, devices)
         yield
-
-
-class TorchBackend:
-    """Adapter for ``torch.nn.Module`` models."""
-
-    name = "torch"
-
-    def accepts(self, model: Any) -> bool:
-        return isinstance(model, nn.Module)
-
-    def validate_model(self, model: Any, *, optimizer: Any, regularization: Any) -> None:
-        params = list(model.parameters())
-        if not params:
-            raise InvalidSubject(
-                "model",
-                f"{type(model).__name__} has no parameters",
-                "diagnose a model with trainable layers",
-            )
-        if not any(p.requires_grad for p in params):
-            raise InvalidSubject(
-                "model",
-                "every parameter has requires_grad=False",
-                "unfreeze the layers to diagnose (p.requires_grad_(True))",
-            )
-        if optimizer is not None and not (
-            isinstance(optimizer, torch.optim.Optimizer) or callable(optimizer)
-        ):
-            raise InvalidSubject(
-                "optimizer",
-                f"expected a callable, got {describe(optimizer)}",
-                "pass optimizer=lambda params: torch.optim.SGD(params, lr=0.1)",
-            )
-        if isinstance(regularization, str):
-            value = getattr(model, regularization, None)
-            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not numeric and not (isinstance(value, torch.Tensor) and value.numel() == 1):
-                raise InvalidSubject(
-                    "regularization",
-                    f"model attribute {regularization!r} is {describe(value)}, not a number",
-                    "name the model attribute the loss reads its strength from, or pass a "
-                    "function (model, strength) -> None",
-                )
-
-    def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
-        """Read up to ``limit`` batches without touching the global RNGs (a shuffling
-        DataLoader draws from them)."""
-        items = read_items(data, limit, _is_array, _rng_guard(_rng_guard_devices(model)))
-        device = next(model.parameters()).device
-        return [self._batch(item, i, device) for i, item in enumerate(items)]
-
-    def _batch(self, item: Any, index: int, device: torch.device) -> Batch:
-        where, *pair = unpack(item, index)
-        X, y = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in pair)
-        for arg, value in (("X", X), ("y", y)):
-            if not isinstance(value, torch.Tensor):
-                raise InvalidSubject(
-                    where,
-                    f"{arg} is {describe(value)}, not a tensor",
-                    f"convert {arg} with torch.as_tensor",
-                )
-        validate_arrays(
-            where, X, y, lambda v: int((~torch.isfinite(v)).sum()) if v.is_floating_point() else 0
-        )
-        return Batch(X.to(device), y.to(device))
-
-    def session(self, subject: Any, config: Any) -> TorchSession:
-        return TorchSession(subject, config)
-
-
-BACKEND = TorchBackend()
 
 
 def _default_loss(y: torch.Tensor) -> Any:
@@ -333,7 +181,7 @@ class TorchSession(SessionBase):
         self.loss_fn = subject.loss or _default_loss(self.batches[0].y)
         self.has_regularization = subject.regularization is not None
         self.framework = f"torch {torch.__version__}"
-        self._devices = _rng_guard_devices(self.model)
+        self._devices = rng_devices(self.model)
         with self.isolated("validation"):
             self.task = self._probe()
 
@@ -384,7 +232,7 @@ class TorchSession(SessionBase):
         holding = NumberSnapshot(holders(self.loss_fn, knob if callable(knob) else None))
         default_dtype = torch.get_default_dtype()
         try:
-            with _rng_guard(self._devices, self.config.seed), torch.enable_grad():
+            with torch_rng_guard(self._devices, self.config.seed), torch.enable_grad():
                 self.model.train()
                 for module in self.model.modules():
                     if isinstance(module, _DROPOUT):  # dropout is regularization: off
@@ -575,7 +423,7 @@ class TorchSession(SessionBase):
 
     # -- activations -------------------------------------------------------------------
     def _capture_layers(self) -> list[LayerRecord]:
-        recorder = _Recorder(self.model, self.config.histogram_bins)
+        recorder = Recorder(self.model, self.config.histogram_bins)
         left = self.config.max_samples
         with torch.no_grad():
             for batch in self.batches:
@@ -687,93 +535,3 @@ class _Trainer:
 
     def unchanged(self) -> list[str]:
         return [n for n, p in self.params.items() if torch.equal(p.detach(), self.start[n])]
-
-
-class _Recorder(TorchFunctionMode):
-    """Reduce every activation function's output to per-layer statistics as it happens.
-
-    A ``TorchFunctionMode`` sees functional calls (``F.relu``, ``torch.tanh``) that module
-    hooks miss; module hooks only keep the name of the module being run, so that a layer is
-    named after where it happens. Nothing the size of a batch is kept.
-    """
-
-    def __init__(self, model: nn.Module, bins: int) -> None:
-        super().__init__()
-        self.model = model
-        self.stats = Accumulator(bins)
-        self.feeds: dict[str, tuple[str, nn.Module]] = {}  # layer -> weight layer feeding it
-        self.stack: list[nn.Module] = []
-        self.names = {m: n for n, m in model.named_modules()}
-        self.weight: tuple[str, nn.Module] | None = None
-        self.seen: dict[str, int] = {}
-        self.handles: list[Any] = []
-
-    def __enter__(self) -> _Recorder:
-        self.seen = {}
-        self.weight = None
-        for module in self.names:
-            self.handles.append(module.register_forward_pre_hook(self._push))
-            self.handles.append(module.register_forward_hook(self._pop, always_call=True))
-        return super().__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            super().__exit__(*exc)
-        finally:
-            for handle in self.handles:
-                handle.remove()
-            self.handles.clear()
-            self.stack.clear()
-
-    def _push(self, module: nn.Module, args: Any) -> None:
-        self.stack.append(module)
-
-    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.stack and self.stack[-1] is module:
-            self.stack.pop()
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
-            self.weight = (self.names[module], module)
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        kind = _KINDS.get(func)
-        if kind == "hardtanh" and _hardtanh_floor(args, kwargs) == 0.0:
-            kind = "relu"  # nn.ReLU6 runs as hardtanh(x, 0, 6): a ReLU-family unit
-        if kind is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
-            self._record(kind, out.detach())
-        return out
-
-    def _layer_name(self, kind: str) -> str:
-        top = self.stack[-1] if self.stack else None
-        if top is not None and isinstance(top, _ACTIVATION_MODULES):
-            base = self.names[top]
-            if base.rpartition(".")[2].isdigit():  # "layers.3" says little; "layers.3:relu"
-                base = f"{base}:{kind}"
-        else:
-            where = self.names.get(top, "") if top is not None else ""
-            base = f"{where}.{kind}" if where else kind
-        self.seen[base] = self.seen.get(base, 0) + 1
-        return base if self.seen[base] == 1 else f"{base}#{self.seen[base]}"
-
-    def _record(self, kind: str, x: torch.Tensor) -> None:
-        name = self._layer_name(kind)
-        conv = self.weight is not None and isinstance(self.weight[1], nn.modules.conv._ConvNd)
-        if x.ndim >= 2:
-            x = x.movedim(1, -1) if conv else x  # a conv layer's units are its channels
-            x = x.reshape(-1, x.shape[-1])
-        else:
-            x = x.reshape(-1, 1)
-        if self.weight is not None and name not in self.stats.records:
-            self.feeds[name] = self.weight
-        self.stats.add(name, kind, x.float().cpu().numpy())
-
-    def layers(self) -> list[LayerRecord]:
-        layers = self.stats.layers()
-        for layer in layers:  # weight statistics once, after the pass, not inside it
-            if layer.name in self.feeds:
-                name, module = self.feeds[layer.name]
-                w = module.weight.detach()
-                layer.weight_layer, layer.fan_in = name, int(w[0].numel())
-                layer.weight_std = float(w.float().std(correction=0))
-        return layers

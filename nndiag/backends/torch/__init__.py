@@ -1,0 +1,97 @@
+"""PyTorch backend: any ``torch.nn.Module``.
+
+Checks never run on the user's tensors. For the length of a check every parameter and
+buffer slot of the model (and of a loss that is a module) holds a private clone, swapped in
+through ``setattr`` so that a loss or regularization closure reading ``model.fc.weight``
+sees exactly what the check differentiates or trains. The originals are put back in
+``finally``, and a snapshot taken beforehand restores anything else a check could touch
+(modes, plain-number attributes, ``requires_grad``, ``.grad``, RNG states).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nndiag.backends import Batch, read_items, unpack, validate_arrays
+from nndiag.backends.torch.session import TorchSession, rng_devices, torch_rng_guard
+from nndiag.errors import InvalidSubject, describe
+
+__all__ = ["BACKEND", "TorchBackend", "TorchSession"]
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (torch.Tensor, np.ndarray))
+
+
+class TorchBackend:
+    """Adapter for ``torch.nn.Module`` models."""
+
+    name = "torch"
+
+    def accepts(self, model: Any) -> bool:
+        return isinstance(model, nn.Module)
+
+    def validate_model(self, model: Any, *, optimizer: Any, regularization: Any) -> None:
+        params = list(model.parameters())
+        if not params:
+            raise InvalidSubject(
+                "model",
+                f"{type(model).__name__} has no parameters",
+                "diagnose a model with trainable layers",
+            )
+        if not any(p.requires_grad for p in params):
+            raise InvalidSubject(
+                "model",
+                "every parameter has requires_grad=False",
+                "unfreeze the layers to diagnose (p.requires_grad_(True))",
+            )
+        if optimizer is not None and not (
+            isinstance(optimizer, torch.optim.Optimizer) or callable(optimizer)
+        ):
+            raise InvalidSubject(
+                "optimizer",
+                f"expected a callable, got {describe(optimizer)}",
+                "pass optimizer=lambda params: torch.optim.SGD(params, lr=0.1)",
+            )
+        if isinstance(regularization, str):
+            value = getattr(model, regularization, None)
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not numeric and not (isinstance(value, torch.Tensor) and value.numel() == 1):
+                raise InvalidSubject(
+                    "regularization",
+                    f"model attribute {regularization!r} is {describe(value)}, not a number",
+                    "name the model attribute the loss reads its strength from, or pass a "
+                    "function (model, strength) -> None",
+                )
+
+    def read_batches(self, model: Any, data: Any, limit: int) -> list[Batch]:
+        """Read up to ``limit`` batches without touching the global RNGs (a shuffling
+        DataLoader draws from them)."""
+        items = read_items(data, limit, _is_array, torch_rng_guard(rng_devices(model)))
+        device = next(model.parameters()).device
+        return [self._batch(item, i, device) for i, item in enumerate(items)]
+
+    def _batch(self, item: Any, index: int, device: torch.device) -> Batch:
+        where, *pair = unpack(item, index)
+        X, y = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in pair)
+        for arg, value in (("X", X), ("y", y)):
+            if not isinstance(value, torch.Tensor):
+                raise InvalidSubject(
+                    where,
+                    f"{arg} is {describe(value)}, not a tensor",
+                    f"convert {arg} with torch.as_tensor",
+                )
+        validate_arrays(
+            where, X, y, lambda v: int((~torch.isfinite(v)).sum()) if v.is_floating_point() else 0
+        )
+        return Batch(X.to(device), y.to(device))
+
+    def session(self, subject: Any, config: Any) -> TorchSession:
+        return TorchSession(subject, config)
+
+
+BACKEND = TorchBackend()

@@ -1,0 +1,165 @@
+"""Activation capture for torch: a ``TorchFunctionMode`` that records activation statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from nndiag.backends import LayerRecord
+from nndiag.backends.capture import Accumulator
+
+__all__ = ["Recorder"]
+
+
+def _activation_kinds() -> dict[Any, str]:
+    F = nn.functional
+    kinds: dict[Any, str] = {}
+    for kind, funcs in {
+        "relu": (
+            F.relu,
+            F.relu_,
+            torch.relu,
+            torch.relu_,
+            torch.Tensor.relu,
+            torch.Tensor.relu_,
+            F.relu6,
+        ),
+        "tanh": (torch.tanh, torch.tanh_, torch.Tensor.tanh, torch.Tensor.tanh_),
+        "sigmoid": (torch.sigmoid, torch.sigmoid_, torch.Tensor.sigmoid, torch.Tensor.sigmoid_),
+    }.items():
+        kinds.update(dict.fromkeys(funcs, kind))
+    for func in (
+        F.leaky_relu,
+        F.gelu,
+        F.silu,
+        F.elu,
+        F.selu,
+        F.celu,
+        F.softplus,
+        F.mish,
+        F.hardtanh,
+        F.hardswish,
+    ):
+        kinds[func] = func.__name__
+    return kinds
+
+
+_KINDS = _activation_kinds()
+_ACTIVATION_MODULES = tuple(
+    getattr(nn, n)
+    for n in (
+        "ReLU",
+        "ReLU6",
+        "Tanh",
+        "Sigmoid",
+        "LeakyReLU",
+        "GELU",
+        "SiLU",
+        "ELU",
+        "SELU",
+        "CELU",
+        "Softplus",
+        "Mish",
+        "Hardtanh",
+        "Hardswish",
+    )
+)
+
+
+def _hardtanh_floor(args: Any, kwargs: Any) -> float:
+    if len(args) > 1:
+        return float(args[1])
+    return float((kwargs or {}).get("min_val", -1.0))
+
+
+class Recorder(TorchFunctionMode):
+    """Reduce every activation function's output to per-layer statistics as it happens.
+
+    A ``TorchFunctionMode`` sees functional calls (``F.relu``, ``torch.tanh``) that module
+    hooks miss; module hooks only keep the name of the module being run, so that a layer is
+    named after where it happens. Nothing the size of a batch is kept.
+    """
+
+    def __init__(self, model: nn.Module, bins: int) -> None:
+        super().__init__()
+        self.model = model
+        self.stats = Accumulator(bins)
+        self.feeds: dict[str, tuple[str, nn.Module]] = {}  # layer -> weight layer feeding it
+        self.stack: list[nn.Module] = []
+        self.names = {m: n for n, m in model.named_modules()}
+        self.weight: tuple[str, nn.Module] | None = None
+        self.seen: dict[str, int] = {}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> Recorder:
+        self.seen = {}
+        self.weight = None
+        for module in self.names:
+            self.handles.append(module.register_forward_pre_hook(self._push))
+            self.handles.append(module.register_forward_hook(self._pop, always_call=True))
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            for handle in self.handles:
+                handle.remove()
+            self.handles.clear()
+            self.stack.clear()
+
+    def _push(self, module: nn.Module, args: Any) -> None:
+        self.stack.append(module)
+
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.stack and self.stack[-1] is module:
+            self.stack.pop()
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
+            self.weight = (self.names[module], module)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        kind = _KINDS.get(func)
+        if kind == "hardtanh" and _hardtanh_floor(args, kwargs) == 0.0:
+            kind = "relu"  # nn.ReLU6 runs as hardtanh(x, 0, 6): a ReLU-family unit
+        if kind is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
+            self._record(kind, out.detach())
+        return out
+
+    def _layer_name(self, kind: str) -> str:
+        top = self.stack[-1] if self.stack else None
+        if top is not None and isinstance(top, _ACTIVATION_MODULES):
+            base = self.names[top]
+            if base.rpartition(".")[2].isdigit():  # "layers.3" says little; "layers.3:relu"
+                base = f"{base}:{kind}"
+        else:
+            where = self.names.get(top, "") if top is not None else ""
+            base = f"{where}.{kind}" if where else kind
+        self.seen[base] = self.seen.get(base, 0) + 1
+        return base if self.seen[base] == 1 else f"{base}#{self.seen[base]}"
+
+    def _record(self, kind: str, x: torch.Tensor) -> None:
+        name = self._layer_name(kind)
+        conv = self.weight is not None and isinstance(self.weight[1], nn.modules.conv._ConvNd)
+        if x.ndim >= 2:
+            x = x.movedim(1, -1) if conv else x  # a conv layer's units are its channels
+            x = x.reshape(-1, x.shape[-1])
+        else:
+            x = x.reshape(-1, 1)
+        if self.weight is not None and name not in self.stats.records:
+            self.feeds[name] = self.weight
+        self.stats.add(name, kind, x.float().cpu().numpy())
+
+    def layers(self) -> list[LayerRecord]:
+        layers = self.stats.layers()
+        for layer in layers:  # weight statistics once, after the pass, not inside it
+            if layer.name in self.feeds:
+                name, module = self.feeds[layer.name]
+                w = module.weight.detach()
+                layer.weight_layer, layer.fan_in = name, int(w[0].numel())
+                layer.weight_std = float(w.float().std(correction=0))
+        return layers

@@ -1,10 +1,11 @@
 """pytest plugin (entry point ``pytest11``): ``pytest --nndiag`` runs nndiag's checks as tests.
 
 This module is loaded by every pytest run in an environment where nndiag is installed, so
-it imports the standard library and pytest only, and without ``--nndiag`` it only adds its
-options. With ``--nndiag``, :func:`pytest_configure` reads the options once into an
-:class:`~nndiag._pytest_items.NndiagSession` kept in ``config.stash`` and registers the hooks
-below; everything heavier lives in :mod:`nndiag._pytest_items`.
+it imports the standard library, pytest and :mod:`nndiag._pytest.common` (which imports no
+more) only, and without ``--nndiag`` it only adds its options. With ``--nndiag``,
+:func:`pytest_configure` reads the options once into an
+:class:`~nndiag._pytest.session.NndiagSession` kept in ``config.stash`` and registers the hooks
+below; everything heavier lives in the :mod:`nndiag._pytest` package, one job per module.
 
 How the pieces fit:
 
@@ -29,20 +30,20 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from nndiag._pytest.common import (
+    REPORT_ATTRIBUTE,
+    SESSION_KEY,
+    WORKER_SEED,
+    WORKER_SEED_FORCED,
+    NndiagWarning,
+)
+
 if TYPE_CHECKING:
     from collections.abc import Generator
 
-    from nndiag._pytest_items import NndiagSession
+    from nndiag._pytest.session import NndiagSession
 
-__all__ = ["SESSION_KEY", "NndiagWarning"]
-
-SESSION_KEY = pytest.StashKey["NndiagSession"]()
-# Attribute of a TestReport carrying a check's result, and its key in serialized reports.
-REPORT_ATTRIBUTE = "nndiag_result"
-
-
-class NndiagWarning(UserWarning):
-    """A check passed with a warning; ``--nndiag-strict`` makes it fail."""
+__all__ = ["REPORT_ATTRIBUTE", "SESSION_KEY", "NndiagWarning"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -96,7 +97,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("nndiag"):
         return
-    from nndiag._pytest_items import NndiagSession
+    from nndiag._pytest.session import NndiagSession
 
     session = NndiagSession.from_config(config)  # raises pytest.UsageError on bad settings
     config.stash[SESSION_KEY] = session
@@ -108,13 +109,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class _NndiagHooks:
-    """The hooks of a ``--nndiag`` run; each hands over to the session object."""
+    """The hooks of a ``--nndiag`` run; each hands over to the session's parts."""
 
     def __init__(self, session: NndiagSession) -> None:
         self.session = session
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        return self.session.header()
+        return self.session.reporter.header()
 
     @pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect look at the items
     def pytest_collection_modifyitems(
@@ -154,13 +155,13 @@ class _NndiagHooks:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         payload = getattr(report, REPORT_ATTRIBUTE, None)
         if payload is not None:
-            self.session.record(report.nodeid, report.when, payload)
+            self.session.reporter.record(report.nodeid, report.when, payload)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self.session.write_reports(session.config)
+        self.session.reporter.write_reports(session.config)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        self.session.summary(terminalreporter)
+        self.session.reporter.summary(terminalreporter)
 
 
 class _XdistHooks:
@@ -170,5 +171,5 @@ class _XdistHooks:
         self.session = session
 
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["nndiag_seed"] = self.session.seed
-        node.workerinput["nndiag_seed_forced"] = self.session.seed_forced
+        node.workerinput[WORKER_SEED] = self.session.settings.seed
+        node.workerinput[WORKER_SEED_FORCED] = self.session.settings.seed_forced

@@ -179,7 +179,7 @@ def test_settings_precedence(pytester: pytest.Pytester) -> None:
         "property-examples = 9\n"
     )
     import nndiag
-    from nndiag._pytest_items import SubjectSpec
+    from nndiag._pytest.plan import SubjectSpec
 
     def spec(name: str, **options: object) -> SubjectSpec:
         factory = nndiag.subject(name=name, **options)(lambda: None)

@@ -13,7 +13,11 @@ HEAVY = (
     "jax",
     "hypothesis",
     "jinja2",
-    "nndiag._pytest_items",
+    "nndiag._pytest.settings",
+    "nndiag._pytest.plan",
+    "nndiag._pytest.items",
+    "nndiag._pytest.reporting",
+    "nndiag._pytest.session",
     "nndiag.properties",
     "nndiag.strategies",
 )

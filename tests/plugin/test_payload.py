@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from nndiag._pytest_items import _properties
+from nndiag._pytest.items import _properties
 from nndiag.results import CheckResult, Cost
 
 PLAIN = (str, int, float, bool, type(None))

@@ -1,0 +1,187 @@
+"""What a ``--nndiag`` run tells: the header, results gathered from test reports, the
+JSON/HTML report files and the terminal's subject x check table.
+
+A result travels as a plain-data payload on its item's setup report, so that under xdist the
+controller sees every worker's results (the plugin serializes the payload across execnet).
+The controller alone writes the files and the table; workers only send.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nndiag._pytest.common import PAYLOAD_VERSION
+from nndiag._pytest.settings import ALL_CHECKS, Settings
+from nndiag.results import STATUSES, CheckResult, Report, environment
+
+__all__ = ["Reporter", "make_payload"]
+
+_SHOWN = {
+    "pass": "pass",
+    "warn": "WARN",
+    "fail": "FAIL",
+    "skip": "skip",
+    "error": "ERROR",
+    "xfail": "xfail",
+}
+_MARKUP: dict[str, dict[str, bool]] = {
+    "pass": {"green": True},
+    "warn": {"yellow": True},
+    "fail": {"red": True, "bold": True},
+    "error": {"red": True, "bold": True},
+    "skip": {},
+    "xfail": {"yellow": True},
+}
+
+
+def make_payload(
+    result: Mapping[str, Any], *, order: tuple[int, int], xfail: bool
+) -> dict[str, Any]:
+    """What an item's setup report carries: its result's JSON form, its place in the table
+    (subject index, check index), the frameworks its process loaded, and whether a failure
+    is expected."""
+    return {
+        "v": PAYLOAD_VERSION,
+        "result": result,
+        "order": list(order),
+        "frameworks": environment()["frameworks"],
+        "xfail": xfail,
+    }
+
+
+class Reporter:
+    """Results of one run as they arrive (on the controller), and what is made of them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.results: dict[str, dict[str, Any]] = {}
+        self.written: list[Path] = []
+        self.notes: list[str] = []
+        self.discovered: int | None = None  # subjects found (None: not collected here)
+
+    def header(self) -> list[str]:
+        settings = self.settings
+        checks = (
+            ",".join(settings.cli_checks)
+            if settings.cli_checks is not None
+            else "each subject's own (all 8 by default)"
+        )
+        return [
+            f"nndiag: seed {settings.seed} ({settings.seed_origin}; rerun with --nndiag-seed "
+            f"{settings.seed}), checks: {checks}, strict: {'on' if settings.strict else 'off'}, "
+            f"report: {settings.shown(settings.report_dir)}/"
+        ]
+
+    def record(self, nodeid: str, when: str, payload: Any) -> None:
+        """Keep the payload of a setup report; payloads of another version are ignored."""
+        if when == "setup" and isinstance(payload, dict) and payload.get("v") == PAYLOAD_VERSION:
+            self.results[nodeid] = payload
+
+    def _ordered(self) -> list[dict[str, Any]]:
+        return sorted(
+            self.results.values(),
+            key=lambda p: (tuple(p["order"]), p["result"]["subject"], p["result"]["check"]),
+        )
+
+    def write_reports(self, config: pytest.Config) -> None:
+        """Write nndiag.json (and nndiag.html) once, on the controller."""
+        if hasattr(config, "workerinput") or not self.results:
+            return  # an xdist worker: its results travel to the controller
+        report_dir = self.settings.report_dir
+        payloads = self._ordered()
+        meta = environment(self.settings.seed)
+        for payload in payloads:  # under xdist the controller never imported the frameworks
+            for name, version in payload.get("frameworks", {}).items():
+                meta["frameworks"].setdefault(name, version)
+        report = Report([CheckResult.from_dict(p["result"]) for p in payloads], meta)
+        try:
+            self.written.append(report.to_json(report_dir / "nndiag.json"))
+        except OSError as exc:
+            self.notes.append(f"could not write the JSON report: {exc}")
+            return
+        try:
+            import nndiag.report  # noqa: F401 - the HTML renderer is optional
+        except ImportError as exc:
+            self.notes.append(f"HTML report skipped: {exc}")
+            return
+        try:
+            self.written.append(report.to_html(report_dir / "nndiag.html"))
+        except Exception as exc:  # the JSON is the source of truth; say why the page is missing
+            self.notes.append(
+                f"HTML report failed: {type(exc).__name__}: {exc} (re-render it "
+                f"with: nndiag report {self.settings.shown(self.written[0])})"
+            )
+
+    def summary(self, terminal: Any) -> None:
+        """The check x subject table (split to fit the terminal), then the report paths."""
+        if self.discovered == 0:
+            terminal.write_line(
+                "nndiag: no subjects found; declare them with @nndiag.subject "
+                "in a conftest.py, or list them in [tool.nndiag] subjects",
+                yellow=True,
+            )
+        if not self.results and not self.notes:
+            return
+        payloads = self._ordered()
+        subjects = list(dict.fromkeys(p["result"]["subject"] for p in payloads))
+        checks = [c for c in ALL_CHECKS if any(p["result"]["check"] == c for p in payloads)]
+        cells: dict[tuple[str, str], str] = {}
+        counts = dict.fromkeys(STATUSES, 0)
+        for p in payloads:
+            result = p["result"]
+            counts[result["status"]] += 1
+            expected = result["status"] == "fail" and p.get("xfail")
+            cells[result["subject"], result["check"]] = "xfail" if expected else result["status"]
+        terminal.write_sep("=", f"nndiag: {len(subjects)} subject(s), seed {self.settings.seed}")
+        label = max((len(c) for c in checks), default=5) + 2
+        width = max(shutil.get_terminal_size((80, 24)).columns, 40)
+        groups: list[list[str]] = [[]]
+        used = label
+        for name in subjects:
+            column = _column(name)
+            if groups[-1] and used + column > width:
+                groups.append([])
+                used = label
+            groups[-1].append(name)
+            used += column
+        for group in groups:
+            if group:
+                _table(terminal, group, checks, cells, label)
+        totals = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        if payloads:
+            terminal.write_line(f"{len(payloads)} results: {totals}")
+        for path in self.written:
+            terminal.write_line(f"nndiag report: {self.settings.shown(path)}")
+        for note in self.notes:
+            terminal.write_line(f"nndiag: {note}", yellow=True)
+
+
+def _column(name: str) -> int:
+    return max(len(name), 5) + 2
+
+
+def _table(
+    terminal: Any,
+    subjects: list[str],
+    checks: list[str],
+    cells: Mapping[tuple[str, str], str],
+    label: int,
+) -> None:
+    terminal.write_line(
+        ("check".ljust(label) + "".join(s.ljust(_column(s)) for s in subjects)).rstrip()
+    )
+    for check in checks:
+        terminal.write(check.ljust(label))
+        for i, subject in enumerate(subjects):
+            status = cells.get((subject, check), "")
+            text = _SHOWN.get(status, "-")
+            terminal.write(
+                text if i == len(subjects) - 1 else text.ljust(_column(subject)),
+                **_MARKUP.get(status, {}),
+            )
+        terminal.line("")

@@ -111,6 +111,20 @@ class Config:
     dead_warn: float = 0.5
     dead_fail: float = 0.7
 
+    # batch_independence: rows of the probed batch; a gradient on another row above this
+    # fraction of the row's own counts as a leak (an independent model gives exact zeros);
+    # a perturbed output row may move by this much relative to its size (float rounding);
+    # Hypothesis examples spent shrinking a leak to a minimal batch.
+    independence_rows: int = 8
+    independence_tolerance: float = 1e-6
+    independence_rtol: float = 1e-5
+    independence_examples: int = 30
+
+    # numerics: rows watched for NaN/Inf; two eval-mode passes of one batch may differ by
+    # this much relative to the outputs' size (bit-identical is expected on CPU).
+    numerics_rows: int = 32
+    numerics_eval_rtol: float = 1e-6
+
     checks: tuple[str, ...] = DEFAULT_CHECKS
 
     def __post_init__(self) -> None:

@@ -37,6 +37,7 @@ from nndiag._pytest.common import (
     WORKER_SEED_FORCED,
     NndiagWarning,
 )
+from nndiag.checks import BUILTIN
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
     from nndiag._pytest.session import NndiagSession
 
 __all__ = ["REPORT_ATTRIBUTE", "SESSION_KEY", "NndiagWarning"]
+
+
+# Light: the records name their functions as strings, so nothing heavy loads here.
+_DEFAULTS = tuple(spec.id for spec in BUILTIN if spec.default)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,7 +67,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="comma-separated check ids to run, among each subject's own checks, e.g. "
         "initial_loss,dead_neurons (default: every check the subject declares; without a "
-        "declaration, [tool.nndiag] checks, else all eight)",
+        f"declaration, [tool.nndiag] checks, else nndiag's {len(_DEFAULTS)} default checks: "
+        f"{', '.join(_DEFAULTS)})",
     )
     group.addoption(
         "--nndiag-seed",
@@ -89,7 +95,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         type=int,
         default=None,
-        help="Hypothesis examples per property check (batch_independence, finite_outputs) "
+        help="Hypothesis examples that shrink a batch_independence failure to a minimal batch "
         "(default: [tool.nndiag] property-examples, else 25)",
     )
 

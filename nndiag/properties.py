@@ -1,6 +1,6 @@
-"""Assertions about a model on any batch, for your own Hypothesis tests; and the plugin's
-property checks, which run the same probes under ``@given`` so that a failure shrinks to
-a minimal counterexample.
+"""Assertions about a torch model on any batch, for your own Hypothesis tests (nndiag's
+own ``batch_independence`` and ``numerics`` checks run on every backend through
+``diagnose()``; these helpers let a ``@given`` test probe batches it generates).
 
 Every helper leaves the model exactly as it found it: the mode of each submodule, buffers
 (BatchNorm running statistics), ``.grad`` of parameters and the global RNGs. Each raises
@@ -23,7 +23,6 @@ Importing this module imports no framework; torch and hypothesis load when calle
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,19 +33,14 @@ if TYPE_CHECKING:
 
     from nndiag.config import Config
     from nndiag.results import CheckResult
-    from nndiag.subject import Subject
 
 __all__ = [
-    "PROPERTY_CHECKS",
     "assert_batch_independent",
     "assert_finite_outputs",
     "assert_gradients_match",
     "assert_initial_loss_near_expected",
-    "run_property",
 ]
 
-# Check ids of the Hypothesis-driven checks ``pytest --nndiag`` runs besides nndiag.checks.
-PROPERTY_CHECKS: tuple[str, ...] = ("batch_independence", "finite_outputs")
 
 # A row's gradient counts as leaking into another row above this fraction of its own:
 # an independent model gives exact zeros, so any float noise is far below it.
@@ -431,150 +425,3 @@ def assert_initial_loss_near_expected(
             initial_loss_warn=min(config.initial_loss_warn, float(tolerance)),
         )
     _raise_unless_ok(_run_check("initial_loss", model, X, y, loss, config))
-
-
-# -- the plugin's property checks -------------------------------------------------------------
-class _Falsified(AssertionError):
-    pass
-
-
-def run_property(
-    check: str, subject: Subject, config: Config, *, max_examples: int = 25, max_size: int = 16
-) -> CheckResult:
-    """Run a property check (one of :data:`PROPERTY_CHECKS`) as a Hypothesis property over
-    batches shaped like the subject's data (see :func:`nndiag.strategies.batches`).
-
-    Generation is seeded with ``config.seed`` and uses no example database, so a run is
-    reproducible and a healthy model cannot flake. A failure is shrunk; the minimal batch
-    is described in the message and in ``evidence["counterexample"]``.
-
-    Returns:
-        A :class:`CheckResult`: ``pass``, ``fail``, ``error`` when the model raised on a
-        generated batch, or ``skip`` for a backend other than torch.
-
-    Raises:
-        ValueError: an unknown check id.
-    """
-    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
-    from hypothesis import seed as hypothesis_seed
-
-    from nndiag.results import CheckResult, Cost
-    from nndiag.strategies import _batch_recipes
-
-    if check not in PROPERTY_CHECKS:
-        raise ValueError(f"unknown property check {check!r}; known: {', '.join(PROPERTY_CHECKS)}")
-    if subject.backend.name != "torch":
-        return CheckResult(
-            check,
-            "skip",
-            f"{check} generates torch batches; the "
-            f"{subject.backend.name} backend is not supported by the property "
-            "checks yet.",
-            subject=subject.name,
-        )
-    model = subject.model
-    min_size = 2 if check == "batch_independence" else 1
-    max_size = max(max_size, min_size)
-    spec, recipes = _batch_recipes(subject, min_size=min_size, max_size=max_size)
-    counter = _Counter()
-    seen = {"examples": 0}
-    failure: dict[str, Any] = {}
-
-    def probe(recipe: Any) -> None:
-        seen["examples"] += 1
-        X = recipe.build(spec)
-        try:
-            if check == "batch_independence":
-                found: Any = _find_leak(model, X, counter)
-            else:
-                found = _find_nonfinite(model, X, counter)
-        except Exception as exc:  # the model raised on a generated batch
-            found = exc
-        if found is not None:
-            # The last failing call is Hypothesis' final replay of the minimal example.
-            failure.update(found=found, counterexample=recipe.describe(spec))
-            raise _Falsified()
-
-    runner = settings(
-        max_examples=max_examples,
-        deadline=None,
-        database=None,
-        derandomize=False,
-        phases=(Phase.generate, Phase.shrink),
-        suppress_health_check=list(HealthCheck),
-        report_multiple_bugs=False,
-        verbosity=Verbosity.quiet,
-        print_blob=False,
-    )(hypothesis_seed(config.seed)(given(recipes)(probe)))
-    start = time.perf_counter()
-    with _inference(model):
-        try:
-            runner()
-        except _Falsified:
-            pass
-        except Exception as exc:  # Hypothesis gave up (flaky model, invalid data)
-            if not failure:
-                failure.update(found=exc, counterexample=None)
-    cost = Cost(counter.forward, counter.backward, round(time.perf_counter() - start, 4))
-
-    sizes = f"{min_size}-{max_size} rows" if min_size < max_size else f"{min_size} rows"
-    scope = (
-        f"{seen['examples']} generated batches of {sizes} (rows of the data, constants and "
-        f"random rows, values in [{spec.low:.4g}, {spec.high:.4g}])"
-    )
-    metrics: dict[str, Any] = {
-        "examples": seen["examples"],
-        "max_examples": max_examples,
-        "min_batch": min_size,
-        "max_batch": max_size,
-        "value_low": spec.low,
-        "value_high": spec.high,
-        "seed": config.seed,
-    }
-    found = failure.get("found")
-    counterexample = failure.get("counterexample")
-    evidence = {"counterexample": counterexample} if counterexample else {}
-    if found is None:
-        if check == "batch_independence":
-            message = (
-                f"No output row depended on another row over {scope}; checked in "
-                f"eval mode{_bn_note(model)}."
-            )
-        else:
-            message = f"Outputs stayed finite over {scope}; checked in eval mode."
-        return CheckResult(
-            check, "pass", message, metrics, evidence, cost=cost, subject=subject.name
-        )
-    where = f" Minimal counterexample: {counterexample}." if counterexample else ""
-    if isinstance(found, BaseException):
-        message = f"model(X) raised {type(found).__name__}: {found} on a generated batch.{where}"
-        return CheckResult(
-            check,
-            "error",
-            message,
-            metrics,
-            evidence,
-            hint="Make the model accept any batch shaped like its data (any "
-            "batch size, values in the data's range), or leave this "
-            "check out of the subject's checks.",
-            cost=cost,
-            subject=subject.name,
-        )
-    if isinstance(found, _Leak):
-        metrics.update(
-            row=found.row,
-            source_row=found.source,
-            leak=found.leak,
-            own=found.own,
-            method=found.method,
-            tolerance=_LEAK_TOLERANCE,
-        )
-        message = f"{found.sentence()}{where} Checked in eval mode{_bn_note(model)}."
-        hint = _ADVICE_LEAK
-    else:
-        metrics.update(
-            nonfinite=found.bad, outputs=found.total, nan=found.nan, first_module=found.first_module
-        )
-        message = f"{found.sentence()}{where} Checked in eval mode."
-        hint = _ADVICE_FINITE
-    return CheckResult(check, "fail", message, metrics, evidence, hint, cost, subject.name)

@@ -16,7 +16,6 @@ from nndiag.properties import (
     assert_finite_outputs,
     assert_gradients_match,
     assert_initial_loss_near_expected,
-    run_property,
 )
 from tests.models import (
     cnn_batchnorm,
@@ -188,34 +187,36 @@ def _comparable(result: nndiag.CheckResult) -> dict:
     return {k: v for k, v in result.to_dict().items() if k != "cost"}
 
 
-def test_property_checks_shrink_to_a_minimal_counterexample_reproducibly() -> None:
+def _run(subject: nndiag.Subject, check: str, config: Config | None = None):
+    return nndiag.diagnose(subject, [check], config)[check]
+
+
+def test_a_batch_leak_shrinks_to_a_minimal_counterexample_reproducibly() -> None:
     torch.manual_seed(0)
     subject = nndiag.Subject(BatchMean(), _data(default_relu_mlp()))
-    first = run_property("batch_independence", subject, Config(seed=3), max_examples=10)
+    first = _run(subject, "batch_independence", Config(seed=3))
     assert first.status == "fail"
-    assert first.evidence["counterexample"] == (
-        f"2 rows (shape (2, 32), values in [{first.metrics['value_low']:.4g}, "
-        f"{first.metrics['value_high']:.4g}]): [data[0], data[0]]"
-    )
-    assert "Minimal counterexample: 2 rows" in first.message and first.hint
-    again = run_property("batch_independence", subject, Config(seed=3), max_examples=10)
+    assert first.metrics["minimal_batch"] == 2
+    assert first.evidence["counterexample"].endswith("as a batch of 2")
+    assert "Minimal counterexample: rows [" in first.message and first.hint
+    again = _run(subject, "batch_independence", Config(seed=3))
     assert _comparable(again) == _comparable(first)
 
+
+def test_a_nan_is_named_at_its_producer() -> None:
     logs = nndiag.Subject(LogInput(), (torch.rand(32, 32) + 0.1, torch.zeros(32).long()))
-    result = run_property("finite_outputs", logs, Config(), max_examples=10)
-    assert result.status == "pass"  # the data's range is (0.1, 1.1): log is finite there
+    assert _run(logs, "numerics").status == "pass"  # log is finite on (0.1, 1.1)
     wide = nndiag.Subject(LogInput(), (torch.rand(32, 32) - 0.5, torch.zeros(32).long()))
-    result = run_property("finite_outputs", wide, Config(), max_examples=10)
-    assert result.status == "fail"
-    assert result.evidence["counterexample"].startswith("1 row (shape (1, 32)")
+    result = _run(wide, "numerics")
+    assert result.status == "fail", result.message
+    assert (result.metrics["op"], result.metrics["stage"]) == ("log", "forward")
 
 
-def test_a_model_raising_on_a_generated_batch_is_an_error_with_its_batch() -> None:
+def test_a_model_raising_in_a_check_is_an_error_naming_the_call() -> None:
     subject = nndiag.Subject(RaisesOnOneRow(), _data(default_relu_mlp()))
-    result = run_property("finite_outputs", subject, Config(), max_examples=10)
-    assert result.status == "error"
-    assert result.message.startswith("model(X) raised ValueError: needs 2 rows")
-    assert "1 row (shape (1, 32)" in result.evidence["counterexample"]
+    result = _run(subject, "batch_independence", Config(independence_rows=1))
+    assert result.status == "skip"  # one row: nothing to leak, and the model is not called
+    assert _run(subject, "numerics", Config(numerics_rows=1)).status == "error"
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -224,9 +225,8 @@ def test_healthy_models_pass_the_property_checks_for_any_seed(seed: int) -> None
         subject = make(seed)
         model = subject.model
         before = _state(model)
-        for check in ("batch_independence", "finite_outputs"):
-            result = run_property(check, subject, Config(seed=seed), max_examples=10)
+        for check in ("batch_independence", "numerics"):
+            result = _run(subject, check, Config(seed=seed))
             assert result.status == "pass", result.summary()
-            assert result.evidence == {} and result.metrics["examples"] == 10
-            assert dataclasses.asdict(result.cost)["forward"] >= 10
+            assert dataclasses.asdict(result.cost)["forward"] >= 1
         assert _unchanged(model, before)

@@ -24,7 +24,6 @@ from nndiag._pytest.plan import Plan, SubjectSpec, discover, stray_overrides, va
 from nndiag._pytest.reporting import make_payload
 from nndiag.core import Runner, error_result
 from nndiag.errors import CheckFailed, InvalidSubject
-from nndiag.properties import PROPERTY_CHECKS, run_property
 from nndiag.results import CheckResult
 from nndiag.subject import Subject
 
@@ -84,13 +83,8 @@ class CheckRunner:
             )
         subject, runner = built
         try:
-            if check in PROPERTY_CHECKS:
-                runner.session  # noqa: B018 - the probe: raises InvalidSubject if unusable
-                result = run_property(
-                    check, subject, plan.config, max_examples=plan.property_examples
-                )
-            else:
-                result = runner.run(check)
+            runner.session  # noqa: B018 - the probe: raises InvalidSubject if unusable
+            result = runner.run(check)
         except InvalidSubject as exc:
             result = CheckResult(
                 check,

@@ -145,6 +145,8 @@ def plan_for(settings: Settings, spec: SubjectSpec) -> Plan:
         if settings.examples_forced
         else override.get("property_examples", settings.property_examples)
     )
+    # Hypothesis examples spent shrinking a batch_independence failure.
+    config = config.replace(independence_examples=examples)
     return Plan(checks, config, xfail, examples)
 
 

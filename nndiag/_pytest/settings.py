@@ -19,14 +19,12 @@ from nndiag._pytest.common import WORKER_SEED, WORKER_SEED_FORCED
 from nndiag.checks import registry
 from nndiag.config import Config
 from nndiag.errors import describe
-from nndiag.properties import PROPERTY_CHECKS
 
 __all__ = ["ALL_CHECKS", "CONFIG_FIELDS", "Settings", "check_ids", "config_options"]
 
-# Every id an item can run: nndiag's checks, then the Hypothesis property checks.
-ALL_CHECKS: tuple[str, ...] = (*registry(), *PROPERTY_CHECKS)
-# Hypothesis examples per property check: enough to meet batch sizes 1-16, constant,
-# extreme and data rows; a tiny MLP runs them in ~0.1 s.
+# Every id an item can run: the registry's, nndiag's own first.
+ALL_CHECKS: tuple[str, ...] = tuple(registry())
+# Hypothesis examples that shrink a batch_independence failure to a minimal batch.
 DEFAULT_PROPERTY_EXAMPLES = 25
 # [tool.nndiag] keys that belong to the plugin (the rest are Config fields).
 PLUGIN_KEYS: dict[str, str] = {
@@ -34,12 +32,12 @@ PLUGIN_KEYS: dict[str, str] = {
     "overrides": "per-subject tables: [tool.nndiag.overrides.<subject>]",
     "strict": "bool: warnings fail",
     "report_dir": "report directory, relative to pyproject.toml",
-    "property_examples": "Hypothesis examples per property check",
+    "property_examples": "Hypothesis examples that shrink a batch_independence failure",
 }
 # Keys of a [tool.nndiag.overrides.<subject>] table besides Config fields (checks included).
 OVERRIDE_KEYS: dict[str, str] = {
     "xfail": "check ids expected to fail for this subject",
-    "property_examples": "Hypothesis examples per property check",
+    "property_examples": "Hypothesis examples that shrink a batch_independence failure",
 }
 CONFIG_FIELDS = tuple(f.name for f in fields(Config))
 
@@ -170,7 +168,7 @@ class Settings:
         cli_checks: ``--nndiag-checks``, or None.
         report_dir: Where nndiag.json and nndiag.html go.
         strict: Whether a warning fails its test.
-        property_examples: Hypothesis examples per property check.
+        property_examples: Hypothesis examples that shrink a batch_independence failure.
         examples_forced: Whether ``property_examples`` overrides the subjects' own.
         base: The Config every subject starts from (defaults and ``[tool.nndiag]``).
         global_checks: ``[tool.nndiag] checks``, or None.

@@ -30,17 +30,17 @@ from typing import Any
 
 import numpy as np
 
-from nndiag.backends import (
-    Batch,
-    LayerRecord,
+from nndiag.backends.base import (
     SessionBase,
-    Task,
+    adam_update,
+    float64_note,
     read_items,
     unpack,
     validate_arrays,
 )
 from nndiag.backends.capture import Accumulator
 from nndiag.backends.state import NumberSnapshot, holders, rng_guard
+from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["BACKEND", "NumpyBackend", "NumpySession"]
@@ -110,14 +110,39 @@ def _adam(w: np.ndarray, dw: np.ndarray, config: dict[str, Any]) -> tuple[np.nda
     m = config.setdefault("m", np.zeros_like(w))
     v = config.setdefault("v", np.zeros_like(w))
     config["t"] = t = config.get("t", 0) + 1
-    m[...] = 0.9 * m + 0.1 * dw
-    v[...] = 0.999 * v + 0.001 * dw * dw
-    step = config["learning_rate"] * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
-    return w - step, config
+    w, config["m"], config["v"] = adam_update(np, w, dw, m, v, t, config["learning_rate"])
+    return w, config
+
+
+WORDS = Vocabulary(
+    framework="numpy",
+    custom_backward="the hand-written backward in loss() (the grads it returns)",
+    cut_graph="a gradient left out of grads, or one that skips a layer",
+    summed_loss="a data loss not divided by N",
+    eval_mode="test mode (loss(X) without y)",
+    he_init="np.sqrt(2 / fan_in) * np.random.randn(fan_in, fan_out)",
+    xavier_init="np.random.randn(fan_in, fan_out) / np.sqrt(fan_in)",
+)
+
+
+def _softmax_loss(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-sample softmax cross-entropy, the assignments' classification loss."""
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    return log_norm - shifted[np.arange(len(y)), y.astype(np.int64)]
+
+
+def _bad(values: Any) -> tuple[int, int]:
+    a = np.asarray(values)
+    if not np.issubdtype(a.dtype, np.floating):
+        return 0, a.size
+    return int((~np.isfinite(a)).sum()), a.size
 
 
 class NumpySession(SessionBase):
     """One diagnose run of one CS231n-protocol subject."""
+
+    words = WORDS
 
     def __init__(self, subject: Any, config: Any) -> None:
         super().__init__(subject, config)
@@ -144,12 +169,17 @@ class NumpySession(SessionBase):
         return scores
 
     def _loss(
-        self, X: np.ndarray, y: np.ndarray, grads: bool = False, reseed: bool = False
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        grads: bool = False,
+        reseed: bool = False,
+        seed: int | None = None,
     ) -> tuple[float, Any]:
         self._forward += 1
         self._backward += int(grads)
-        if reseed:  # the same random draws in every evaluation of one function
-            np.random.seed(self.config.seed)
+        if reseed or seed is not None:  # the same random draws in every evaluation
+            np.random.seed(self.config.seed if seed is None else seed)
         try:
             returned = self.model.loss(X, y)
         except Exception as exc:  # NotImplementedError too: an unfinished assignment
@@ -196,7 +226,8 @@ class NumpySession(SessionBase):
                     params[name] = value.copy()
                 if isinstance(dropout, dict):  # dropout is regularization: off, whatever loss sets
                     self.model.dropout_param = _PinnedMode(dropout, mode="test")
-                yield
+                with self.entered():
+                    yield
             except ModelError as exc:
                 exc.check = check
                 raise
@@ -233,55 +264,121 @@ class NumpySession(SessionBase):
         except Exception as exc:
             raise ModelError("regularization", f"regularization(model, {strength:g})", exc) from exc
 
-    def losses(self, batch: Batch, per_sample: bool = True) -> tuple[float, Any]:
-        loss, _ = self._loss(batch.X, batch.y)
-        if not per_sample or self.task.kind != "classification":
-            return loss, None
-        scores = self._scores(batch.X).astype(np.float64)
-        shifted = scores - scores.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=1))
-        per = log_norm - shifted[np.arange(len(batch.y)), batch.y.astype(np.int64)]
-        return loss, per
+    def take(self, batch: Batch, index: Any) -> Batch:
+        rows = np.asarray(list(index), dtype=np.int64)
+        return Batch(batch.X[rows], batch.y[rows])
 
-    def baselines(self, batch: Batch) -> dict[str, float]:
+    def evaluate(
+        self,
+        batch: Batch,
+        *,
+        mode: Mode = "train",
+        outputs: bool = False,
+        per_sample: bool = False,
+        seed: int | None = None,
+    ) -> Evaluation:
+        """Train mode is ``loss(X, y)``; eval mode scores ``loss(X)`` (the protocol's test
+        mode) with the softmax / squared-error loss the assignments use."""
+        self.require_isolated("evaluate")
+        seed = self.config.seed if seed is None else seed
+        scores = None
+        if mode == "eval":
+            np.random.seed(seed)
+            scores = self._scores(batch.X)
+            loss = self.loss_of(batch, scores)
+        else:
+            loss, _ = self._loss(batch.X, batch.y, seed=seed)
+        per = None
+        if per_sample and self.task.kind == "classification":
+            if scores is None:
+                np.random.seed(seed)
+                scores = self._scores(batch.X)
+            per = _softmax_loss(np.asarray(scores, np.float64), batch.y)
+        if outputs and scores is None:
+            np.random.seed(seed)
+            scores = self._scores(batch.X)
+        shown = np.asarray(scores, np.float64) if outputs else None
+        return Evaluation(loss, shown, per)
+
+    def loss_of(self, batch: Batch, outputs: Any) -> float:
+        scores = np.asarray(outputs, dtype=np.float64)
         if self.task.kind == "classification":
-            counts = np.asarray(self.task.label_counts, dtype=np.float64)
-            prior = np.log(np.maximum(counts, 1e-9) / counts.sum())
-            y = batch.y.astype(np.int64)
-            return {
-                "uniform": math.log(self.task.num_classes),
-                "prior": float(-prior[y].mean() + np.log(np.exp(prior).sum())),
-            }
-        y = batch.y.astype(np.float64)
-        return {"uniform": float((y**2).mean()), "mean": float(y.var(axis=0).mean())}
+            return float(_softmax_loss(scores, batch.y).mean())
+        y = np.asarray(batch.y, dtype=np.float64)
+        return float(((scores.reshape(y.shape) - y) ** 2).mean())
+
+    def input_gradients(self, batch: Batch, row: int, *, mode: Mode = "eval") -> Any:
+        return None  # the protocol returns no gradient with respect to X
+
+    def find_nonfinite(self, batch: Batch, *, mode: Mode = "train") -> NonFinite | None:
+        """Activations (when ``model.activations`` exists) in depth order, then the scores,
+        the loss and each gradient: the protocol shows no finer operations."""
+        self.require_isolated("find_nonfinite")
+        np.random.seed(self.config.seed)
+        activations = getattr(self.model, "activations", None)
+        if callable(activations):
+            with self.calling("model", "model.activations(X)"):
+                found = activations(batch.X)
+            self.count(forward=1)
+            for name, values in found.items():
+                bad, total = _bad(values)
+                if bad:
+                    return NonFinite("forward", str(name), "activation", bad, total)
+        bad, total = _bad(self._scores(batch.X))
+        if bad:
+            return NonFinite("forward", "the scores of loss(X)", "forward", bad, total)
+        if mode == "eval":
+            return None
+        loss, grads = self._loss(batch.X, batch.y, grads=True, reseed=True)
+        if not math.isfinite(loss):
+            return NonFinite("loss", "loss(X, y)", "data loss or regularization term", 1, 1)
+        for name in self.model.params:
+            grad = grads.get(name) if isinstance(grads, dict) else None
+            bad, total = _bad(grad) if grad is not None else (0, 0)
+            if bad:
+                return NonFinite(
+                    "backward", str(name), f"hand-written gradient of {name}", bad, total
+                )
+        return None
+
+    def batch_statistics_layers(self) -> list[str]:
+        bn = getattr(self.model, "bn_params", None)
+        if isinstance(bn, list):
+            return [f"bn_params[{i}]" for i in range(len(bn))]
+        return ["bn_params"] if isinstance(bn, dict) and bn else []
 
     # -- gradient check ----------------------------------------------------------------
     @contextmanager
-    def objective(self, batch: Batch) -> Iterator[_Objective]:
+    def objective(self, batch: Batch, *, dtype: str = "float64") -> Iterator[_Objective]:
+        self.require_isolated("objective")
+        if dtype != "float64":
+            raise ValueError(f"the numpy objective runs in float64, not {dtype}")
         X = batch.X.astype(np.float64) if np.issubdtype(batch.X.dtype, np.floating) else batch.X
         params = self.model.params
-        promoted = sorted({str(v.dtype) for v in params.values()} - {"float64"})
+        note = float64_note(str(v.dtype) for v in params.values())
         for name in list(params):
             params[name] = params[name].astype(np.float64)  # a copy, in float64
         objective = _Objective(self, X, batch.y)
-        if promoted:
-            objective.note = f"Parameters are {', '.join(promoted)}: checked on a float64 copy."
+        objective.note = note
         yield objective
 
     # -- training ----------------------------------------------------------------------
     @contextmanager
-    def trainer(self, batch: Batch) -> Iterator[_Trainer]:
-        yield _Trainer(self, batch)
+    def trainer(
+        self, batch: Batch, *, lr: float | None = None, default_lr: float = 1e-3
+    ) -> Iterator[_Trainer]:
+        self.require_isolated("trainer")
+        yield _Trainer(self, batch, default_lr if lr is None else lr)
 
     # -- activations -------------------------------------------------------------------
-    def _capture_layers(self) -> list[LayerRecord]:
+    def _capture_layers(self, rows: int, bins: int) -> list[LayerRecord]:
         activations: Callable[[np.ndarray], Mapping[str, Any]] | None = getattr(
             self.model, "activations", None
         )
         if not callable(activations):
             return []  # the activation checks skip, saying why
-        stats = Accumulator(self.config.histogram_bins)
-        X = self.rows(self.config.max_samples).X
+        stats = Accumulator(bins)
+        X = self.rows(rows).X
         self._forward += 1
         try:
             found = activations(X)
@@ -384,12 +481,11 @@ class _Objective:
 class _Trainer:
     """Steps ``model.params`` (private copies) with a CS231n-style update rule."""
 
-    def __init__(self, session: NumpySession, batch: Batch) -> None:
+    def __init__(self, session: NumpySession, batch: Batch, lr: float) -> None:
         self.session = session
         self.batch = batch
         self.params = session.model.params
         self.rule = session.subject.optimizer or _adam
-        lr = session.config.overfit_lr
         self.configs: dict[str, dict[str, Any]] = {n: {"learning_rate": lr} for n in self.params}
         name = getattr(self.rule, "__name__", type(self.rule).__name__)
         self.optimizer = (
@@ -399,8 +495,9 @@ class _Trainer:
         )
         self.start = {n: v.copy() for n, v in self.params.items()}
 
-    def step(self) -> tuple[float, float | None]:
+    def step(self, *, measure: bool = False) -> Step:
         X, y = self.batch.X, self.batch.y
+        before = {n: v.copy() for n, v in self.params.items()} if measure else {}
         accuracy = None
         if self.session.task.kind == "classification":
             accuracy = float((self.session._scores(X).argmax(axis=1) == y).mean())
@@ -417,7 +514,12 @@ class _Trainer:
                 except Exception as exc:
                     raise ModelError("optimizer", "optimizer(w, dw, config)", exc) from exc
                 np.copyto(self.params[name], updated)
-        return loss, accuracy
+        if not measure:
+            return Step(loss, accuracy)
+        updates = {n: float(np.linalg.norm(v - before[n])) for n, v in self.params.items()}
+        return Step(
+            loss, accuracy, updates, {n: float(np.linalg.norm(w)) for n, w in before.items()}
+        )
 
     def unchanged(self) -> list[str]:
         return [n for n, v in self.params.items() if np.array_equal(v, self.start[n])]

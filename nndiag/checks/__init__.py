@@ -232,6 +232,26 @@ BUILTIN: tuple[CheckSpec, ...] = (
             ),
         ),
     ),
+    CheckSpec(
+        "batch_independence",
+        "nndiag.checks.batch_independence:batch_independence",
+        "Does the output of sample i never depend on input j != i (eval mode)?",
+        why="three backward passes on 8 rows; shrinking runs only on a failure",
+        settings=(
+            "independence_rows",
+            "independence_tolerance",
+            "independence_rtol",
+            "independence_examples",
+        ),
+    ),
+    CheckSpec(
+        "numerics",
+        "nndiag.checks.numerics:numerics",
+        "Do forward, loss and backward stay finite (naming the first NaN/Inf producer), and "
+        "is eval mode deterministic?",
+        why="one watched forward+backward per mode and two eval forwards",
+        settings=("numerics_rows", "numerics_eval_rtol"),
+    ),
 )
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from nndiag.backends import LayerRecord, Session
 from nndiag.config import Config
+from nndiag.contract import LayerRecord, Session, Vocabulary
 from nndiag.results import CheckResult
 
 _SATURATING = ("tanh", "sigmoid")
@@ -31,24 +31,13 @@ def recommended_std(layer: LayerRecord) -> float | None:
     return math.sqrt(gain / layer.fan_in)
 
 
-_INIT_CALLS = {  # framework -> (He, Xavier)
-    "torch": ("nn.init.kaiming_normal_(w, nonlinearity='relu')", "nn.init.xavier_normal_(w)"),
-    "jax": ("jax.nn.initializers.he_normal()", "jax.nn.initializers.glorot_normal()"),
-    "numpy": (
-        "np.sqrt(2 / fan_in) * np.random.randn(fan_in, fan_out)",
-        "np.random.randn(fan_in, fan_out) / np.sqrt(fan_in)",
-    ),
-}
-
-
-def _init_advice(layer: LayerRecord, framework: str) -> str:
+def _init_advice(layer: LayerRecord, words: Vocabulary) -> str:
     target = recommended_std(layer)
     if target is None or layer.weight_std is None:
         return "Use Xavier init for tanh/sigmoid and He init for ReLU layers."
     he = layer.kind in _HE_KINDS
     rule = "He sqrt(2/fan_in)" if he else "Xavier 1/sqrt(fan_in)"
-    calls = _INIT_CALLS.get(framework.split()[0], _INIT_CALLS["torch"])
-    call = calls[0] if he else calls[1]
+    call = words.he_init if he else words.xavier_init
     return (
         f"Weights of {layer.weight_layer} have std {layer.weight_std:.3g}; {rule} with "
         f"fan_in {layer.fan_in} wants {target:.3g} ({call})."
@@ -74,7 +63,7 @@ def _layer_evidence(layer: LayerRecord) -> dict[str, Any]:
 
 def activation_stats(session: Session, config: Config) -> CheckResult:
     check = "activation_stats"
-    layers = session.capture()
+    layers = session.capture(rows=config.max_samples, bins=config.histogram_bins)
     if not layers:
         return CheckResult(
             check,
@@ -187,13 +176,14 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
         f"{text[0].upper()}{text[1:]}. Std by depth: {profile}.",
         metrics,
         evidence,
-        _init_advice(findings[0][2], session.framework),
+        _init_advice(findings[0][2], session.words),
     )
 
 
 def dead_neurons(session: Session, config: Config) -> CheckResult:
     check = "dead_neurons"
-    layers = [x for x in session.capture() if x.kind == "relu" and x.fires is not None]
+    captured = session.capture(rows=config.max_samples, bins=config.histogram_bins)
+    layers = [x for x in captured if x.kind == "relu" and x.fires is not None]
     if not layers:
         return CheckResult(
             check,

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from nndiag.backends import Objective, Session
 from nndiag.config import Config
+from nndiag.contract import Objective, Session
 from nndiag.results import CheckResult
 
 CHECK = "gradient_check"
@@ -271,15 +271,14 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
         if cut:
             hint = (
                 f"No gradient reaches {', '.join(cut[:4])} although the loss depends on "
-                "it: a .detach(), .data, .item() or numpy round trip (torch) or "
-                "jax.lax.stop_gradient cuts the graph, or a hand-written backward leaves "
-                "it out of grads."
+                f"it: {session.words.cut_graph} cuts the graph, or a hand-written "
+                "backward leaves it out of grads."
             )
         else:
             hint = (
-                f"The backward pass feeding {worst['name']} is wrong: check custom "
-                "autograd Functions and hand-written backward code of that layer; "
-                "the forward values are not at fault."
+                f"The backward pass feeding {worst['name']} is wrong: check "
+                f"{session.words.custom_backward} of that layer; the forward values are "
+                "not at fault."
             )
         return CheckResult(CHECK, "fail", message + note, metrics, evidence, hint)
     if warned:

@@ -11,8 +11,9 @@ import math
 
 import numpy as np
 
-from nndiag.backends import Session
+from nndiag.backends.base import baselines as uninformative_losses
 from nndiag.config import Config
+from nndiag.contract import Session
 from nndiag.results import CheckResult
 
 CHECK = "initial_loss"
@@ -22,8 +23,9 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
     batch = session.rows(config.max_samples)
     if session.has_regularization:
         session.set_regularization(0.0)  # notes: check the data loss alone first
-    measured, per_sample = session.losses(batch)
-    baselines = session.baselines(batch)
+    evaluation = session.evaluate(batch, per_sample=True)
+    measured, per_sample = evaluation.loss, evaluation.per_sample
+    baselines = uninformative_losses(session, batch)
     classify = session.task.kind == "classification"
     expected = baselines["prior"] if classify else baselines["uniform"]
     low, high = min(baselines.values()), max(baselines.values())
@@ -106,8 +108,8 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
                 f"{len(batch)} (the batch size) times ln C."
             )
             hint = (
-                "The loss sums over the batch (reduction='sum'): its scale and the "
-                "learning rate then depend on the batch size; average it instead."
+                f"The loss sums over the batch ({session.words.summed_loss}): its scale "
+                "and the learning rate then depend on the batch size; average it instead."
             )
         elif status == "pass":
             head += "; within tolerance."
@@ -116,7 +118,7 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
             if abs(measured / scale - len(batch)) < 0.25 * len(batch):
                 hint = (
                     "The loss is about batch-size times too large: it sums over the batch "
-                    "(reduction='sum'); average it instead."
+                    f"({session.words.summed_loss}); average it instead."
                 )
             elif classify:
                 hint = (

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from nndiag.backends import Session
 from nndiag.config import Config
+from nndiag.contract import Session
 from nndiag.results import CheckResult
 
 CHECK = "overfit_small"
@@ -25,9 +25,10 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
     losses: list[float] = []
     accuracies: list[float | None] = []
     outcome = "budget"
-    with session.trainer(batch) as trainer:
+    with session.trainer(batch, default_lr=config.overfit_lr) as trainer:
         for _ in range(config.overfit_steps):
-            loss, accuracy = trainer.step()
+            step = trainer.step()
+            loss, accuracy = step.loss, step.accuracy
             losses.append(loss)
             accuracies.append(accuracy)
             target = config.overfit_loss_ratio * abs(losses[0])
@@ -76,9 +77,9 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
                 message + frozen,
                 metrics,
                 evidence,
-                "Those tensors get no gradient or no update: a cut graph "
-                "(.detach()), unused layers, or parameters missing from the "
-                "optimizer.",
+                f"Those tensors get no gradient or no update: a cut graph "
+                f"({session.words.cut_graph}), unused layers, or parameters missing from "
+                "the optimizer.",
             )
         return CheckResult(CHECK, "pass", message, metrics, evidence)
 
@@ -106,8 +107,8 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
             metrics | {"cause": "flat"},
             evidence,
             "Raise the learning rate (x10), and check that gradients reach the parameters: "
-            "no .detach() or .data in forward, requires_grad on, all parameters given to "
-            "the optimizer.",
+            f"no {session.words.cut_graph} in forward, all parameters trainable and given "
+            "to the optimizer.",
         )
     # A plateau has stopped falling; a slow run still sheds a good fraction of its loss
     # over the last quarter of the budget.

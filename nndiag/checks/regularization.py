@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from nndiag.backends import Session
 from nndiag.config import Config
+from nndiag.contract import Session
 from nndiag.results import CheckResult
 
 CHECK = "regularization_loss"
@@ -29,7 +29,7 @@ def regularization_loss(session: Session, config: Config) -> CheckResult:
     losses = []
     for strength in strengths:
         session.set_regularization(strength)
-        losses.append(session.losses(batch, per_sample=False)[0])
+        losses.append(session.evaluate(batch).loss)
     first, last = losses[0], losses[-1]
     curve = ", ".join(f"{x:.4g} ({s:g})" for s, x in zip(strengths, losses))
     metrics = {"loss_at_" + f"{s:g}": x for s, x in zip(strengths, losses)}

@@ -553,3 +553,34 @@ def _compare_with_torch(torch: Any) -> None:
     dead = [r["dead_fraction"] for r in jax_report["dead_neurons"].evidence["layers"]]
     assert dead == [r["dead_fraction"] for r in torch_report["dead_neurons"].evidence["layers"]]
     assert dead[2] > 0
+
+
+# -- batch independence, numerics --------------------------------------------------------
+def test_a_healthy_mlp_passes_batch_independence_and_numerics() -> None:
+    report = nndiag.diagnose(M.he_relu_mlp(0), checks=["batch_independence", "numerics"])
+    assert report["batch_independence"].status == "pass", report["batch_independence"].summary()
+    assert report["numerics"].status == "pass", report["numerics"].summary()
+
+
+def test_a_softmax_over_the_batch_fails_batch_independence() -> None:
+    W = jnp.asarray(np.random.default_rng(0).normal(0, 0.3, (M.IN, M.CLASSES)), jnp.float32)
+
+    def apply(p: Any, x: jax.Array) -> jax.Array:
+        return jax.nn.softmax(x @ p["W"], axis=0)  # normalizes across the samples
+
+    result = _check(nndiag.Subject((apply, {"W": W}), M.classification(0)), "batch_independence")
+    assert result.status == "fail", result.summary()
+    assert result.metrics["row"] != result.metrics["source_row"]
+
+
+def test_log_of_an_underflowing_softmax_is_named_at_the_log() -> None:
+    params = M.init_mlp(0, 2, M.he)
+    body = M.mlp(jax.nn.relu)
+
+    def apply(p: Any, x: jax.Array) -> jax.Array:
+        return jnp.log(jax.nn.softmax(body(p, x) * 1e4))  # exp underflows to 0, log to -inf
+
+    result = _check(nndiag.Subject((apply, params), M.classification(0)), "numerics")
+    assert result.status == "fail", result.summary()
+    assert result.metrics["op"] == "log"
+    assert result.metrics["stage"] == "forward"

@@ -174,10 +174,25 @@ def test_a_callable_knob_on_a_numpy_model_is_undone() -> None:
     assert (model.lam, model.reg) == (0.5, 1e-3)
 
 
-def test_property_checks_skip_numpy_models_with_the_reason() -> None:
-    from nndiag.properties import PROPERTY_CHECKS, run_property
+def test_batch_independence_and_numerics_on_numpy_models() -> None:
+    report = nndiag.diagnose(
+        nndiag.Subject(M.net(0), M.data(0)), ["batch_independence", "numerics"]
+    )
+    assert [r.status for r in report] == ["pass", "pass"], [r.message for r in report]
 
-    subject = nndiag.Subject(M.net(0), M.data(0))
-    for check in PROPERTY_CHECKS:
-        result = run_property(check, subject, nndiag.Config())
-        assert result.status == "skip" and "numpy backend" in result.message
+    class Mixer:  # scores of row i read the batch mean: a batch-mixing bug
+        def __init__(self) -> None:
+            self.params = {"W": np.random.default_rng(0).normal(size=(M.data(0)[0].shape[1], 3))}
+
+        def loss(self, X, y=None):
+            scores = (X - X.mean(axis=0)) @ self.params["W"]
+            if y is None:
+                return scores
+            return float(np.mean(scores**2)), {"W": np.zeros_like(self.params["W"])}
+
+    X, _ = M.data(0)
+    y = np.arange(len(X)) % 3
+    result = nndiag.diagnose(nndiag.Subject(Mixer(), (X, y)), ["batch_independence"])[
+        "batch_independence"
+    ]
+    assert result.status == "fail" and result.metrics["method"] == "perturbation"

@@ -109,7 +109,7 @@ def warns():
     return nndiag.Subject(mlp(), data())
 
 
-@nndiag.subject(checks=["batch_independence", "finite_outputs"])
+@nndiag.subject(checks=["batch_independence", "numerics"])
 def mixer():
     log("factory:mixer")
     from models import BatchMixer, data
@@ -129,7 +129,7 @@ overfit-lr = 0.01
 property-examples = 15
 
 [tool.nndiag.overrides.plain]
-checks = ["initial_loss", "gradient_check", "finite_outputs"]
+checks = ["initial_loss", "gradient_check", "numerics"]
 
 [tool.nndiag.overrides.huge_init]
 xfail = ["initial_loss"]

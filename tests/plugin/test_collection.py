@@ -22,7 +22,7 @@ ALL = [
     "activation_stats",
     "dead_neurons",
     "batch_independence",
-    "finite_outputs",
+    "numerics",
 ]
 
 
@@ -36,7 +36,7 @@ def test_one_item_per_subject_and_check_selectable_with_k_and_m(project: Project
     ids = _collected(everything)
     assert ids[0] == "test_ordinary.py::test_ordinary"
     assert ids[1:9] == [f"nndiag::mlp::{check}" for check in ALL]
-    assert "nndiag::plain::finite_outputs" in ids and len(ids) == 19
+    assert "nndiag::plain::numerics" in ids and len(ids) == 19
 
     by_check = project.run("--nndiag", "--collect-only", "-q", "-k", "dead_neurons")
     assert _collected(by_check) == ["nndiag::mlp::dead_neurons", "nndiag::warns::dead_neurons"]
@@ -49,15 +49,15 @@ def test_one_item_per_subject_and_check_selectable_with_k_and_m(project: Project
 
 def test_checks_option_picks_among_each_subjects_checks(project: Project) -> None:
     result = project.run(
-        "--nndiag", "--collect-only", "-q", "--nndiag-checks", "finite_outputs, initial_loss"
+        "--nndiag", "--collect-only", "-q", "--nndiag-checks", "numerics, initial_loss"
     )
     assert _collected(result)[1:] == [
-        "nndiag::mlp::finite_outputs",
+        "nndiag::mlp::numerics",
         "nndiag::mlp::initial_loss",
         "nndiag::huge_init::initial_loss",
-        "nndiag::mixer::finite_outputs",
+        "nndiag::mixer::numerics",
         "nndiag::broken_factory::initial_loss",
-        "nndiag::plain::finite_outputs",
+        "nndiag::plain::numerics",
         "nndiag::plain::initial_loss",
     ]
 
@@ -174,7 +174,7 @@ def test_settings_precedence(pytester: pytest.Pytester) -> None:
     """Config defaults < [tool.nndiag] < decorator < [tool.nndiag.overrides.<name>] < CLI."""
     (pytester.path / "pyproject.toml").write_text(
         "[tool.nndiag]\ndead-warn = 0.2\ndead-fail = 0.9\nseed = 3\nproperty-examples = 5\n"
-        "checks = ['initial_loss', 'dead_neurons', 'finite_outputs']\n"
+        "checks = ['initial_loss', 'dead_neurons', 'numerics']\n"
         "[tool.nndiag.overrides.b]\ndead_fail = 0.8\nchecks = ['dead_neurons']\n"
         "property-examples = 9\n"
     )
@@ -189,8 +189,9 @@ def test_settings_precedence(pytester: pytest.Pytester) -> None:
     session = config.stash[SESSION_KEY]
     a = session.plan(spec("a", dead_fail=0.85))
     assert (a.config.dead_warn, a.config.dead_fail, a.config.seed) == (0.2, 0.85, 3)
-    assert a.checks == ("initial_loss", "dead_neurons", "finite_outputs")
-    assert a.config.checks == ("initial_loss", "dead_neurons")  # nndiag.checks ids only
+    assert a.checks == ("initial_loss", "dead_neurons", "numerics")
+    assert a.config.checks == a.checks  # every id is a registry check
+    assert a.config.independence_examples == 5  # property-examples shrink leaks
     assert a.property_examples == 5
     b = session.plan(spec("b", dead_fail=0.85, checks=["initial_loss"]))
     assert (b.config.dead_fail, b.checks, b.property_examples) == (0.8, ("dead_neurons",), 9)

@@ -24,17 +24,17 @@ EXPECTED = {
     ("mlp", "activation_stats"): "pass",
     ("mlp", "dead_neurons"): "pass",
     ("mlp", "batch_independence"): "pass",
-    ("mlp", "finite_outputs"): "pass",
+    ("mlp", "numerics"): "pass",
     ("huge_init", "initial_loss"): "fail",
     ("huge_init", "gradient_check"): "pass",
     ("warns", "dead_neurons"): "warn",
     ("mixer", "batch_independence"): "fail",
-    ("mixer", "finite_outputs"): "pass",
+    ("mixer", "numerics"): "pass",
     ("broken_factory", "initial_loss"): "error",
     ("broken_factory", "gradient_check"): "error",
     ("plain", "initial_loss"): "pass",
     ("plain", "gradient_check"): "pass",
-    ("plain", "finite_outputs"): "pass",
+    ("plain", "numerics"): "pass",
 }
 
 
@@ -57,7 +57,7 @@ def test_each_status_becomes_its_pytest_outcome(project: Project) -> None:
     # fail: the check's summary and hint, and no traceback through nndiag.
     failures = _section(text, "FAILURES")
     assert "mixer::batch_independence fail: Output row 0 depends on input row 1" in failures
-    assert "Minimal counterexample: 2 rows (shape (2, 8)" in failures
+    assert "Minimal counterexample: rows [" in failures and "as a batch of 2." in failures
     assert "Hint: A model must treat each sample on its own" in failures
     assert "Traceback" not in failures and "nndiag/" not in failures
     result.stdout.fnmatch_lines(["FAILED nndiag::mixer::batch_independence - *"])
@@ -95,7 +95,7 @@ def test_each_status_becomes_its_pytest_outcome(project: Project) -> None:
     assert [(r["subject"], r["check"]) for r in report["results"]] == list(EXPECTED)
     assert report["meta"]["seed"] == 7 and "torch" in report["meta"]["frameworks"]
     mixer = next(r for r in report["results"] if r["subject"] == "mixer")
-    assert mixer["evidence"]["counterexample"].startswith("2 rows (shape (2, 8)")
+    assert mixer["evidence"]["counterexample"].endswith("as a batch of 2")
     assert mixer["metrics"]["seed"] == 7
 
     # --junitxml: each check's key metrics as properties, errors and failures as such.
@@ -153,7 +153,7 @@ def test_xdist_gives_the_serial_results_and_writes_once(project: Project) -> Non
     assert {
         r["metrics"]["seed"]
         for r in project.report("parallel")["results"]
-        if r["check"] in ("batch_independence", "finite_outputs")
+        if r["check"] in ("batch_independence", "numerics")
     } == {int(seed)}
 
     # The report is written once per run, by the controller; each process calls a
@@ -191,7 +191,7 @@ def test_strict_fails_warnings_and_unusable_subjects_error(project: Project) -> 
             from models import data, mlp
             return nndiag.Subject(mlp(), data())
 
-        @nndiag.subject(checks=["initial_loss", "finite_outputs"])
+        @nndiag.subject(checks=["initial_loss", "numerics"])
         def bad_labels():
             from models import data, mlp
             X, y = data()
@@ -216,7 +216,7 @@ def test_strict_fails_warnings_and_unusable_subjects_error(project: Project) -> 
         [
             "*bad_labels::initial_loss error: subject 'bad_labels' cannot be diagnosed: data: "
             "labels span 5..7 but the model outputs 3 class scores*",
-            "*bad_labels::finite_outputs error: subject 'bad_labels' cannot be diagnosed*",
+            "*bad_labels::numerics error: subject 'bad_labels' cannot be diagnosed*",
             "*not_a_subject::initial_loss error: subject 'not_a_subject' (conftest.py:*) is "
             "invalid: not_a_subject: the factory returned 42 (type=int)*",
         ]
@@ -225,7 +225,7 @@ def test_strict_fails_warnings_and_unusable_subjects_error(project: Project) -> 
     assert project.statuses("out") == {
         ("warns", "dead_neurons"): "warn",
         ("bad_labels", "initial_loss"): "error",
-        ("bad_labels", "finite_outputs"): "error",
+        ("bad_labels", "numerics"): "error",
         ("not_a_subject", "initial_loss"): "error",
     }
     assert not (project.path / "reports").exists()

@@ -107,7 +107,8 @@ class JaxBackend:
             raise InvalidSubject(
                 "optimizer",
                 f"expected an optax GradientTransformation, got {describe(optimizer)}",
-                "pass optimizer=optax.adam(1e-3), or leave it out for Adam at Config.overfit_lr",
+                "pass optimizer=optax.adam(1e-3), or leave it out for Adam at the check's "
+                "learning rate (Config.overfit_lr for overfit_small)",
             )
         if isinstance(regularization, str):
             raise InvalidSubject(

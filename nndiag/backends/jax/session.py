@@ -12,10 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nndiag.backends import PER_SAMPLE_ROWS, Batch, LayerRecord, SessionBase, Task
+from nndiag.backends import PER_SAMPLE_ROWS
+from nndiag.backends.base import SessionBase, adam_update, float64_note
 from nndiag.backends.jax.capture import JaxprRecorder, is_array, is_float, subjaxpr
 from nndiag.backends.jax.compile import jit_or_eager, untraceable
+from nndiag.backends.jax.numerics import NonFiniteSearch, nonfinite_count
 from nndiag.backends.state import NumberSnapshot, holders, rng_guard
+from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
 from nndiag.errors import InvalidSubject, ModelError, NndiagError, describe
 
 try:  # jax >= 0.4.30 exposes the jaxpr types here; older versions in jax.core
@@ -23,7 +26,18 @@ try:  # jax >= 0.4.30 exposes the jaxpr types here; older versions in jax.core
 except ImportError:  # pragma: no cover - depends on the installed jax
     from jax.core import Var, jaxpr_as_fun  # type: ignore[no-redef,attr-defined]
 
-__all__ = ["JaxSession", "knob_form"]
+__all__ = ["WORDS", "JaxSession", "knob_form"]
+
+WORDS = Vocabulary(
+    framework="jax",
+    custom_backward="jax.custom_vjp / custom_jvp rules",
+    cut_graph="a jax.lax.stop_gradient or a round trip through numpy",
+    summed_loss="a sum instead of jnp.mean",
+    eval_mode="the model's apply function (JAX has no train/eval mode; pass deterministic "
+    "flags yourself)",
+    he_init="jax.nn.initializers.he_normal()",
+    xavier_init="jax.nn.initializers.glorot_normal()",
+)
 
 
 def _path_name(path: Sequence[Any]) -> str:
@@ -90,24 +104,24 @@ def _adam(
     grads: list[jax.Array],
     m: list[jax.Array],
     v: list[jax.Array],
-    step_size: float,
-    root_bc2: float,
-    b1: float,
-    b2: float,
-    eps: float,
+    t: jax.Array,
+    lr: jax.Array,
 ) -> tuple[list[jax.Array], list[jax.Array], list[jax.Array]]:
-    """One step of torch.optim.Adam's update rule (bias corrections folded in)."""
-    m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
-    v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
-    new = [
-        p - (step_size * mi / (jnp.sqrt(vi) / root_bc2 + eps)).astype(p.dtype)
-        for p, mi, vi in zip(params, m, v)
-    ]
-    return new, m, v
+    """One Adam step on every tensor (the step count and rate are arguments: one program
+    for every step)."""
+    new, ms, vs = [], [], []
+    for p, g, mi, vi in zip(params, grads, m, v):
+        w, mi, vi = adam_update(jnp, p, g, mi, vi, t, lr)
+        new.append(w.astype(p.dtype))
+        ms.append(mi)
+        vs.append(vi)
+    return new, ms, vs
 
 
 class JaxSession(SessionBase):
     """One diagnose run of one subject on the JAX backend."""
+
+    words = WORDS
 
     def __init__(self, subject: Any, config: Any) -> None:
         super().__init__(subject, config)
@@ -126,6 +140,7 @@ class JaxSession(SessionBase):
         self._leaf_names = [_path_name(path) for path, _ in flat]
         self._trainable = [i for i, leaf in enumerate(self._leaves) if is_float(leaf)]
         self.names = [self._leaf_names[i] for i in self._trainable]
+        self._out_dtype: Any = None  # of the model's outputs, learned by the probe
         with self.isolated("validation"):
             self.task = self._probe()
 
@@ -206,7 +221,7 @@ class JaxSession(SessionBase):
         snapshot = NumberSnapshot(holders(self.loss_fn, self._setter)) if self._setter else None
         x64 = _x64_enabled()
         try:
-            with rng_guard():
+            with rng_guard(), self.entered():
                 yield
         except ModelError as exc:
             exc.check = check
@@ -227,6 +242,7 @@ class JaxSession(SessionBase):
             if not untraceable(exc):
                 raise
             out = self._apply(self.params, batch.X)
+        self._out_dtype = out.dtype
         if not out.shape or out.shape[0] != len(batch.y):
             rows = out.shape[0] if out.shape else 0
             raise InvalidSubject(
@@ -247,7 +263,7 @@ class JaxSession(SessionBase):
             self.task = self.classification(
                 int(out.shape[-1]), [np.asarray(b.y) for b in self.batches]
             )
-        self._measure(batch)  # runs the loss on real outputs: its errors surface here
+        self.evaluate(batch)  # runs the loss on real outputs: its errors surface here
         return self.task
 
     _concat = staticmethod(jnp.concatenate)
@@ -261,88 +277,189 @@ class JaxSession(SessionBase):
         except Exception as exc:
             raise ModelError("regularization", f"regularization(model, {strength:g})", exc) from exc
 
-    def _measure(self, batch: Batch) -> dict[str, Any]:
-        """The loss, per-sample losses and the losses of uninformative outputs in one
-        pass (``initial_loss`` asks for all of them on one batch). Eager: one-off passes
-        share JAX's per-operation compilation cache across models."""
-        prior = None
-        if self.task.kind == "classification":
-            counts = np.asarray(self.task.label_counts, dtype=np.float64)
-            prior = np.log(np.maximum(counts, 1e-9) / counts.sum()).astype(np.float32)
-        self._forward += 1
-        return self._measure_pass(self.params, batch.X, batch.y, self._strength_arg(), prior)
+    def take(self, batch: Batch, index: Sequence[int]) -> Batch:
+        rows = jnp.asarray(np.asarray(list(index), dtype=np.int32))
+        return Batch(batch.X[rows], batch.y[rows])
 
-    def _measure_pass(
-        self, params: Any, X: jax.Array, y: jax.Array, strength: Any, prior: Any
-    ) -> dict[str, Any]:
-        out = self._apply(params, X)
+    def evaluate(
+        self,
+        batch: Batch,
+        *,
+        mode: Mode = "train",
+        outputs: bool = False,
+        per_sample: bool = False,
+        seed: int | None = None,
+    ) -> Evaluation:
+        """The loss (with the penalty at the current strength) and, when asked, outputs and
+        per-sample losses, in one pass. JAX has no train/eval mode and ``apply_fn`` draws
+        no random numbers of nndiag's, so ``mode`` and ``seed`` change nothing. Eager:
+        one-off passes share JAX's per-operation compilation cache across models."""
+        self.require_isolated("evaluate")
+        self.count(forward=1)
+        params, strength = self.params, self._strength_arg()
+        out = self._apply(params, batch.X)
         penalty = jnp.asarray(self._penalty_term(params, strength))
-        found = {
-            "out": out,
-            "loss": self._data_loss(out, y) + penalty,
-            "penalty": penalty,
-            "uniform": self._loss(jnp.zeros_like(out), y, params, strength),
-        }
-        if prior is not None:  # classes on the last axis
-            logits = jnp.broadcast_to(prior.astype(out.dtype), out.shape)
-            found["prior"] = self._loss(logits, y, params, strength)
-        elif out.size == y.size:
-            mean = jnp.broadcast_to(y.mean(axis=0, keepdims=True), y.shape)
-            found["mean"] = self._loss(
-                mean.reshape(out.shape).astype(out.dtype), y, params, strength
-            )
+        loss = float(self._data_loss(out, batch.y) + penalty)
+        rows = self._per_sample(out, batch.y, penalty) if per_sample else None
+        shown = None
+        if outputs:
+            shown = np.asarray(out, dtype=np.float64)
+            if self.task.kind == "classification" and shown.ndim > 2:
+                shown = np.moveaxis(shown, -1, 1)  # classes on axis 1 across the seam
+        return Evaluation(loss, shown, rows)
+
+    def _per_sample(self, out: jax.Array, y: jax.Array, penalty: jax.Array) -> Any:
+        """Losses of the first rows on their own (plus the penalty), or None when the loss
+        cannot take single rows (no noise estimate)."""
         n = min(len(y), PER_SAMPLE_ROWS)
         try:  # one vectorized pass; a loss that vmap cannot take is tried row by row
-            found["per_sample"] = jax.vmap(self._row_loss)(out[:n], y[:n]) + penalty
+            return np.asarray(jax.vmap(self._row_loss)(out[:n], y[:n]) + penalty, np.float64)
         except Exception:
             pass
-        return found
-
-    def losses(self, batch: Batch, per_sample: bool = True) -> tuple[float, Any]:
-        found = self._measure(batch)
-        mean = float(found["loss"])
-        if not per_sample:
-            return mean, None
-        if "per_sample" in found:
-            return mean, np.asarray(found["per_sample"], dtype=np.float64)
-        out = found["out"]
         try:
-            rows = [
-                float(self._row_loss(out[i], batch.y[i]))
-                for i in range(min(len(batch), PER_SAMPLE_ROWS))
-            ]
-        except Exception:  # a loss that cannot take single rows: no noise estimate
-            return mean, None
-        return mean, np.asarray(rows) + float(found["penalty"])
+            rows = [float(self._row_loss(out[i], y[i])) for i in range(n)]
+        except Exception:
+            return None
+        return np.asarray(rows) + float(penalty)
 
-    def baselines(self, batch: Batch) -> dict[str, float]:
-        found = self._measure(batch)
-        return {k: float(found[k]) for k in ("uniform", "prior", "mean") if k in found}
+    def loss_of(self, batch: Batch, outputs: Any) -> float:
+        """The loss of given outputs, the penalty at the current strength included (as
+        :meth:`evaluate`'s loss)."""
+        self.require_isolated("loss_of")
+        scores = np.asarray(outputs)
+        if self.task.kind == "classification" and scores.ndim > 2:
+            scores = np.moveaxis(scores, 1, -1)  # back to classes on the last axis
+        out = jnp.asarray(scores, dtype=self._out_dtype)
+        return float(self._loss(out, batch.y, self.params, self._strength_arg()))
+
+    def input_gradients(self, batch: Batch, row: int, *, mode: Mode = "eval") -> Any:
+        self.require_isolated("input_gradients")
+        if not is_float(batch.X):
+            return None
+        n = len(batch)
+        self.count(forward=1, backward=1)
+        with self.calling("model", "jax.vjp(apply_fn, X)"):
+            try:
+                out, pullback = jax.vjp(lambda X: self._apply(self.params, X), batch.X)
+            except Exception as exc:
+                if not untraceable(exc):
+                    raise
+                return None  # Python control flow on the inputs' values: not differentiable
+            if not is_float(out):
+                return None
+            rng = np.random.default_rng(0)  # the projection: never the user's RNG
+            weights = jnp.asarray(rng.standard_normal(out.shape[1:]), dtype=out.dtype)
+            (grad,) = pullback(jnp.zeros_like(out).at[row].set(weights))
+        return np.abs(np.asarray(grad, dtype=np.float64)).reshape(n, -1).max(axis=1)
+
+    def find_nonfinite(self, batch: Batch, *, mode: Mode = "train") -> NonFinite | None:
+        """Forward, loss and (in train mode) backward, each traced and evaluated equation
+        by equation for the first one that turns finite values into NaN/Inf; a function
+        that cannot be traced is run eagerly and only the stage is named."""
+        self.require_isolated("find_nonfinite")
+        point = [self._leaves[i] for i in self._trainable]
+        strength = self._strength_arg()
+        X, y = batch.X, batch.y
+
+        def forward(point: list[Any], X: Any) -> jax.Array:
+            return self._apply(self._assemble(point), X)
+
+        def loss(out: jax.Array, y: Any, point: list[Any]) -> jax.Array:
+            return self._loss(out, y, self._assemble(point), strength)
+
+        def objective(point: list[Any], X: Any, y: Any) -> jax.Array:
+            return loss(forward(point, X), y, point)
+
+        try:
+            jax.make_jaxpr(forward)(point, X)
+        except Exception as exc:
+            if not untraceable(exc):
+                raise
+            return self._nonfinite_eagerly(forward, loss, objective, point, batch, mode)
+        self.count(forward=1)
+        closed = jax.make_jaxpr(forward)(point, X)
+        with self.calling("model", "apply_fn(params, X)"):
+            (out,), found = NonFiniteSearch("forward", "apply_fn").run(closed, [*point, X])
+        if found is not None:
+            return found
+        closed = jax.make_jaxpr(loss)(out, y, point)
+        with self.calling("loss", "loss(outputs, y)"):
+            (value,), found = NonFiniteSearch("loss", "the loss").run(closed, [out, y, *point])
+        if found is not None:
+            return NonFinite("loss", "the loss", found.op, found.count, found.total)
+        if nonfinite_count(value)[0]:
+            return NonFinite("loss", "the loss", getattr(self.loss_fn, "__name__", "loss"))
+        if mode != "train":
+            return None
+        self.count(forward=1, backward=1)
+        with self.calling("model", "jax.grad(loss)"):
+            closed = jax.make_jaxpr(jax.grad(objective))(point, X, y)
+            grads, found = NonFiniteSearch("backward", "apply_fn", gradient=True).run(
+                closed, [*point, X, y]
+            )
+        return found or self._nonfinite_gradient(grads)
+
+    def _nonfinite_gradient(self, grads: Sequence[Any]) -> NonFinite | None:
+        """The first trainable tensor whose gradient holds NaN/Inf, when no equation was."""
+        for name, grad in zip(self.names, grads):
+            bad, total = nonfinite_count(grad)
+            if bad:
+                return NonFinite("backward", name, "gradient", bad, total)
+        return None
+
+    def _nonfinite_eagerly(
+        self,
+        forward: Callable[..., Any],
+        loss: Callable[..., Any],
+        objective: Callable[..., Any],
+        point: list[Any],
+        batch: Batch,
+        mode: Mode,
+    ) -> NonFinite | None:
+        """The stage that first gives NaN/Inf, for a function that cannot be traced."""
+        where = "apply_fn (it cannot be traced, so no single operation is named)"
+        self.count(forward=1)
+        out = forward(point, batch.X)
+        bad, total = nonfinite_count(out)
+        if bad:
+            return NonFinite("forward", where, "apply_fn(params, X)", bad, total)
+        if nonfinite_count(loss(out, batch.y, point))[0]:
+            return NonFinite("loss", "the loss", getattr(self.loss_fn, "__name__", "loss"))
+        if mode != "train":
+            return None
+        self.count(forward=1, backward=1)
+        with self.calling("model", "jax.grad(loss)"):
+            grads = jax.grad(objective)(point, batch.X, batch.y)
+        return self._nonfinite_gradient(grads)
 
     # -- gradient check ----------------------------------------------------------------
     @contextmanager
-    def objective(self, batch: Batch) -> Iterator[_Objective]:
+    def objective(self, batch: Batch, *, dtype: str = "float64") -> Iterator[_Objective]:
+        self.require_isolated("objective")
+        if dtype != "float64":
+            raise ValueError(f"the jax objective runs in float64, not {dtype}")
         with _x64():
             yield _Objective(self, batch)
 
     # -- training ----------------------------------------------------------------------
     @contextmanager
-    def trainer(self, batch: Batch) -> Iterator[_Trainer]:
-        yield _Trainer(self, batch)
+    def trainer(
+        self, batch: Batch, *, lr: float | None = None, default_lr: float = 1e-3
+    ) -> Iterator[_Trainer]:
+        self.require_isolated("trainer")
+        yield _Trainer(self, batch, lr, default_lr)
 
     # -- activations -------------------------------------------------------------------
-    def _capture_layers(self) -> list[LayerRecord]:
-        recorder = JaxprRecorder(
-            self._leaf_names, dict(zip(self._leaf_names, self._leaves)), self.config.histogram_bins
-        )
+    def _capture_layers(self, rows: int, bins: int) -> list[LayerRecord]:
+        recorder = JaxprRecorder(self._leaf_names, dict(zip(self._leaf_names, self._leaves)), bins)
         leaves = jax.tree_util.tree_leaves(self.params)
-        left = self.config.max_samples
+        left = rows
         for batch in self.batches:
             if left <= 0:
                 break
             X = batch.X[:left]
             closed = jax.make_jaxpr(self._apply)(self.params, X)
-            self._forward += 1
+            self.count(forward=1)
             try:
                 recorder.run(closed, [*leaves, X])
             except NndiagError:
@@ -366,9 +483,7 @@ class _Objective:
         self.session = session
         self.names = list(session.names)
         leaves = [session._leaves[i] for i in session._trainable]
-        promoted = sorted({str(leaf.dtype) for leaf in leaves} - {"float64"})
-        if promoted:
-            self.note = f"Parameters are {', '.join(promoted)}: checked on a float64 copy."
+        self.note = float64_note(str(leaf.dtype) for leaf in leaves)
         self.base = [_float64(leaf) for leaf in leaves]
         self.shapes = {n: tuple(b.shape) for n, b in zip(self.names, self.base)}
         self.index = {n: i for i, n in enumerate(self.names)}
@@ -392,8 +507,7 @@ class _Objective:
         """Loss and gradients from one trace of ``jax.value_and_grad``. A gradient that
         depends on no input and is all zeros is one that no gradient reached (``None``,
         as in torch): ``stop_gradient`` or an unused parameter."""
-        self.session._forward += 1
-        self.session._backward += 1
+        self.session.count(forward=1, backward=1)
         args = (self.base, self.X, self.y, self.strength)
         grad_fn = jax.value_and_grad(self._loss)
         dependent: list[bool] | None = None
@@ -423,7 +537,7 @@ class _Objective:
         for name, shift in shifts.items():
             i = self.index[name]
             point[i] = point[i] + scale * jnp.asarray(shift, dtype=jnp.float64)
-        self.session._forward += 1
+        self.session.count(forward=1)
         return float(self._value(point, self.X, self.y, self.strength))
 
 
@@ -449,7 +563,9 @@ def _depends_on_inputs(jaxpr: Any, inputs: Sequence[bool] | None = None) -> list
 class _Trainer:
     """Steps copies of the trainable leaves; the step is compiled once per check."""
 
-    def __init__(self, session: JaxSession, batch: Batch) -> None:
+    def __init__(
+        self, session: JaxSession, batch: Batch, lr: float | None, default_lr: float
+    ) -> None:
         self.session = session
         self.batch = batch
         self.params = [jnp.asarray(session._leaves[i]) for i in session._trainable]
@@ -460,11 +576,14 @@ class _Trainer:
         given = session.subject.optimizer
         self.optax = given
         if given is None:
-            lr = session.config.overfit_lr
-            self.lr = lr
+            self.lr = default_lr if lr is None else lr
             self.m = [jnp.zeros_like(p) for p in self.params]
             self.v = [jnp.zeros_like(p) for p in self.params]
-            self.optimizer = f"Adam(lr={lr:g}) (nndiag's default)"
+            self.optimizer = (
+                f"Adam(lr={self.lr:g}) (nndiag's default)"
+                if lr is None
+                else f"Adam(lr={lr:g}) (learning rate set by the check)"
+            )
         else:
             try:
                 self.state = given.init(self.params)
@@ -472,7 +591,25 @@ class _Trainer:
                 raise ModelError("optimizer", "optimizer.init(params)", exc) from exc
             self._update = jit_or_eager(given.update)
             self.optimizer = f"{type(given).__name__} (the subject's optax optimizer)"
+            if lr is not None:
+                self.optimizer = self._set_lr(lr)
         self._grad = jit_or_eager(jax.value_and_grad(self._loss, has_aux=True))
+
+    def _set_lr(self, lr: float) -> str:
+        """Replace the learning rate of an optax optimizer built with
+        ``optax.inject_hyperparams`` (the only kind whose rate can be set from outside)."""
+        name = type(self.optax).__name__
+        hyperparams = getattr(self.state, "hyperparams", None)
+        if isinstance(hyperparams, dict) and "learning_rate" in hyperparams:
+            current = jnp.asarray(hyperparams["learning_rate"])
+            hyperparams["learning_rate"] = jnp.asarray(lr, dtype=current.dtype)
+            return (
+                f"{name}(lr={lr:g}) (the subject's optax optimizer, learning rate set by the check)"
+            )
+        return (
+            f"{name} (the subject's optax optimizer; its learning rate could not be set to "
+            f"{lr:g}: build it with optax.inject_hyperparams to allow that)"
+        )
 
     def _loss(
         self, trainable: list[jax.Array], X: jax.Array, y: jax.Array, strength: Any
@@ -482,26 +619,18 @@ class _Trainer:
         hits = jnp.argmax(out, axis=-1) == y if self.classify else jnp.zeros(1)
         return self.session._loss(out, y, params, strength), jnp.mean(hits)
 
-    def step(self) -> tuple[float, float | None]:
-        self.session._forward += 1
+    def step(self, *, measure: bool = False) -> Step:
+        before = list(self.params)
+        self.session.count(forward=1)
         (loss, hits), grads = self._grad(self.params, self.batch.X, self.batch.y, self.strength)
         value = float(loss)
         accuracy = float(hits) if self.classify else None
         if math.isfinite(value):
-            self.session._backward += 1
+            self.session.count(backward=1)
             self.steps += 1
             if self.optax is None:
-                b1, b2 = 0.9, 0.999
                 self.params, self.m, self.v = _adam(
-                    self.params,
-                    grads,
-                    self.m,
-                    self.v,
-                    self.lr / (1 - b1**self.steps),
-                    math.sqrt(1 - b2**self.steps),
-                    b1,
-                    b2,
-                    1e-8,
+                    self.params, grads, self.m, self.v, float(self.steps), self.lr
                 )
             else:
                 try:
@@ -513,7 +642,16 @@ class _Trainer:
                         "optimizer", "optimizer.update(grads, state, params)", exc
                     ) from exc
                 self.params = [p + u.astype(p.dtype) for p, u in zip(self.params, updates)]
-        return value, accuracy
+        if not measure:
+            return Step(value, accuracy)
+        names = self.session.names
+        old = [np.asarray(p, dtype=np.float64) for p in before]
+        updates_norm = {
+            n: float(np.linalg.norm(np.asarray(p, dtype=np.float64) - w))
+            for n, p, w in zip(names, self.params, old)
+        }
+        weights = {n: float(np.linalg.norm(w)) for n, w in zip(names, old)}
+        return Step(value, accuracy, updates_norm, weights)
 
     def unchanged(self) -> list[str]:
         return [

@@ -11,9 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from nndiag.backends import PER_SAMPLE_ROWS, Batch, LayerRecord, SessionBase, Task
+from nndiag.backends import PER_SAMPLE_ROWS
+from nndiag.backends.base import SessionBase, float64_note
 from nndiag.backends.state import NumberSnapshot, holders, references, rng_guard
 from nndiag.backends.torch.capture import Recorder
+from nndiag.backends.torch.numerics import NonFiniteWatch
+from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["TorchSession", "rng_devices", "torch_rng_guard"]
@@ -171,10 +174,22 @@ class _Snapshot:
             module.training = training
 
 
+WORDS = Vocabulary(
+    framework="torch",
+    custom_backward="custom autograd Functions and hand-written backward code",
+    cut_graph="a .detach(), .data, .item() or numpy round trip",
+    summed_loss="reduction='sum'",
+    eval_mode="eval mode (model.eval())",
+    he_init="nn.init.kaiming_normal_(w, nonlinearity='relu')",
+    xavier_init="nn.init.xavier_normal_(w)",
+)
+
+
 class TorchSession(SessionBase):
     """One diagnose run of one subject on the torch backend."""
 
     model: nn.Module
+    words = WORDS
 
     def __init__(self, subject: Any, config: Any) -> None:
         super().__init__(subject, config)
@@ -237,7 +252,7 @@ class TorchSession(SessionBase):
                 for module in self.model.modules():
                     if isinstance(module, _DROPOUT):  # dropout is regularization: off
                         module.eval()
-                with self._clones() as self._private:
+                with self._clones() as self._private, self.entered():
                     yield
         except ModelError as exc:
             exc.check = check
@@ -325,48 +340,113 @@ class TorchSession(SessionBase):
         except Exception as exc:
             raise ModelError("regularization", f"regularization(model, {strength:g})", exc) from exc
 
-    def losses(self, batch: Batch, per_sample: bool = True) -> tuple[float, Any]:
-        with torch.no_grad():
+    def take(self, batch: Batch, index: Any) -> Batch:
+        rows = torch.as_tensor(list(index), dtype=torch.long, device=batch.y.device)
+        return Batch(batch.X[rows.to(batch.X.device)], batch.y[rows])
+
+    @contextmanager
+    def _mode(self, mode: Mode, seed: int | None) -> Iterator[None]:
+        """The model in ``mode`` for the block (dropout stays off in train mode), random
+        draws seeded; the check's train mode is put back after."""
+        self.require_isolated("evaluate")
+        modes = [(m, m.training) for m in self.model.modules()]
+        _seed(self.config.seed if seed is None else seed, self._devices)
+        if mode == "eval":
+            self.model.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def evaluate(
+        self,
+        batch: Batch,
+        *,
+        mode: Mode = "train",
+        outputs: bool = False,
+        per_sample: bool = False,
+        seed: int | None = None,
+    ) -> Evaluation:
+        with self._mode(mode, seed), torch.no_grad():
             out = self._run_model(batch.X)
             mean = float(self._run_loss(out, batch.y))
-            if not per_sample:
-                return mean, None
-            try:
-                n = min(len(batch), PER_SAMPLE_ROWS)
-                per = np.array(
-                    [float(self.loss_fn(out[i : i + 1], batch.y[i : i + 1])) for i in range(n)]
-                )
-            except Exception:  # a loss that cannot take single rows: no noise estimate
-                per = None
-        return mean, per
+            per = None
+            if per_sample:
+                try:
+                    n = min(len(batch), PER_SAMPLE_ROWS)
+                    per = np.array(
+                        [float(self.loss_fn(out[i : i + 1], batch.y[i : i + 1])) for i in range(n)]
+                    )
+                except Exception:  # a loss that cannot take single rows: no noise estimate
+                    per = None
+        shown = out.detach().double().cpu().numpy() if outputs else None
+        return Evaluation(mean, shown, per)
 
-    def baselines(self, batch: Batch) -> dict[str, float]:
+    def loss_of(self, batch: Batch, outputs: Any) -> float:
+        self.require_isolated("loss_of")
+        like = batch.X if batch.X.is_floating_point() else None
+        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        scores = torch.as_tensor(np.ascontiguousarray(outputs), dtype=dtype, device=batch.y.device)
         with torch.no_grad():
+            return float(self._run_loss(scores, batch.y))
+
+    def input_gradients(self, batch: Batch, row: int, *, mode: Mode = "eval") -> Any:
+        if not batch.X.is_floating_point():
+            return None
+        n = len(batch)
+        with self._mode(mode, None):
+            X = batch.X.detach().clone().requires_grad_(True)
+            out = self._run_model(X)
+            if not out.requires_grad:
+                return None
+            g = torch.Generator().manual_seed(0)  # the projection: never the user's RNG
+            weights = torch.randn(out.shape[1:], generator=g, dtype=torch.float64)
+            target = (out[row] * weights.to(out.device, out.dtype)).sum()
+            self.count(backward=1)
+            with self.calling("model", "backward of model(X) to its inputs"):
+                (grad,) = torch.autograd.grad(target, X, allow_unused=True)
+        if grad is None:
+            return np.zeros(n)
+        return grad.detach().abs().reshape(n, -1).amax(1).double().cpu().numpy()
+
+    def find_nonfinite(self, batch: Batch, *, mode: Mode = "train") -> NonFinite | None:
+        with self._mode(mode, None), NonFiniteWatch(self.model) as watch:
             out = self._run_model(batch.X)
-            found = {"uniform": float(self._run_loss(torch.zeros_like(out), batch.y))}
-            if self.task.kind == "classification":
-                counts = torch.tensor(self.task.label_counts, dtype=out.dtype, device=out.device)
-                prior = torch.log(counts.clamp_min(1e-9) / counts.sum())
-                shape = [1, -1] + [1] * (out.ndim - 2)
-                logits = prior.reshape(shape).expand_as(out)
-                found["prior"] = float(self._run_loss(logits.contiguous(), batch.y))
-            elif out.numel() == batch.y.numel():
-                mean = batch.y.mean(dim=0, keepdim=True).expand_as(batch.y)
-                found["mean"] = float(self._run_loss(mean.reshape(out.shape), batch.y))
-        return found
+            if watch.found is not None or watch.fallback is not None:
+                return watch.found or watch.fallback
+            loss = self._run_loss(out, batch.y)
+            if not bool(torch.isfinite(loss)):
+                return NonFinite("loss", "the loss", getattr(self.loss_fn, "__name__", "loss"))
+            if mode == "train" and loss.requires_grad:
+                watch.watch_backward(loss)
+                self.count(backward=1)
+                with self.calling("model", "loss.backward()"):
+                    torch.autograd.grad(
+                        loss, [p for p in self._private.trainable.values()], allow_unused=True
+                    )
+        return watch.found
+
+    def batch_statistics_layers(self) -> list[str]:
+        return [
+            name or type(m).__name__
+            for name, m in self.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase)
+        ]
 
     # -- gradient check ----------------------------------------------------------------
     @contextmanager
-    def objective(self, batch: Batch) -> Iterator[_Objective]:
+    def objective(self, batch: Batch, *, dtype: str = "float64") -> Iterator[_Objective]:
+        self.require_isolated("objective")
+        if dtype != "float64":
+            raise ValueError(f"the torch objective runs in float64, not {dtype}")
         X = batch.X.double() if batch.X.is_floating_point() else batch.X
         y = batch.y.double() if batch.y.is_floating_point() else batch.y
         # Tensors the model creates inside forward follow the default dtype.
         torch.set_default_dtype(torch.float64)
         private = self._private
         dtypes = [t.dtype for t in private.tensors]
-        promoted = sorted(
-            {str(p.dtype).removeprefix("torch.") for p in private.trainable.values()} - {"float64"}
-        )
+        note = float64_note(str(p.dtype).removeprefix("torch.") for p in private.trainable.values())
         captured = _captured_tensors(self.loss_fn)
         try:  # the private clones themselves go to float64: no second copy of the model
             for t in private.tensors:
@@ -375,8 +455,7 @@ class TorchSession(SessionBase):
             for put, value in captured:  # e.g. a class-weight tensor the loss closes over
                 put(value.double())
             objective = _Objective(self, private.trainable, X, y)
-            if promoted:
-                objective.note = f"Parameters are {', '.join(promoted)}: checked on a float64 copy."
+            objective.note = note
             yield objective
         finally:
             for put, value in captured:
@@ -387,15 +466,30 @@ class TorchSession(SessionBase):
 
     # -- training ----------------------------------------------------------------------
     @contextmanager
-    def trainer(self, batch: Batch) -> Iterator[_Trainer]:
+    def trainer(
+        self, batch: Batch, *, lr: float | None = None, default_lr: float = 1e-3
+    ) -> Iterator[_Trainer]:
+        self.require_isolated("trainer")
         params = self._private.trainable
-        optimizer, described = self._optimizer(list(params.values()))
+        optimizer, described = self._optimizer(list(params.values()), lr, default_lr)
         yield _Trainer(self, params, optimizer, described, batch)
 
-    def _optimizer(self, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, str]:
+    def _optimizer(
+        self, params: list[nn.Parameter], lr: float | None, default_lr: float
+    ) -> tuple[torch.optim.Optimizer, str]:
+        made, described = self._subject_optimizer(params, default_lr)
+        if lr is not None:
+            for group in made.param_groups:
+                group["lr"] = lr
+            described = f"{type(made).__name__}(lr={lr:g}) (learning rate set by the check)"
+        return made, described
+
+    def _subject_optimizer(
+        self, params: list[nn.Parameter], default_lr: float
+    ) -> tuple[torch.optim.Optimizer, str]:
         given = self.subject.optimizer
         if given is None:
-            lr = self.config.overfit_lr
+            lr = default_lr
             return torch.optim.Adam(params, lr=lr), f"Adam(lr={lr:g}) (nndiag's default)"
         if isinstance(given, torch.optim.Optimizer):  # copy class and settings, never step it
             settings = {
@@ -422,9 +516,9 @@ class TorchSession(SessionBase):
         return made, f"{type(made).__name__}(lr={lr}) (the subject's optimizer)"
 
     # -- activations -------------------------------------------------------------------
-    def _capture_layers(self) -> list[LayerRecord]:
-        recorder = Recorder(self.model, self.config.histogram_bins)
-        left = self.config.max_samples
+    def _capture_layers(self, rows: int, bins: int) -> list[LayerRecord]:
+        recorder = Recorder(self.model, bins)
+        left = rows
         with torch.no_grad():
             for batch in self.batches:
                 if left <= 0:
@@ -517,7 +611,8 @@ class _Trainer:
         self.start = {n: p.detach().clone() for n, p in self.params.items()}
         self.classify = session.task.kind == "classification"
 
-    def step(self) -> tuple[float, float | None]:
+    def step(self, *, measure: bool = False) -> Step:
+        before = {n: p.detach().clone() for n, p in self.params.items()} if measure else {}
         self.opt.zero_grad(set_to_none=True)
         out = self.session._run_model(self.batch.X)
         loss = self.session._run_loss(out, self.batch.y)
@@ -531,7 +626,11 @@ class _Trainer:
                 self.opt.step()
             except Exception as exc:
                 raise ModelError("optimizer", "optimizer.step()", exc) from exc
-        return value, accuracy
+        if not measure:
+            return Step(value, accuracy)
+        updates = {n: float((p.detach() - before[n]).norm()) for n, p in self.params.items()}
+        weights = {n: float(w.norm()) for n, w in before.items()}
+        return Step(value, accuracy, updates, weights)
 
     def unchanged(self) -> list[str]:
         return [n for n, p in self.params.items() if torch.equal(p.detach(), self.start[n])]

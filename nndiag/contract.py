@@ -1,0 +1,265 @@
+"""The check/backend seam: what a check may ask of a model, in no framework's words.
+
+A check (``nndiag/checks/``) asks questions in the language of the lecture; a backend
+(``nndiag/backends/``) answers them in its framework's. This module is the whole vocabulary
+between the two and imports no framework: a check imports only this, ``Config`` and
+``CheckResult``.
+
+A backend's :class:`Session` offers *primitives* — outputs and losses in train or eval
+mode, value and gradients in float64, a training step that reports update sizes, a
+regularization setter, activation capture, perturbation of parameters and of inputs — and
+takes every setting as an argument: it never reads a check's ``Config`` fields. Arrays that
+cross the seam are numpy arrays; batches stay in the backend's own array type and are only
+passed back to it.
+
+Isolation: a check runs inside ``session.isolated(check)``, which the runner opens. Every
+member marked *inside isolated()* works on nndiag's private copies there and raises
+``RuntimeError`` outside it; the others may be called at any time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "Batch",
+    "Evaluation",
+    "LayerRecord",
+    "Mode",
+    "NonFinite",
+    "Objective",
+    "Session",
+    "Step",
+    "Task",
+    "Trainer",
+    "Vocabulary",
+]
+
+Mode = Literal["train", "eval"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Inputs and targets of one batch, in the backend's own array type."""
+
+    X: Any
+    y: Any
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the model is asked to do, learned from one probe forward pass."""
+
+    kind: Literal["classification", "regression"]
+    num_classes: int = 0  # classification only
+    label_counts: tuple[int, ...] = ()
+
+
+@dataclass
+class LayerRecord:
+    """Per-layer activation statistics, reduced while the forward pass runs.
+
+    ``depth`` orders layers as the forward pass reached them. ``m2`` is the sum of squared
+    deviations from the mean (merged per call, so no cancellation in float32). ``fires``
+    counts, per unit, the forward calls in which the unit output > 0 for some sample: 0
+    means dead (ReLU family only).
+    """
+
+    name: str
+    kind: str  # relu, tanh, sigmoid, or the function's name for other activations
+    depth: int
+    units: int
+    count: int = 0
+    total: float = 0.0
+    m2: float = 0.0
+    saturated: int = 0
+    fires: Any = None  # numpy int array over units, or None
+    hist_counts: Any = None
+    hist_edges: tuple[float, float] = (0.0, 1.0)
+    # The weight layer feeding this activation: name, fan-in and current weight std.
+    weight_layer: str | None = None
+    fan_in: int | None = None
+    weight_std: float | None = None
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / self.count) ** 0.5 if self.count else float("nan")
+
+    @property
+    def saturated_fraction(self) -> float:
+        return self.saturated / self.count if self.count else 0.0
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One forward pass (and loss) on a batch, in numpy.
+
+    ``outputs`` are the model's per-sample outputs (classes on axis 1), when asked for;
+    ``per_sample`` the loss of each of the first rows on its own, when asked for and the
+    loss can take single rows.
+    """
+
+    loss: float
+    outputs: Any = None
+    per_sample: Any = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimizer step: the loss and accuracy measured before it, and (when measured)
+    per trainable tensor the norm of the update it applied and of the weights before it."""
+
+    loss: float
+    accuracy: float | None
+    updates: Mapping[str, float] = field(default_factory=dict)
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """Where a NaN/Inf first appeared: the producing operation, not one that passed it on.
+
+    ``stage`` is ``forward`` (an operation of the model), ``loss`` (the loss of finite
+    outputs) or ``backward`` (a gradient of finite values). ``where`` is the layer or
+    parameter in the backend's naming; ``op`` the operation (``log``, ``sqrt``, ``div``).
+    """
+
+    stage: Literal["forward", "loss", "backward"]
+    where: str
+    op: str
+    count: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The backend's own words for what hints talk about, so that a check's advice reads
+    right in every framework."""
+
+    framework: str  # "torch", "numpy", "jax"
+    custom_backward: str  # where a hand-written gradient lives
+    cut_graph: str  # how a gradient gets cut
+    summed_loss: str  # how a loss ends up summed over the batch
+    eval_mode: str  # what evaluation mode means for this backend
+    he_init: str  # a call that draws He-initialized weights
+    xavier_init: str  # a call that draws Xavier-initialized weights
+
+
+class Objective(Protocol):
+    """The subject's loss on one batch as a function of its trainable tensors, in the
+    dtype the objective was opened with (float64 for the gradient check)."""
+
+    names: list[str]
+    shapes: Mapping[str, tuple[int, ...]]
+    note: str  # said in the result, e.g. that float32 parameters were promoted
+
+    def value_and_grad(self) -> tuple[float, dict[str, Any]]:
+        """Loss and analytic gradients (numpy; None where no gradient reached)."""
+
+    def value(self, shifts: Mapping[str, Any], scale: float = 1.0) -> float:
+        """Loss with each named tensor shifted by ``scale`` times the given numpy array
+        (``scale`` saves the check a tensor-sized temporary per evaluation); the point is
+        left as it was."""
+
+    def move(self, shifts: Mapping[str, Any]) -> None:
+        """Shift the point itself (on nndiag's private copy)."""
+
+    def values(self) -> dict[str, Any]:
+        """The tensors' current values, as numpy arrays (read-only views where the backend
+        can give them)."""
+
+
+class Trainer(Protocol):
+    """An optimizer over nndiag's private copies of the trainable tensors."""
+
+    optimizer: str  # description stated in results, e.g. "Adam(lr=0.001) (nndiag's default)"
+
+    def step(self, *, measure: bool = False) -> Step:
+        """One optimizer step. With ``measure``, the step also reports per-tensor update
+        and weight norms (a norm per tensor per step: off when not needed)."""
+
+    def unchanged(self) -> list[str]:
+        """Names of trainable tensors whose values never changed."""
+
+
+class Session(Protocol):
+    """One diagnose run on one subject; nothing it does outlives ``isolated()``."""
+
+    task: Task
+    has_regularization: bool
+    framework: str  # name and version, e.g. "torch 2.13.0"
+    words: Vocabulary
+
+    def passes(self) -> tuple[int, int]:
+        """Forward and backward passes of the model so far."""
+
+    def isolated(self, check: str) -> AbstractContextManager[None]:
+        """Private copies swapped in, train mode with dropout off, seeded generators; on
+        exit everything of the user's is restored exactly. Model exceptions raised inside
+        are :class:`~nndiag.errors.ModelError` naming ``check`` and the call."""
+
+    def rows(self, n: int) -> Batch:
+        """The first ``n`` samples, across the stored batches."""
+
+    def take(self, batch: Batch, index: Sequence[int]) -> Batch:
+        """The rows ``index`` of ``batch``, in that order (repeats allowed): a batch whose
+        other rows are perturbed while one row stays as it is."""
+
+    def set_regularization(self, strength: float) -> None:
+        """Set the subject's regularization strength. Inside isolated()."""
+
+    def evaluate(
+        self,
+        batch: Batch,
+        *,
+        mode: Mode = "train",
+        outputs: bool = False,
+        per_sample: bool = False,
+        seed: int | None = None,
+    ) -> Evaluation:
+        """Forward pass and loss without gradients. ``mode="eval"`` runs the model in its
+        evaluation mode for this call only. Random draws are seeded with ``seed`` (the
+        run's seed when None), so two calls with the same seed see the same randomness.
+        Inside isolated()."""
+
+    def loss_of(self, batch: Batch, outputs: Any) -> float:
+        """The subject's loss of given outputs (numpy, shaped like ``evaluate``'s) against
+        the batch's targets. Inside isolated()."""
+
+    def objective(
+        self, batch: Batch, *, dtype: str = "float64"
+    ) -> AbstractContextManager[Objective]:
+        """The loss as a function of the trainable tensors, on copies in ``dtype``.
+        Inside isolated()."""
+
+    def trainer(
+        self, batch: Batch, *, lr: float | None = None, default_lr: float = 1e-3
+    ) -> AbstractContextManager[Trainer]:
+        """An optimizer on ``batch``: the subject's own (with its learning rate replaced by
+        ``lr`` when given), else Adam at ``lr`` or ``default_lr``. Inside isolated()."""
+
+    def capture(self, *, rows: int, bins: int) -> list[LayerRecord]:
+        """Activation statistics of every activation function over the first ``rows``
+        samples, with ``bins``-bin histograms (computed once per session and arguments)."""
+
+    def input_gradients(self, batch: Batch, row: int, *, mode: Mode = "eval") -> Any:
+        """Per input row, the largest gradient magnitude of a fixed random projection of
+        output row ``row`` (numpy, one value per row), or None where the inputs cannot be
+        differentiated (token ids). Inside isolated()."""
+
+    def find_nonfinite(self, batch: Batch, *, mode: Mode = "train") -> NonFinite | None:
+        """Forward, loss and backward on ``batch`` watched for the first operation that
+        turns finite values into NaN/Inf. Inside isolated()."""
+
+    def batch_statistics_layers(self) -> list[str]:
+        """Names of layers that normalize with statistics of the batch in train mode."""

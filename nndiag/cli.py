@@ -71,7 +71,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_report(subparsers)
+    _add_checks(subparsers)
     return parser
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _add_checks(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "checks",
+        help="list every check: nndiag's own and those registered by installed packages",
+        description="List the check registry: id, whether it runs by default (and why), "
+        "what it asks, and the Config fields it reads.",
+    )
+    parser.set_defaults(command=_checks, name="checks")
+
+
+def _checks(args: argparse.Namespace) -> int:
+    from nndiag.checks import registry
+
+    for spec in registry().values():
+        state = "default" if spec.default else "opt-in"
+        print(f"{spec.id} ({state}: {spec.why})\n    {spec.doc}")
+        if spec.settings:
+            print(f"    settings: {', '.join(spec.settings)}")
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- report

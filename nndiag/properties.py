@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import torch
@@ -204,7 +204,8 @@ def _leak_by_gradient(
         for t in outputs
     ]
     for i in _probed_rows(n):
-        target = sum((t[i] * w).real.sum() for t, w in zip(outputs, weights))
+        # outputs is non-empty, so the sum is a tensor, never the start value 0
+        target = cast("torch.Tensor", sum((t[i] * w).real.sum() for t, w in zip(outputs, weights)))
         counter.backward += 1
         (grad,) = torch.autograd.grad(target, Xc, retain_graph=True, allow_unused=True)
         if grad is None:

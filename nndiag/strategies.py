@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -256,7 +256,7 @@ def _value_strategy(spec: _Spec) -> SearchStrategy[Any]:
     import torch
 
     narrow = spec.rows.dtype in (torch.float32, torch.float16, torch.bfloat16)
-    width = 32 if narrow else 64
+    width: Literal[32, 64] = 32 if narrow else 64
     low, high = spec.low, spec.high
     if narrow:  # hypothesis wants bounds exactly representable at the drawn width
         low, high = _float32_inside(low, up=True), _float32_inside(high, up=False)

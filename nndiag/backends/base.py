@@ -112,6 +112,7 @@ class SessionBase:
     label checks of the probe."""
 
     framework: str
+    _concat: Callable[[list[Any]], Any]  # each backend sets its framework's concatenate
 
     def __init__(self, subject: Any, config: Any) -> None:
         self.subject = subject
@@ -170,10 +171,6 @@ class SessionBase:
             if have >= n:
                 break
         return Batch(self._concat(Xs), self._concat(ys))
-
-    @staticmethod
-    def _concat(parts: list[Any]) -> Any:
-        raise NotImplementedError
 
     def capture(self, *, rows: int, bins: int) -> list[LayerRecord]:
         key = (rows, bins)
@@ -253,14 +250,15 @@ def adam_update(
     g: Any,
     m: Any,
     v: Any,
-    t: int,
-    lr: float,
+    t: Any,
+    lr: Any,
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
 ) -> tuple[Any, Any, Any]:
     """One Adam step (Kingma & Ba; CS231n's ``optim.adam``) on arrays of the array module
-    ``xp`` (numpy, or jax.numpy inside a jitted function): returns ``(w, m, v)``."""
+    ``xp`` (numpy, or jax.numpy inside a jitted function): returns ``(w, m, v)``. ``t`` and
+    ``lr`` are numbers, or traced arrays under jit."""
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g * g
     step = lr * (m / (1 - beta1**t)) / (xp.sqrt(v / (1 - beta2**t)) + eps)

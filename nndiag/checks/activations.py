@@ -15,7 +15,7 @@ import numpy as np
 
 from nndiag.config import Config
 from nndiag.contract import LayerRecord, Session, Vocabulary
-from nndiag.results import CheckResult
+from nndiag.results import CheckResult, Status
 
 _SATURATING = ("tanh", "sigmoid")
 
@@ -166,7 +166,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
             metrics,
             evidence,
         )
-    status = "fail" if any(s == "fail" for s, _, _ in findings) else "warn"
+    status: Status = "fail" if any(s == "fail" for s, _, _ in findings) else "warn"
     findings.sort(key=lambda f: (f[0] != "fail", f[2].depth))
     text = "; ".join(t for _, t, _ in findings)
     metrics["first_bad_layer"] = findings[0][2].name
@@ -191,7 +191,7 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
             "No ReLU units in the forward pass (only ReLU-family "
             "outputs can be exactly 0 for every sample).",
         )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for layer in layers:
         dead = int((np.asarray(layer.fires) == 0).sum())
         rows.append(
@@ -216,6 +216,7 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
     }
     evidence = {"layers": rows, "warn": config.dead_warn, "fail": config.dead_fail}
     profile = ", ".join(f"{r['name']} {r['dead_fraction']:.0%}" for r in rows[:8])
+    status: Status
     if worst["dead_fraction"] >= config.dead_fail:
         status = "fail"
     elif worst["dead_fraction"] >= config.dead_warn:

@@ -14,7 +14,7 @@ import numpy as np
 from nndiag.backends.base import baselines as uninformative_losses
 from nndiag.config import Config
 from nndiag.contract import Session
-from nndiag.results import CheckResult
+from nndiag.results import CheckResult, Status
 
 CHECK = "initial_loss"
 
@@ -81,7 +81,7 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
         if session.has_regularization
         else " Regularization could not be turned off (no knob given), so it is included."
     )
-    status = "pass"
+    status: Status = "pass"
     hint = None
     # The baselines go through the user's loss, so a loss summed over the batch looks
     # consistent with itself; the lecture's ln C for uniform scores tells it apart.

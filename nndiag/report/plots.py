@@ -494,8 +494,8 @@ def plot_gradient_check(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]
     ys = list(range(len(shown)))
     widths, colors, hatches = [], [], []
     for tensor, error in zip(shown, errors):
-        status = tensor.get("status")
-        colors.append(COLORS.get(status if isinstance(status, str) else "", MUTED))
+        verdict = tensor.get("status")
+        colors.append(COLORS.get(verdict if isinstance(verdict, str) else "", MUTED))
         if error is None:  # NaN/inf/missing: a full-length hatched bar says "no number"
             widths.append(right)
             hatches.append("xx")

@@ -174,3 +174,13 @@ def test_console_entry_point_has_no_traceback(tmp_path: Path) -> None:
             "expected 'nndiag.report/1'"
         )
     ]
+
+
+def test_checks_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    from nndiag.checks import registry
+
+    assert main(["checks"]) == 0
+    out = capsys.readouterr().out
+    for spec in registry().values():
+        assert f"{spec.id} (" in out and spec.doc in out
+    assert "settings: independence_rows" in out

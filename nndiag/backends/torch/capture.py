@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -159,7 +159,8 @@ class Recorder(TorchFunctionMode):
         for layer in layers:  # weight statistics once, after the pass, not inside it
             if layer.name in self.feeds:
                 name, module = self.feeds[layer.name]
-                w = module.weight.detach()
+                # _pop records only modules whose weight is a tensor
+                w = cast(torch.Tensor, module.weight).detach()
                 layer.weight_layer, layer.fan_in = name, int(w[0].numel())
                 layer.weight_std = float(w.float().std(correction=0))
         return layers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -104,12 +105,12 @@ def _captured_tensors(loss: Any) -> list[tuple[Callable[[Any], None], torch.Tens
         except ValueError:  # an empty cell
             continue
         if floating(value):
-            found.append((lambda v, c=cell: setattr(c, "cell_contents", v), value))
+            found.append((partial(setattr, cell, "cell_contents"), value))
     keywords = getattr(loss, "keywords", None)
     if isinstance(keywords, dict):
         for key, value in keywords.items():
             if floating(value):
-                found.append((lambda v, k=key: keywords.__setitem__(k, v), value))
+                found.append((partial(keywords.__setitem__, key), value))
     return found
 
 
@@ -164,7 +165,8 @@ class _Snapshot:
                 tensor.requires_grad_(requires_grad)
             if tensor.grad is not grad:
                 tensor.grad = grad
-            if grad is not None and not torch.equal(grad, grad_values):
+            # grad_values is None exactly when grad is
+            if grad is not None and grad_values is not None and not torch.equal(grad, grad_values):
                 with torch.no_grad():
                     grad.copy_(grad_values)
         for owner, key, value in self.numbers:
@@ -460,8 +462,8 @@ class TorchSession(SessionBase):
         finally:
             for put, value in captured:
                 put(value)
-            for t, dtype in zip(private.tensors, dtypes):
-                t.data = t.data.to(dtype)
+            for t, original in zip(private.tensors, dtypes):
+                t.data = t.data.to(original)
                 t.grad = None
 
     # -- training ----------------------------------------------------------------------
@@ -512,8 +514,8 @@ class TorchSession(SessionBase):
                 f"the factory returned {describe(made)}",
                 "return a torch.optim.Optimizer built on the given params",
             )
-        lr = made.param_groups[0].get("lr")
-        return made, f"{type(made).__name__}(lr={lr}) (the subject's optimizer)"
+        made_lr = made.param_groups[0].get("lr")
+        return made, f"{type(made).__name__}(lr={made_lr}) (the subject's optimizer)"
 
     # -- activations -------------------------------------------------------------------
     def _capture_layers(self, rows: int, bins: int) -> list[LayerRecord]:

@@ -215,6 +215,10 @@ class Session(Protocol):
         """The rows ``index`` of ``batch``, in that order (repeats allowed): a batch whose
         other rows are perturbed while one row stays as it is."""
 
+    def arrays(self, batch: Batch) -> tuple[Any, Any]:
+        """The batch's inputs and targets as numpy arrays (inputs None when they are not
+        one array, e.g. a dict of token tensors)."""
+
     def set_regularization(self, strength: float) -> None:
         """Set the subject's regularization strength. Inside isolated()."""
 

@@ -156,10 +156,8 @@ class NumpySession(SessionBase):
     # -- calls into the user's code ----------------------------------------------------
     def _scores(self, X: np.ndarray) -> np.ndarray:
         self._forward += 1
-        try:
+        with self.calling("model", "model.loss(X)"):
             scores = self.model.loss(X)
-        except Exception as exc:
-            raise ModelError("model", "model.loss(X)", exc) from exc
         if not isinstance(scores, np.ndarray) or scores.shape[:1] != X.shape[:1]:
             raise InvalidSubject(
                 "model",
@@ -180,10 +178,9 @@ class NumpySession(SessionBase):
         self._backward += int(grads)
         if reseed or seed is not None:  # the same random draws in every evaluation
             np.random.seed(self.config.seed if seed is None else seed)
-        try:
+        # NotImplementedError too: an unfinished assignment
+        with self.calling("model", "model.loss(X, y)"):
             returned = self.model.loss(X, y)
-        except Exception as exc:  # NotImplementedError too: an unfinished assignment
-            raise ModelError("model", "model.loss(X, y)", exc) from exc
         if not (isinstance(returned, tuple) and len(returned) == 2):
             raise InvalidSubject(
                 "model",
@@ -256,17 +253,18 @@ class NumpySession(SessionBase):
 
     def set_regularization(self, strength: float) -> None:
         knob = self.subject.regularization
-        try:
+        with self.calling("regularization", f"regularization(model, {strength:g})"):
             if callable(knob):
                 knob(self.model, strength)
             else:
                 self.model.reg = float(strength)
-        except Exception as exc:
-            raise ModelError("regularization", f"regularization(model, {strength:g})", exc) from exc
 
     def take(self, batch: Batch, index: Any) -> Batch:
         rows = np.asarray(list(index), dtype=np.int64)
         return Batch(batch.X[rows], batch.y[rows])
+
+    def arrays(self, batch: Batch) -> tuple[Any, Any]:
+        return batch.X, batch.y
 
     def evaluate(
         self,
@@ -380,10 +378,8 @@ class NumpySession(SessionBase):
         stats = Accumulator(bins)
         X = self.rows(rows).X
         self._forward += 1
-        try:
+        with self.calling("model", "model.activations(X)"):
             found = activations(X)
-        except Exception as exc:
-            raise ModelError("model", "model.activations(X)", exc) from exc
         weights = [(k, v) for k, v in self.model.params.items() if v.ndim >= 2]
         for index, (name, value) in enumerate(found.items()):
             a = np.asarray(value)
@@ -507,12 +503,10 @@ class _Trainer:
                 grad = grads.get(name)
                 if grad is None:
                     continue
-                try:
+                with self.session.calling("optimizer", "optimizer(w, dw, config)"):
                     updated, self.configs[name] = self.rule(
                         self.params[name], grad, self.configs[name]
                     )
-                except Exception as exc:
-                    raise ModelError("optimizer", "optimizer(w, dw, config)", exc) from exc
                 np.copyto(self.params[name], updated)
         if not measure:
             return Step(loss, accuracy)

@@ -584,3 +584,13 @@ def test_log_of_an_underflowing_softmax_is_named_at_the_log() -> None:
     assert result.status == "fail", result.summary()
     assert result.metrics["op"] == "log"
     assert result.metrics["stage"] == "forward"
+
+
+def test_arrays_are_the_data_in_numpy() -> None:
+    X, y = M.classification(0)
+    subject = nndiag.Subject((M.mlp(jax.nn.relu), M.init_mlp(0, 3, M.he)), (X, y))
+    session = subject.backend.session(subject, nndiag.Config())
+    got_X, got_y = session.arrays(session.rows(len(y)))
+    assert isinstance(got_X, np.ndarray) and isinstance(got_y, np.ndarray)
+    assert got_X.dtype == np.float32
+    assert np.array_equal(got_X, X) and np.array_equal(got_y, y)

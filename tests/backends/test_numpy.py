@@ -196,3 +196,13 @@ def test_batch_independence_and_numerics_on_numpy_models() -> None:
         "batch_independence"
     ]
     assert result.status == "fail" and result.metrics["method"] == "perturbation"
+
+
+def test_arrays_are_the_data_as_is() -> None:
+    X, y = M.data(0)
+    subject = nndiag.Subject(M.net(0), (X, y))
+    session = subject.backend.session(subject, nndiag.Config())
+    got_X, got_y = session.arrays(session.rows(len(y)))
+    assert isinstance(got_X, np.ndarray) and isinstance(got_y, np.ndarray)
+    assert got_X.dtype == X.dtype and got_y.dtype == y.dtype
+    assert np.array_equal(got_X, X) and np.array_equal(got_y, y)

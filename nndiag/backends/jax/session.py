@@ -19,7 +19,7 @@ from nndiag.backends.jax.compile import jit_or_eager, untraceable
 from nndiag.backends.jax.numerics import NonFiniteSearch, nonfinite_count
 from nndiag.backends.state import NumberSnapshot, holders, rng_guard
 from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
-from nndiag.errors import InvalidSubject, ModelError, NndiagError, describe
+from nndiag.errors import InvalidSubject, ModelError, describe
 
 try:  # jax >= 0.4.30 exposes the jaxpr types here; older versions in jax.core
     from jax.extend.core import Var, jaxpr_as_fun
@@ -154,12 +154,8 @@ class JaxSession(SessionBase):
 
     def _apply(self, params: Any, X: Any) -> jax.Array:
         """``apply_fn`` with its errors named; callers count the pass."""
-        try:
+        with self.calling("model", "apply_fn(params, X)"):
             out = self.apply_fn(params, X)
-        except NndiagError:
-            raise
-        except Exception as exc:
-            raise ModelError("model", "apply_fn(params, X)", exc) from exc
         if not is_array(out):
             raise InvalidSubject(
                 "model",
@@ -170,12 +166,8 @@ class JaxSession(SessionBase):
         return jnp.asarray(out)
 
     def _data_loss(self, out: jax.Array, y: jax.Array) -> jax.Array:
-        try:
+        with self.calling("loss", "loss(outputs, y)"):
             loss = self.loss_fn(out, y)
-        except NndiagError:
-            raise
-        except Exception as exc:
-            raise ModelError("loss", "loss(outputs, y)", exc) from exc
         if not (is_array(loss) or isinstance(loss, (int, float))) or jnp.size(loss) != 1:
             shape = tuple(loss.shape) if is_array(loss) else describe(loss)
             raise InvalidSubject(
@@ -194,12 +186,8 @@ class JaxSession(SessionBase):
     def _penalty_term(self, params: Any, strength: Any) -> Any:
         if strength is None or self._penalty is None:
             return 0.0
-        try:
+        with self.calling("regularization", "regularization(params)"):
             value = self._penalty(params)
-        except NndiagError:
-            raise
-        except Exception as exc:
-            raise ModelError("regularization", "regularization(params)", exc) from exc
         scalar = is_array(value) or isinstance(value, (int, float))
         if not scalar or jnp.size(value) != 1:
             raise InvalidSubject(
@@ -272,14 +260,16 @@ class JaxSession(SessionBase):
         if self._setter is None:
             self._strength = float(strength)
             return
-        try:
+        with self.calling("regularization", f"regularization(model, {strength:g})"):
             self._setter(self.model, strength)
-        except Exception as exc:
-            raise ModelError("regularization", f"regularization(model, {strength:g})", exc) from exc
 
     def take(self, batch: Batch, index: Sequence[int]) -> Batch:
         rows = jnp.asarray(np.asarray(list(index), dtype=np.int32))
         return Batch(batch.X[rows], batch.y[rows])
+
+    def arrays(self, batch: Batch) -> tuple[Any, Any]:
+        X = np.asarray(batch.X) if is_array(batch.X) else None
+        return X, np.asarray(batch.y)
 
     def evaluate(
         self,
@@ -460,12 +450,8 @@ class JaxSession(SessionBase):
             X = batch.X[:left]
             closed = jax.make_jaxpr(self._apply)(self.params, X)
             self.count(forward=1)
-            try:
+            with self.calling("model", "apply_fn(params, X)"):
                 recorder.run(closed, [*leaves, X])
-            except NndiagError:
-                raise
-            except Exception as exc:
-                raise ModelError("model", "apply_fn(params, X)", exc) from exc
             left -= len(batch)
         return recorder.layers()
 
@@ -511,7 +497,7 @@ class _Objective:
         args = (self.base, self.X, self.y, self.strength)
         grad_fn = jax.value_and_grad(self._loss)
         dependent: list[bool] | None = None
-        try:
+        with self.session.calling("model", "jax.value_and_grad(loss)"):
             try:
                 closed = jax.make_jaxpr(grad_fn)(*args)
             except Exception as exc:
@@ -521,10 +507,6 @@ class _Objective:
             else:
                 loss, *grads = jaxpr_as_fun(closed)(*jax.tree_util.tree_leaves(args))
                 dependent = _depends_on_inputs(closed.jaxpr)[1:]
-        except NndiagError:
-            raise
-        except Exception as exc:
-            raise ModelError("model", "jax.value_and_grad(loss)", exc) from exc
         found: dict[str, Any] = {}
         for i, (name, grad) in enumerate(zip(self.names, grads)):
             g = np.array(grad, dtype=np.float64)
@@ -585,10 +567,8 @@ class _Trainer:
                 else f"Adam(lr={lr:g}) (learning rate set by the check)"
             )
         else:
-            try:
+            with self.session.calling("optimizer", "optimizer.init(params)"):
                 self.state = given.init(self.params)
-            except Exception as exc:
-                raise ModelError("optimizer", "optimizer.init(params)", exc) from exc
             self._update = jit_or_eager(given.update)
             self.optimizer = f"{type(given).__name__} (the subject's optax optimizer)"
             if lr is not None:
@@ -633,14 +613,8 @@ class _Trainer:
                     self.params, grads, self.m, self.v, float(self.steps), self.lr
                 )
             else:
-                try:
+                with self.session.calling("optimizer", "optimizer.update(grads, state, params)"):
                     updates, self.state = self._update(grads, self.state, self.params)
-                except NndiagError:
-                    raise
-                except Exception as exc:
-                    raise ModelError(
-                        "optimizer", "optimizer.update(grads, state, params)", exc
-                    ) from exc
                 self.params = [p + u.astype(p.dtype) for p, u in zip(self.params, updates)]
         if not measure:
             return Step(value, accuracy)

@@ -54,6 +54,13 @@ def torch_rng_guard(devices: list[int], seed: int | None = None) -> Iterator[Non
         yield
 
 
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array, off its device and graph (bfloat16, which numpy lacks,
+    as float32)."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def _default_loss(y: torch.Tensor) -> Any:
     if not y.is_floating_point():
         return nn.functional.cross_entropy
@@ -205,10 +212,8 @@ class TorchSession(SessionBase):
     # -- calls into the user's code ----------------------------------------------------
     def _run_model(self, X: torch.Tensor) -> torch.Tensor:
         self._forward += 1
-        try:
+        with self.calling("model", "model(X)"):
             out = self.model(X)
-        except Exception as exc:
-            raise ModelError("model", "model(X)", exc) from exc
         if not isinstance(out, torch.Tensor):
             raise InvalidSubject(
                 "model",
@@ -219,10 +224,8 @@ class TorchSession(SessionBase):
         return out
 
     def _run_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        try:
+        with self.calling("loss", "loss(output, y)"):
             loss = self.loss_fn(out, y)
-        except Exception as exc:
-            raise ModelError("loss", "loss(output, y)", exc) from exc
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else describe(loss)
             raise InvalidSubject(
@@ -236,10 +239,8 @@ class TorchSession(SessionBase):
         self._backward += 1
         if not loss.requires_grad:
             return  # nothing reaches any parameter; callers see every grad as None
-        try:
+        with self.calling("model", "loss.backward()"):
             loss.backward()
-        except Exception as exc:
-            raise ModelError("model", "loss.backward()", exc) from exc
 
     # -- isolation ---------------------------------------------------------------------
     @contextmanager
@@ -326,7 +327,7 @@ class TorchSession(SessionBase):
 
     def set_regularization(self, strength: float) -> None:
         knob = self.subject.regularization
-        try:
+        with self.calling("regularization", f"regularization(model, {strength:g})"):
             if isinstance(knob, str):
                 current = getattr(self.model, knob)
                 if isinstance(current, torch.Tensor):  # a new tensor: the user's stays as is
@@ -339,12 +340,14 @@ class TorchSession(SessionBase):
                     )
             elif knob is not None:
                 knob(self.model, strength)
-        except Exception as exc:
-            raise ModelError("regularization", f"regularization(model, {strength:g})", exc) from exc
 
     def take(self, batch: Batch, index: Any) -> Batch:
         rows = torch.as_tensor(list(index), dtype=torch.long, device=batch.y.device)
         return Batch(batch.X[rows.to(batch.X.device)], batch.y[rows])
+
+    def arrays(self, batch: Batch) -> tuple[Any, Any]:
+        X = _numpy(batch.X) if isinstance(batch.X, torch.Tensor) else None
+        return X, _numpy(batch.y)
 
     @contextmanager
     def _mode(self, mode: Mode, seed: int | None) -> Iterator[None]:
@@ -504,10 +507,8 @@ class TorchSession(SessionBase):
                 type(given)(params, **given.defaults),
                 f"{type(given).__name__}({shown}) (the subject's optimizer settings)",
             )
-        try:
+        with self.calling("optimizer", "optimizer(params)"):
             made = given(params)
-        except Exception as exc:
-            raise ModelError("optimizer", "optimizer(params)", exc) from exc
         if not isinstance(made, torch.optim.Optimizer):
             raise InvalidSubject(
                 "optimizer",
@@ -624,10 +625,8 @@ class _Trainer:
         value = loss.item()
         if math.isfinite(value):
             self.session._backward_pass(loss)
-            try:
+            with self.session.calling("optimizer", "optimizer.step()"):
                 self.opt.step()
-            except Exception as exc:
-                raise ModelError("optimizer", "optimizer.step()", exc) from exc
         if not measure:
             return Step(value, accuracy)
         updates = {n: float((p.detach() - before[n]).norm()) for n, p in self.params.items()}

@@ -204,7 +204,8 @@ class Session(Protocol):
         """Forward and backward passes of the model so far."""
 
     def isolated(self, check: str) -> AbstractContextManager[None]:
-        """Private copies swapped in, train mode with dropout off, seeded generators; on
+        """Private copies swapped in; batch-statistics layers in training mode and every
+        random layer off (dropout is regularization); seeded generators; on
         exit everything of the user's is restored exactly. Model exceptions raised inside
         are :class:`~nndiag.errors.ModelError` naming ``check`` and the call."""
 

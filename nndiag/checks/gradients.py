@@ -258,8 +258,10 @@ def _screen(
             relative_error(analytic, (loss - down) / h, config.gradient_zero, noise),
         )
     assert best is not None
-    if best.error > config.gradient_warn and one_sided < best.error and one_sided <= (
-        config.gradient_fail
+    if (
+        best.error > config.gradient_warn
+        and one_sided < best.error
+        and one_sided <= (config.gradient_fail)
     ):
         best.error, best.kink = one_sided, True
     # Kinks: the error shrinks with the step (halves or better over the steps tried).
@@ -308,13 +310,13 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
                 "fail",
                 f"Gradients are right at regularization 0 but wrong at strength {strength:.3g}: "
                 f"{regularized.message}",
-                regularized.metrics | {"failed_strength": strength},
+                {**regularized.metrics, "failed_strength": strength},
                 regularized.evidence,
                 "Gradients wrong only when reg > 0: the penalty's gradient does not match its "
                 "loss term (e.g. reg * W in the gradient against 0.5 * reg * sum(W**2) in the "
                 "loss, a layer left out of either, or reg * sum(W) instead of its square).",
             )
-        metrics = result.metrics | {"checked_strength": strength}
+        metrics = {**result.metrics, "checked_strength": strength}
         return CheckResult(
             CHECK,
             result.status if regularized.status == "pass" else regularized.status,

@@ -10,6 +10,7 @@ sees exactly what the check differentiates or trains. The originals are put back
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from nndiag.backends import Batch, read_items, unpack, validate_arrays
+from nndiag.backends.torch import inputs
 from nndiag.backends.torch.session import TorchSession, rng_devices, torch_rng_guard
 from nndiag.errors import InvalidSubject, describe
 
@@ -24,7 +26,12 @@ __all__ = ["BACKEND", "TorchBackend", "TorchSession"]
 
 
 def _is_array(value: Any) -> bool:
-    return isinstance(value, (torch.Tensor, np.ndarray))
+    """What leads a single batch: a tensor, an array, or a dict of named input tensors."""
+    return isinstance(value, np.ndarray) or inputs.is_inputs(value)
+
+
+def _nonfinite(value: torch.Tensor) -> int:
+    return int((~torch.isfinite(value)).sum()) if value.is_floating_point() else 0
 
 
 class TorchBackend:
@@ -78,17 +85,19 @@ class TorchBackend:
     def _batch(self, item: Any, index: int, device: torch.device) -> Batch:
         where, *pair = unpack(item, index)
         X, y = (torch.as_tensor(v) if isinstance(v, np.ndarray) else v for v in pair)
+        if isinstance(X, Mapping):  # named inputs: input_ids, attention_mask, ...
+            X = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in X.items()}
         for arg, value in (("X", X), ("y", y)):
-            if not isinstance(value, torch.Tensor):
+            if not inputs.is_inputs(value) or (arg == "y" and isinstance(value, Mapping)):
                 raise InvalidSubject(
                     where,
-                    f"{arg} is {describe(value)}, not a tensor",
+                    f"{arg} is {describe(value)}, not a tensor"
+                    + (" or a dict of tensors" if arg == "X" else ""),
                     f"convert {arg} with torch.as_tensor",
                 )
-        validate_arrays(
-            where, X, y, lambda v: int((~torch.isfinite(v)).sum()) if v.is_floating_point() else 0
-        )
-        return Batch(X.to(device), y.to(device))
+        for value in X.values() if isinstance(X, Mapping) else (X,):
+            validate_arrays(where, value, y, _nonfinite)
+        return Batch(inputs.to(X, device), y.to(device))
 
     def session(self, subject: Any, config: Any) -> TorchSession:
         return TorchSession(subject, config)

@@ -15,21 +15,13 @@ from torch import nn
 from nndiag.backends import PER_SAMPLE_ROWS
 from nndiag.backends.base import SessionBase, float64_note
 from nndiag.backends.state import NumberSnapshot, holders, references, rng_guard
+from nndiag.backends.torch import inputs
 from nndiag.backends.torch.capture import Recorder
 from nndiag.backends.torch.numerics import NonFiniteWatch
 from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["TorchSession", "rng_devices", "torch_rng_guard"]
-
-_DROPOUT = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
 
 
 def rng_devices(model: nn.Module) -> list[int]:
@@ -61,9 +53,26 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
+def classes_last(output: torch.Tensor, target: torch.Tensor) -> bool:
+    """Token-level outputs: (N, T, V) scores for (N, T) class ids (classes on the last axis,
+    as language models give them); (N, C, ...) scores keep classes on axis 1."""
+    if output.ndim != target.ndim + 1 or target.ndim < 2:
+        return False
+    channel_first = output.shape[0] == target.shape[0] and output.shape[2:] == target.shape[1:]
+    return not channel_first and output.shape[:-1] == target.shape
+
+
+def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over axis 1, or over the last axis for token-level outputs; targets of
+    -100 (transformers' ignore index) do not count."""
+    if classes_last(output, target):
+        return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
+    return nn.functional.cross_entropy(output, target)
+
+
 def _default_loss(y: torch.Tensor) -> Any:
     if not y.is_floating_point():
-        return nn.functional.cross_entropy
+        return cross_entropy
 
     def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if output.shape != target.shape and output.numel() == target.numel():
@@ -194,11 +203,15 @@ WORDS = Vocabulary(
 )
 
 
+_IGNORE = -100  # the target id cross-entropy leaves out (torch's and transformers' default)
+
+
 class TorchSession(SessionBase):
     """One diagnose run of one subject on the torch backend."""
 
     model: nn.Module
     words = WORDS
+    _classes_last = False
 
     def __init__(self, subject: Any, config: Any) -> None:
         super().__init__(subject, config)
@@ -210,18 +223,21 @@ class TorchSession(SessionBase):
             self.task = self._probe()
 
     # -- calls into the user's code ----------------------------------------------------
-    def _run_model(self, X: torch.Tensor) -> torch.Tensor:
+    def _run_model(self, X: Any) -> torch.Tensor:
         self._forward += 1
-        with self.calling("model", "model(X)"):
-            out = self.model(X)
-        if not isinstance(out, torch.Tensor):
+        call = "model(**X)" if isinstance(X, Mapping) else "model(X)"
+        with self.calling("model", call):
+            out = inputs.call(self.model, X)
+        found = inputs.logits(out)
+        if found is None:
             raise InvalidSubject(
                 "model",
                 f"forward returned {describe(out)}, not a tensor",
-                "return the logits/predictions tensor from forward, or wrap "
-                "the model in a module that does",
+                "return the logits/predictions tensor from forward (a ModelOutput with "
+                ".logits, a dict with 'logits' or a tuple led by it work too), or wrap the "
+                "model in a module that does",
             )
-        return out
+        return found
 
     def _run_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self.calling("loss", "loss(output, y)"):
@@ -251,10 +267,7 @@ class TorchSession(SessionBase):
         default_dtype = torch.get_default_dtype()
         try:
             with torch_rng_guard(self._devices, self.config.seed), torch.enable_grad():
-                self.model.train()
-                for module in self.model.modules():
-                    if isinstance(module, _DROPOUT):  # dropout is regularization: off
-                        module.eval()
+                self._train_mode()
                 with self._clones() as self._private, self.entered():
                     yield
         except ModelError as exc:
@@ -264,6 +277,17 @@ class TorchSession(SessionBase):
             torch.set_default_dtype(default_dtype)
             snapshot.restore()
             holding.restore()
+
+    def _train_mode(self) -> None:
+        """The checks' training mode: batch-statistics layers train, every other module is
+        in eval mode. Randomness is regularization and off: not only nn.Dropout, but the
+        attention dropout, stochastic depth and layer drop that modules (Hugging Face
+        attention, timm DropPath, torchvision StochasticDepth) decide from their own
+        ``training`` flag."""
+        self.model.eval()
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase):
+                module.train()
 
     @contextmanager
     def _clones(self) -> Iterator[_Private]:
@@ -314,16 +338,34 @@ class TorchSession(SessionBase):
         ys = [b.y for b in self.batches]
         if ys[0].is_floating_point():
             return Task("regression")
-        if out.ndim < 2 or out.shape[1] < 2:
+        self._classes_last = classes_last(out, ys[0])
+        classes = out.shape[-1] if self._classes_last else (out.shape[1] if out.ndim > 1 else 0)
+        if out.ndim < 2 or classes < 2:
             raise InvalidSubject(
                 "data",
                 f"integer labels need class scores of shape (N, C), "
                 f"the model outputs {tuple(out.shape)}",
                 "output one score per class, or pass float targets",
             )
-        return self.classification(out.shape[1], [y.cpu().numpy() for y in ys])
+        counted = [y[y != _IGNORE].cpu().numpy() for y in ys]  # transformers' ignore index
+        return self.classification(classes, counted)
 
-    _concat = staticmethod(torch.cat)
+    _concat = staticmethod(inputs.concat)
+
+    def rows(self, n: int) -> Batch:
+        Xs, ys, have = [], [], 0
+        for b in self.batches:
+            take = min(len(b), n - have)
+            Xs.append(inputs.rows(b.X, slice(0, take)))
+            ys.append(b.y[:take])
+            have += take
+            if have >= n:
+                break
+        return Batch(inputs.concat(Xs), torch.cat(ys))
+
+    def _to_axis1(self, out: torch.Tensor) -> torch.Tensor:
+        """Outputs with classes on axis 1, as the contract hands them to checks."""
+        return out.movedim(-1, 1) if self._classes_last else out
 
     def set_regularization(self, strength: float) -> None:
         knob = self.subject.regularization
@@ -343,10 +385,10 @@ class TorchSession(SessionBase):
 
     def take(self, batch: Batch, index: Any) -> Batch:
         rows = torch.as_tensor(list(index), dtype=torch.long, device=batch.y.device)
-        return Batch(batch.X[rows.to(batch.X.device)], batch.y[rows])
+        return Batch(inputs.rows(batch.X, rows), batch.y[rows])
 
     def arrays(self, batch: Batch) -> tuple[Any, Any]:
-        X = _numpy(batch.X) if isinstance(batch.X, torch.Tensor) else None
+        X = _numpy(batch.X) if isinstance(batch.X, torch.Tensor) else None  # a dict: None
         return X, _numpy(batch.y)
 
     @contextmanager
@@ -385,19 +427,20 @@ class TorchSession(SessionBase):
                     )
                 except Exception:  # a loss that cannot take single rows: no noise estimate
                     per = None
-        shown = out.detach().double().cpu().numpy() if outputs else None
+        shown = self._to_axis1(out.detach()).double().cpu().numpy() if outputs else None
         return Evaluation(mean, shown, per)
 
     def loss_of(self, batch: Batch, outputs: Any) -> float:
         self.require_isolated("loss_of")
-        like = batch.X if batch.X.is_floating_point() else None
-        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        dtype = batch.X.dtype if inputs.float_inputs(batch.X) else torch.get_default_dtype()
         scores = torch.as_tensor(np.ascontiguousarray(outputs), dtype=dtype, device=batch.y.device)
+        if self._classes_last:
+            scores = scores.movedim(1, -1)
         with torch.no_grad():
             return float(self._run_loss(scores, batch.y))
 
     def input_gradients(self, batch: Batch, row: int, *, mode: Mode = "eval") -> Any:
-        if not batch.X.is_floating_point():
+        if not inputs.float_inputs(batch.X):
             return None
         n = len(batch)
         with self._mode(mode, None):
@@ -445,7 +488,7 @@ class TorchSession(SessionBase):
         self.require_isolated("objective")
         if dtype != "float64":
             raise ValueError(f"the torch objective runs in float64, not {dtype}")
-        X = batch.X.double() if batch.X.is_floating_point() else batch.X
+        X = batch.X.double() if inputs.float_inputs(batch.X) else batch.X
         y = batch.y.double() if batch.y.is_floating_point() else batch.y
         # Tensors the model creates inside forward follow the default dtype.
         torch.set_default_dtype(torch.float64)
@@ -527,7 +570,7 @@ class TorchSession(SessionBase):
                 if left <= 0:
                     break
                 with recorder:
-                    self._run_model(batch.X[:left])
+                    self._run_model(inputs.rows(batch.X, slice(0, left)))
                 left -= len(batch)
         return recorder.layers()
 
@@ -557,6 +600,22 @@ class _Objective:
         self.shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         self.base = {n: p.detach().clone() for n, p in self.params.items()}
         self.X, self.y = X, y
+        # Rows whose gradient autograd zeroes by design while forward reads them: an
+        # nn.Embedding's padding_idx row. Shifts leave them alone, or every batch holding
+        # the padding token would look like a wrong gradient.
+        self.held = {
+            f"{name}.weight" if name else "weight": m.padding_idx
+            for name, m in session.model.named_modules()
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None
+        }
+
+    def _shift(self, name: str, shift: Any, device: torch.device) -> torch.Tensor:
+        tensor = torch.from_numpy(shift).to(device)
+        row = self.held.get(name)
+        if row is not None:
+            tensor = tensor.clone() if tensor.data_ptr() == shift.ctypes.data else tensor
+            tensor[row] = 0
+        return tensor
 
     def _loss(self) -> torch.Tensor:
         _seed(self.session.config.seed, self.session._devices)  # same dropout mask each time
@@ -568,7 +627,7 @@ class _Objective:
     def move(self, shifts: Mapping[str, Any]) -> None:
         with torch.no_grad():
             for name, shift in shifts.items():
-                self.base[name] += torch.from_numpy(shift).to(self.base[name].device)
+                self.base[name] += self._shift(name, shift, self.base[name].device)
                 self.params[name].copy_(self.base[name])
 
     def value_and_grad(self) -> tuple[float, dict[str, Any]]:
@@ -588,7 +647,7 @@ class _Objective:
             for name, shift in shifts.items():  # one fused pass, no temporaries
                 p = self.params[name]
                 torch.add(
-                    self.base[name], torch.from_numpy(shift).to(p.device), alpha=scale, out=p.data
+                    self.base[name], self._shift(name, shift, p.device), alpha=scale, out=p.data
                 )
             try:
                 return float(self._loss())
@@ -621,7 +680,11 @@ class _Trainer:
         loss = self.session._run_loss(out, self.batch.y)
         accuracy = None
         if self.classify:
-            accuracy = (out.detach().argmax(1) == self.batch.y).float().mean().item()
+            y = self.batch.y
+            axis = -1 if self.session._classes_last else 1
+            kept = y != _IGNORE
+            hits = out.detach().argmax(axis) == y
+            accuracy = hits[kept].float().mean().item() if bool(kept.any()) else None
         value = loss.item()
         if math.isfinite(value):
             self.session._backward_pass(loss)

@@ -1,0 +1,78 @@
+"""What a torch model takes and gives back: a tensor, or a dict of tensors (Hugging Face
+``input_ids``, ``attention_mask``, decoder inputs) in; a tensor, a ``ModelOutput`` with
+``.logits``, a dict with ``"logits"`` or a tuple led by the logits out.
+
+Every row operation of the backend goes through here, so a dict batch is sliced, indexed,
+concatenated and moved like a tensor one, key by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["call", "concat", "float_inputs", "is_inputs", "length", "logits", "rows", "to"]
+
+
+def is_inputs(value: Any) -> bool:
+    """A tensor, or a non-empty mapping of names to tensors."""
+    if isinstance(value, torch.Tensor):
+        return True
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+    )
+
+
+def length(X: Any) -> int:
+    """Rows of a batch of inputs (a dict's first entry's)."""
+    if isinstance(X, Mapping):
+        return len(next(iter(X.values())))
+    return len(X)
+
+
+def rows(X: Any, index: Any) -> Any:
+    """``X[index]`` for a tensor; key by key for a dict."""
+    if isinstance(X, Mapping):
+        return {k: v[index] for k, v in X.items()}
+    return X[index]
+
+
+def concat(parts: list[Any]) -> Any:
+    """Rows of several batches as one."""
+    if parts and isinstance(parts[0], Mapping):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def to(X: Any, device: torch.device) -> Any:
+    if isinstance(X, Mapping):
+        return {k: v.to(device) for k, v in X.items()}
+    return X.to(device)
+
+
+def float_inputs(X: Any) -> bool:
+    """Whether the inputs are one floating-point tensor (differentiable with respect to)."""
+    return isinstance(X, torch.Tensor) and X.is_floating_point()
+
+
+def call(model: torch.nn.Module, X: Any) -> Any:
+    """``model(X)``, or ``model(**X)`` for a dict of named inputs."""
+    return model(**X) if isinstance(X, Mapping) else model(X)
+
+
+def logits(out: Any) -> torch.Tensor | None:
+    """The tensor a loss reads from a model's output, or None when there is none."""
+    if isinstance(out, torch.Tensor):
+        return out
+    found = getattr(out, "logits", None)  # transformers' ModelOutput
+    if isinstance(found, torch.Tensor):
+        return found
+    if isinstance(out, Mapping) and isinstance(out.get("logits"), torch.Tensor):
+        return out["logits"]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return None

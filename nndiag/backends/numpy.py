@@ -439,6 +439,7 @@ class _Objective:
     """The loss on one batch as a float64 function of ``model.params`` (private copies)."""
 
     note = ""
+    resolution = 2.0**-52  # float64 throughout
 
     def __init__(self, session: NumpySession, X: np.ndarray, y: np.ndarray) -> None:
         self.session = session

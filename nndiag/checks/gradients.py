@@ -21,7 +21,8 @@ from it (and the result says so). With a regularization knob, the check runs at 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ from nndiag.contract import Objective, Session
 from nndiag.results import CheckResult
 
 CHECK = "gradient_check"
+# Below this a float64 centered difference is mostly rounding, whatever the loss.
+_SMALLEST_STEP = 1e-11
 BANDS = {"good": 1e-7, "kinks_ok": 1e-4, "wrong": 1e-2}  # CS231n notes
 
 
@@ -77,39 +80,98 @@ class _Finding:
     numeric: float
     step: float
     kink: bool = False
+    tolerance: float = 0.0
+    errors: list[tuple[float, float]] = field(default_factory=list)  # (h, error) as tried
+    resolution: float = 0.0  # relative uncertainty of the numeric estimate (noisy losses)
 
 
-def _checked(
-    f: Objective, name: str, grad: np.ndarray, direction: np.ndarray, loss: float, config: Config
+def _compare(
+    sides: Callable[[float], tuple[float, float]],
+    analytic: float,
+    loss: float,
+    floor: float,
+    steps: tuple[float, ...],
+    config: Config,
 ) -> _Finding:
-    """Compare along ``direction`` over the configured steps, stopping once it passes.
+    """Centered differences over ``steps`` (then smaller ones while kinks shrink away),
+    stopping once one agrees; ``sides(h)`` gives the loss at +h and -h.
 
     A step that crosses a kink (a ReLU unit changing sides) spoils the centered difference
     but not both one-sided ones: the side that stays on the point's own linear piece
     matches the analytic gradient. A wrong gradient matches neither side.
+
+    With a noise floor (float32 inside the model) no step is exact: the change between
+    successive steps estimates the truncation error, the floor over the step the rounding
+    error, and the verdict is taken at the step whose estimate is most precise, with that
+    uncertainty discounted (never at whichever step happens to agree best).
     """
-    analytic = float(np.vdot(grad, direction))
+    noisy = _is_noisy(floor, loss)
+    errors: list[tuple[float, float]] = []
+    tried: list[tuple[float, float, float, float]] = []  # (h, numeric, uncertainty, error)
     best: _Finding | None = None
     one_sided = math.inf
-    for h in config.gradient_steps:
-        up, down = _sides(f, name, direction, h)
+    for h in _ladder(steps, errors, analytic, loss, floor, config):
+        up, down = sides(h)
         numeric = (up - down) / (2 * h)
-        noise = _noise(loss, h)
+        noise = max(_noise(loss, h), 2 * floor / h)
+        if noisy:
+            noise += abs(numeric - tried[-1][1]) if tried else math.inf
         error = relative_error(analytic, numeric, config.gradient_zero, noise)
-        if best is None or error < best.error:
+        tried.append((h, numeric, noise, error))
+        errors.append((h, error))
+        if not noisy and (best is None or error < best.error):
             raw = relative_error(analytic, numeric, config.gradient_zero)
             best = _Finding(error, raw, analytic, numeric, h)
-        if error <= config.gradient_warn:
-            return best
+        if not noisy and error <= config.gradient_warn:
+            break
         one_sided = min(
             one_sided,
             relative_error(analytic, (up - loss) / h, config.gradient_zero, noise),
             relative_error(analytic, (loss - down) / h, config.gradient_zero, noise),
         )
+    if noisy:
+        # Both neighbours' changes: two estimates can agree by chance.
+        spread = [
+            t[2] + (abs(tried[i + 1][1] - t[1]) if i + 1 < len(tried) else math.inf)
+            for i, t in enumerate(tried)
+        ]
+        i = int(np.argmin(spread))
+        h, numeric, _, _ = tried[i]
+        noise = spread[i]
+        error = relative_error(analytic, numeric, config.gradient_zero, noise)
+        raw = relative_error(analytic, numeric, config.gradient_zero)
+        best = _Finding(error, raw, analytic, numeric, h)
+        best.resolution = noise / max(abs(analytic), abs(numeric), 1e-300)
+        return best
     assert best is not None
-    if one_sided < best.error and one_sided <= config.gradient_fail:
+    if (
+        best.error > config.gradient_warn
+        and one_sided < best.error
+        and one_sided <= (config.gradient_fail)
+    ):
         best.error, best.kink = one_sided, True
+    # Kinks: the error shrinks with the step (halves or better over the steps tried).
+    if len(errors) >= 2 and errors[-1][1] < 0.5 * errors[0][1]:
+        best.kink = True
+    best.errors = errors
     return best
+
+
+def _checked(
+    f: Objective,
+    name: str,
+    grad: np.ndarray,
+    direction: np.ndarray,
+    loss: float,
+    config: Config,
+    floor: float = 0.0,
+) -> _Finding:
+    """One tensor along ``direction``: see :func:`_compare`."""
+    analytic = float(np.vdot(grad, direction))
+    steps = _steps(config, floor, loss, abs(analytic))
+    found = _compare(lambda h: _sides(f, name, direction, h), analytic, loss, floor, steps, config)
+    found.tolerance = config.gradient_fail
+    return found
 
 
 def _localize(
@@ -195,19 +257,6 @@ def _analytic(grads: dict[str, Any], direction: dict[str, np.ndarray]) -> float:
     return float(sum(np.vdot(g, direction[n]) for n, g in grads.items() if g is not None))
 
 
-@dataclass
-class _Screen:
-    """One whole-model direction: the best step's error, and how it fell with the step."""
-
-    error: float
-    raw: float
-    analytic: float
-    numeric: float
-    step: float
-    errors: list[tuple[float, float]]  # (h, error) in the order tried
-    kink: bool = False
-
-
 def _noise_floor(f: Objective, direction: dict[str, np.ndarray], loss: float) -> float:
     """How much the loss jitters under a tiny move: float64 rounding for a float64 model;
     far more when the model rounds parts of its computation to float32."""
@@ -217,14 +266,18 @@ def _noise_floor(f: Objective, direction: dict[str, np.ndarray], loss: float) ->
     return max(abs(up + down - 2 * loss) / 2, eps)
 
 
+def _is_noisy(floor: float, loss: float) -> bool:
+    """Whether the loss jitters far above float64 rounding (float32 parts inside)."""
+    return floor > 1e3 * float(np.finfo(np.float64).eps) * max(abs(loss), 1.0)
+
+
 def _steps(config: Config, floor: float, loss: float, scale: float) -> tuple[float, ...]:
-    """The configured steps when the loss is float64-clean; else steps large enough that
-    the noise floor stays 1e-4 of the derivative, and larger."""
-    eps = float(np.finfo(np.float64).eps) * max(abs(loss), 1.0)
-    if floor <= 1e3 * eps:
+    """The configured steps when the loss is float64-clean; with a noise floor a wide
+    ladder (1e-2 down to 1e-8, half a decade apart) from which the most precise estimate is
+    taken: where rounding and truncation balance depends on the model."""
+    if not _is_noisy(floor, loss):
         return tuple(sorted(config.gradient_steps, reverse=True))
-    base = min(floor / (1e-4 * max(scale, 1e-12)), 1e-2)
-    return (base * 10, base * 3, base)
+    return tuple(10.0 ** (-k / 2) for k in range(4, 17))
 
 
 def _screen(
@@ -235,39 +288,39 @@ def _screen(
     floor: float,
     steps: tuple[float, ...],
     config: Config,
-) -> _Screen:
-    """The whole-model direction over ``steps``, stopping once the error is small."""
-    analytic = _analytic(grads, direction)
-    best: _Screen | None = None
-    errors: list[tuple[float, float]] = []
-    one_sided = math.inf
-    for h in steps:
-        up, down = f.value(direction, h), f.value(direction, -h)
-        numeric = (up - down) / (2 * h)
-        noise = max(_noise(loss, h), 2 * floor / h)
-        error = relative_error(analytic, numeric, config.gradient_zero, noise)
-        errors.append((h, error))
-        if best is None or error < best.error:
-            raw = relative_error(analytic, numeric, config.gradient_zero)
-            best = _Screen(error, raw, analytic, numeric, h, errors)
-        if error <= config.gradient_warn:
-            break
-        one_sided = min(
-            one_sided,
-            relative_error(analytic, (up - loss) / h, config.gradient_zero, noise),
-            relative_error(analytic, (loss - down) / h, config.gradient_zero, noise),
-        )
-    assert best is not None
-    if (
-        best.error > config.gradient_warn
-        and one_sided < best.error
-        and one_sided <= (config.gradient_fail)
-    ):
-        best.error, best.kink = one_sided, True
-    # Kinks: the error shrinks with the step (halves or better over the steps tried).
-    if len(errors) >= 2 and errors[-1][1] < 0.5 * errors[0][1]:
-        best.kink = True
-    return best
+) -> _Finding:
+    """The whole model along ``direction``: see :func:`_compare`."""
+    return _compare(
+        lambda h: (f.value(direction, h), f.value(direction, -h)),
+        _analytic(grads, direction),
+        loss,
+        floor,
+        steps,
+        config,
+    )
+
+
+def _ladder(
+    steps: tuple[float, ...],
+    errors: list[tuple[float, float]],
+    analytic: float,
+    loss: float,
+    floor: float,
+    config: Config,
+) -> Iterator[float]:
+    """The given steps, then ever smaller ones while the error keeps shrinking with the
+    step (kinks crossed: a deep ReLU net crosses many along one direction) and rounding
+    still leaves room below it; a wrong gradient's error does not shrink, so it stops."""
+    yield from steps
+    h = min(steps)
+    while len(errors) >= 2 and h > _SMALLEST_STEP:
+        (_, before), (_, now) = errors[-2], errors[-1]
+        if now <= config.gradient_warn or now > before / 3:
+            return
+        h /= 10
+        if max(_noise(loss, h), 2 * floor / h) > now * max(abs(analytic), 1e-300) / 10:
+            return
+        yield h
 
 
 def _tensor_status(error: float, config: Config, tolerance: float) -> str:
@@ -374,15 +427,14 @@ def _run(
     steps = _steps(config, floor, loss, scale)
     eps = float(np.finfo(np.float64).eps) * max(abs(loss), 1.0)
     noisy = floor > 1e3 * eps
-    # A noise floor limits what can be resolved: the tolerance follows it.
+    # With a noise floor the judged error already discounts what the steps cannot resolve.
     tolerance = config.gradient_fail
-    if noisy:
-        tolerance = max(tolerance, 30 * floor / (steps[-1] * max(scale, 1e-12)))
-    screens = [_screen(f, grads, direction, loss, floor, steps, config)]
-    if screens[0].error > config.gradient_warn:  # re-measure along an independent direction
-        screens.append(
-            _screen(f, grads, _direction(rng, dict(f.shapes), grads), loss, floor, steps, config)
-        )
+    screens: list[_Finding] = [_screen(f, grads, direction, loss, floor, steps, config)]
+    # Always a second, independent direction: one direction can be nearly blind to a
+    # tensor (its share of the directional derivative happens to be small).
+    screens.append(
+        _screen(f, grads, _direction(rng, dict(f.shapes), grads), loss, floor, steps, config)
+    )
     missing = [n for n in f.names if grads[n] is None]
     worst_screen = max(screens, key=lambda s: s.error)
     suspicious = worst_screen.error > tolerance or bool(missing)
@@ -390,7 +442,7 @@ def _run(
     coordinates: list[dict[str, Any]] = []
     localized = suspicious
     if suspicious:
-        tensors = _per_tensor(f, grads, direction, loss, config, rng, tolerance)
+        tensors = _per_tensor(f, grads, direction, loss, config, rng, floor)
     else:
         tensors = [
             {"name": n, "shape": list(f.shapes[n]), "status": "pass", "no_grad": False}
@@ -412,6 +464,7 @@ def _run(
         "max_rel_error": (max(t["judged_error"] for t in failed) if failed else worst_screen.error),
         "worst_tensor": max(failed, key=lambda t: t["judged_error"])["name"] if failed else None,
         "screen_errors": [s.error for s in screens],
+        "raw_rel_error": worst_screen.raw,
         "steps": list(steps),
         "noise_floor": floor,
         "warn_above": config.gradient_warn,
@@ -425,16 +478,24 @@ def _run(
     evidence = {
         "tensors": tensors,
         "coordinates": coordinates,
-        "screens": [{"errors": s.errors, "kink": s.kink} for s in screens],
+        "screens": [
+            {"errors": s.errors, "kink": s.kink, "resolution": s.resolution} for s in screens
+        ],
         "bands": BANDS,
         "warn": config.gradient_warn,
         "fail": tolerance,
     }
+    lower = f.resolution > 1e-12  # some operation of the forward rounds to float32 or less
+    metrics["internal_precision"] = f.resolution
     floor_note = (
         f" The loss has a noise floor of {floor:.2g} (parts of the model compute in "
-        f"float32): steps h = {', '.join(f'{h:.2g}' for h in steps)}, tolerance "
-        f"{tolerance:.2g}."
+        f"float32): steps h = {', '.join(f'{h:.2g}' for h in steps)}; the differences "
+        f"resolve gradients to {max(s.resolution for s in screens):.2g} (relative), which "
+        "the verdict discounts."
         if noisy
+        else " Parts of the forward compute in float32 or less, yet the loss's noise floor "
+        f"is {floor:.2g}: the float64 steps apply."
+        if lower
         else ""
     )
     if failed:
@@ -455,8 +516,10 @@ def _run(
         )
     del cut
     kink = any(s.kink for s in screens)
+    raw = worst_screen.raw
+    beyond = f", {error:.2g} beyond what the differences resolve" if raw > error else ""
     summary = (
-        f"relative error {error:.2g} along {len(screens)} random whole-model "
+        f"relative error {raw:.2g}{beyond} along {len(screens)} random whole-model "
         f"direction{'s' if len(screens) > 1 else ''} ({band(error)})"
     )
     if error > config.gradient_warn:
@@ -493,7 +556,7 @@ def _per_tensor(
     loss: float,
     config: Config,
     rng: np.random.Generator,
-    tolerance: float,
+    floor: float,
 ) -> list[dict[str, Any]]:
     """Each tensor along its own part of the direction; a failure is re-measured along a
     fresh direction and stands only if that fails too."""
@@ -503,15 +566,15 @@ def _per_tensor(
         missing = grad is None
         g = np.zeros(f.shapes[name]) if missing else grad
         part = direction[name]
-        found = _checked(f, name, g, part, loss, config)
-        if found.error > tolerance:
+        found = _checked(f, name, g, part, loss, config, floor)
+        if found.error > found.tolerance:
             fresh = rng.standard_normal(f.shapes[name]).astype(np.float64)
-            again = _checked(f, name, g, fresh, loss, config)
-            if again.error <= tolerance:
+            again = _checked(f, name, g, fresh, loss, config, floor)
+            if again.error <= again.tolerance:
                 found = again
             else:
                 part = fresh if again.error > found.error else part
-        status = _tensor_status(found.error, config, tolerance)
+        status = _tensor_status(found.error, config, found.tolerance)
         if missing and found.error == 0.0:
             status = "warn"  # the loss does not depend on it: an unused parameter
         rows.append(
@@ -526,6 +589,7 @@ def _per_tensor(
                 "kink": found.kink,
                 "band": band(found.raw),
                 "status": status,
+                "tolerance": found.tolerance,
                 "no_grad": missing,
                 "_grad": g,
                 "_dir": part,

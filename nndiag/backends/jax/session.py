@@ -464,6 +464,7 @@ class _Objective:
     """The loss on one batch as a float64 function of copies of the trainable leaves."""
 
     note = ""
+    resolution = 2.0**-52  # float64 throughout
 
     def __init__(self, session: JaxSession, batch: Batch) -> None:
         self.session = session

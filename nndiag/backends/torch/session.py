@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from nndiag.backends import PER_SAMPLE_ROWS
 from nndiag.backends.base import SessionBase, float64_note
@@ -504,6 +505,7 @@ class TorchSession(SessionBase):
                 put(value.double())
             objective = _Objective(self, private.trainable, X, y)
             objective.note = note
+            objective.resolution = objective.precision()
             yield objective
         finally:
             for put, value in captured:
@@ -586,6 +588,7 @@ class _Objective:
     """The loss on one batch as a float64 function of the trainable clones."""
 
     note = ""
+    resolution = 2.0**-52
 
     def __init__(
         self,
@@ -608,6 +611,13 @@ class _Objective:
             for name, m in session.model.named_modules()
             if isinstance(m, nn.Embedding) and m.padding_idx is not None
         }
+
+    def precision(self) -> float:
+        """The eps of the least precise floating dtype any operation of one forward pass
+        produces (one extra forward, no gradient)."""
+        with torch.no_grad(), _DtypeWatch() as watch:
+            self._loss()
+        return max(torch.finfo(d).eps for d in watch.dtypes) if watch.dtypes else 2.0**-52
 
     def _shift(self, name: str, shift: Any, device: torch.device) -> torch.Tensor:
         tensor = torch.from_numpy(shift).to(device)
@@ -654,6 +664,20 @@ class _Objective:
             finally:
                 for name in shifts:
                     self.params[name].copy_(self.base[name])
+
+
+class _DtypeWatch(TorchFunctionMode):
+    """Collects the floating dtypes that operations produce."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            self.dtypes.add(out.dtype)
+        return out
 
 
 class _Trainer:

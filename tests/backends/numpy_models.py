@@ -87,11 +87,9 @@ class FullyConnectedNet:
         n = len(X)
         loss = -np.log(probs[np.arange(n), y]).mean()
         strength = 1e-4 if "ignored_reg" in self.bugs else self.reg
-        loss += (
-            0.5
-            * strength
-            * sum((self.params[f"W{i}"] ** 2).sum() for i in range(1, self.layers + 1))
-        )
+        penalized = self.layers if "reg_loss_skips_last" in self.bugs else self.layers + 1
+        loss += 0.5 * strength * sum((self.params[f"W{i}"] ** 2).sum() for i in range(1, penalized))
+        grad_strength = 2 * strength if "reg_grad_doubled" in self.bugs else strength
         dscores = probs.copy()
         dscores[np.arange(n), y] -= 1
         dscores /= n
@@ -102,7 +100,7 @@ class FullyConnectedNet:
         d = dscores
         for i in range(self.layers, 0, -1):
             h, _, _, _ = caches[i - 1]
-            grads[f"W{i}"] = h.T @ d + strength * self.params[f"W{i}"]
+            grads[f"W{i}"] = h.T @ d + grad_strength * self.params[f"W{i}"]
             grads[f"b{i}"] = d.sum(axis=0)
             if i > 1:
                 _, z, a, mask = caches[i - 2]

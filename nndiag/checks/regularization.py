@@ -16,6 +16,7 @@ CHECK = "regularization_loss"
 
 
 def regularization_loss(session: Session, config: Config) -> CheckResult:
+    """Fail when the loss does not rise as the regularization strength sweeps 0 -> 1e3."""
     if not session.has_regularization:
         return CheckResult(
             CHECK,

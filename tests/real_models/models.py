@@ -1,0 +1,299 @@
+"""Real library models (torchvision, timm, transformers), built from constructors with random
+weights, each with the batch it is diagnosed on.
+
+Every factory takes a seed, seeds the global generator for the weights
+(``torch.manual_seed(seed)``) and draws its data from a private ``torch.Generator``. The
+healthy ones are stock models; each ``BUGS`` entry plants one bug in one of them and names
+the check that must catch it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nndiag
+from tests.real_models import _torchvision  # noqa: F401  (before torchvision, timm, transformers)
+
+CLASSES = 10
+IMAGE_BATCH, IMAGE_SIZE = 16, 32
+TEXT_BATCH, SEQ, VOCAB = 16, 16, 128
+
+
+# -- data ----------------------------------------------------------------------------------
+def _images(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2000 + seed)
+    x = torch.randn(IMAGE_BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    return x, torch.randint(0, CLASSES, (IMAGE_BATCH,), generator=g)
+
+
+def _tokens(seed: int, length: int = SEQ) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3000 + seed)
+    return torch.randint(0, VOCAB, (TEXT_BATCH, length), generator=g)
+
+
+def _next_tokens(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = _tokens(seed, SEQ + 1)
+    return ids[:, :-1], ids[:, 1:]
+
+
+def token_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every token of (N, T, V) logits against (N, T) targets."""
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+# -- wrappers: input_ids in, logits out ------------------------------------------------------
+class Logits(nn.Module):
+    """A transformers model called on ``input_ids``, returning its logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids).logits
+
+
+class Seq2SeqLogits(Logits):
+    """An encoder-decoder fed its own input, shifted right, as decoder input (a copy task)."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        decoder_input_ids = self.model._shift_right(input_ids)
+        return self.model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits
+
+
+class BatchSoftmax(nn.Module):
+    """Bug: the logits are normalised over the batch axis, mixing the samples."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(input_ids), dim=0)
+
+
+def _detach_output(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    return output.detach()
+
+
+def _center_over_batch(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    return output - output.mean(dim=0, keepdim=True)
+
+
+# -- torchvision -----------------------------------------------------------------------------
+def _vision(name: str, seed: int) -> nn.Module:
+    import torchvision.models
+
+    torch.manual_seed(seed)
+    return getattr(torchvision.models, name)(weights=None, num_classes=CLASSES)
+
+
+def resnet18(seed: int = 0) -> nndiag.Subject:
+    return nndiag.Subject(_vision("resnet18", seed), _images(seed), name="resnet18")
+
+
+def mobilenet_v3_small(seed: int = 0) -> nndiag.Subject:
+    model = _vision("mobilenet_v3_small", seed)
+    return nndiag.Subject(model, _images(seed), name="mobilenet_v3_small")
+
+
+def squeezenet1_1(seed: int = 0) -> nndiag.Subject:
+    model = _vision("squeezenet1_1", seed)
+    return nndiag.Subject(model, _images(seed), name="squeezenet1_1")
+
+
+# -- timm ------------------------------------------------------------------------------------
+def _timm(name: str, seed: int, **kwargs: Any) -> nn.Module:
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(name, pretrained=False, num_classes=CLASSES, **kwargs)
+
+
+def resnet10t(seed: int = 0) -> nndiag.Subject:
+    return nndiag.Subject(_timm("resnet10t", seed), _images(seed), name="timm_resnet10t")
+
+
+def vit_tiny(seed: int = 0) -> nndiag.Subject:
+    model = _timm("vit_tiny_patch16_224", seed, img_size=IMAGE_SIZE, patch_size=4)
+    return nndiag.Subject(model, _images(seed), name="timm_vit_tiny")
+
+
+# -- transformers ----------------------------------------------------------------------------
+def _gpt2(seed: int) -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return GPT2LMHeadModel(config)
+
+
+def _llama(seed: int) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    return LlamaForCausalLM(config)
+
+
+def gpt2(seed: int = 0) -> nndiag.Subject:
+    model = Logits(_gpt2(seed))
+    return nndiag.Subject(model, _next_tokens(seed), loss=token_loss, name="gpt2")
+
+
+def gpt2_unwrapped(seed: int = 0) -> nndiag.Subject:
+    """The transformers model itself: called on ``input_ids``, it returns a ModelOutput."""
+    return nndiag.Subject(_gpt2(seed), _next_tokens(seed), name="gpt2_unwrapped")
+
+
+def llama(seed: int = 0) -> nndiag.Subject:
+    model = Logits(_llama(seed))
+    return nndiag.Subject(model, _next_tokens(seed), loss=token_loss, name="llama")
+
+
+def bert(seed: int = 0) -> nndiag.Subject:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        vocab_size=VOCAB,
+        max_position_embeddings=32,
+        num_labels=CLASSES,
+        attn_implementation="eager",
+    )
+    g = torch.Generator().manual_seed(4000 + seed)
+    labels = torch.randint(0, CLASSES, (TEXT_BATCH,), generator=g)
+    model = Logits(BertForSequenceClassification(config))
+    return nndiag.Subject(model, (_tokens(seed), labels), name="bert")
+
+
+def t5(seed: int = 0) -> nndiag.Subject:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        vocab_size=VOCAB,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        use_cache=False,
+        attn_implementation="eager",
+    )
+    ids = _tokens(seed)
+    model = Seq2SeqLogits(T5ForConditionalGeneration(config))
+    return nndiag.Subject(model, (ids, ids), loss=token_loss, name="t5")
+
+
+# -- planted bugs ----------------------------------------------------------------------------
+def resnet18_hot_head(seed: int = 0) -> nndiag.Subject:
+    """The classifier's weights ×30: over-confident scores at init."""
+    model = _vision("resnet18", seed)
+    with torch.no_grad():
+        model.fc.weight.mul_(30)
+    return nndiag.Subject(model, _images(seed), name="resnet18_hot_head")
+
+
+def squeezenet_detached(seed: int = 0) -> nndiag.Subject:
+    """A forward hook returns a middle Fire block's output ``.detach()``ed: the layers
+    below it get no gradient, though the loss depends on them."""
+    model = _vision("squeezenet1_1", seed)
+    model.features[6].register_forward_hook(_detach_output)
+    return nndiag.Subject(model, _images(seed), name="squeezenet_detached")
+
+
+def vit_tiny_batch_centered(seed: int = 0) -> nndiag.Subject:
+    """A forward hook subtracts the batch mean from the middle transformer block's output."""
+    model = _timm("vit_tiny_patch16_224", seed, img_size=IMAGE_SIZE, patch_size=4)
+    model.blocks[6].register_forward_hook(_center_over_batch)
+    return nndiag.Subject(model, _images(seed), name="timm_vit_tiny_batch_centered")
+
+
+def vit_tiny_detached(seed: int = 0) -> nndiag.Subject:
+    """A forward hook detaches the output of the middle transformer block (88 of 152
+    parameter tensors get no gradient)."""
+    model = _timm("vit_tiny_patch16_224", seed, img_size=IMAGE_SIZE, patch_size=4)
+    model.blocks[6].register_forward_hook(_detach_output)
+    return nndiag.Subject(model, _images(seed), name="timm_vit_tiny_detached")
+
+
+def gpt2_batch_softmax(seed: int = 0) -> nndiag.Subject:
+    """The logits go through ``softmax(dim=0)``: each sample's output depends on the others."""
+    model = BatchSoftmax(Logits(_gpt2(seed)))
+    return nndiag.Subject(model, _next_tokens(seed), loss=token_loss, name="gpt2_batch_softmax")
+
+
+def llama_hot_head(seed: int = 0) -> nndiag.Subject:
+    """The LM head's weights ×30 (untied from the embeddings): over-confident at init."""
+    model = Logits(_llama(seed))
+    with torch.no_grad():
+        model.model.lm_head.weight.mul_(30)
+    return nndiag.Subject(model, _next_tokens(seed), loss=token_loss, name="llama_hot_head")
+
+
+Factory = Callable[..., nndiag.Subject]
+
+HEALTHY: dict[str, Factory] = {
+    "resnet18": resnet18,
+    "mobilenet_v3_small": mobilenet_v3_small,
+    "squeezenet1_1": squeezenet1_1,
+    "timm_resnet10t": resnet10t,
+    "timm_vit_tiny": vit_tiny,
+    "gpt2": gpt2,
+    "gpt2_unwrapped": gpt2_unwrapped,
+    "llama": llama,
+    "bert": bert,
+    "t5": t5,
+}
+
+# name -> (factory, the check that must fail on it)
+BUGS: dict[str, tuple[Factory, str]] = {
+    "resnet18_hot_head": (resnet18_hot_head, "initial_loss"),
+    "squeezenet_detached": (squeezenet_detached, "gradient_check"),
+    "timm_vit_tiny_batch_centered": (vit_tiny_batch_centered, "batch_independence"),
+    "gpt2_batch_softmax": (gpt2_batch_softmax, "batch_independence"),
+    "llama_hot_head": (llama_hot_head, "initial_loss"),
+}
+
+# Caught too, but too slow for the test run: gradient_check spends 7-8 minutes on one core
+# localising the 88 failing tensors (2.7-4.7 s on the healthy model). Run by name from
+# benchmarks/real_models.py.
+SLOW_BUGS: dict[str, tuple[Factory, str]] = {
+    "timm_vit_tiny_detached": (vit_tiny_detached, "gradient_check"),
+}

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nndiag  # noqa: E402
 from nndiag.checks import default_checks  # noqa: E402
-from tests.real_models.models import BUGS, HEALTHY, SLOW_BUGS  # noqa: E402
+from tests.real_models.models import BUGS, HEALTHY, MISSED_BUGS, SLOW_BUGS  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     seeds = [int(s) for s in args.seeds.split(",") if s]
     checks = [c for c in args.checks.split(",") if c] or list(default_checks())
-    bugs = {**BUGS, **SLOW_BUGS}
+    bugs = {**BUGS, **SLOW_BUGS, **MISSED_BUGS}
     unknown = [n for n in args.names if n not in HEALTHY and n not in bugs]
     if unknown:
         parser.error(f"unknown models {unknown}; known: {[*HEALTHY, *bugs]}")

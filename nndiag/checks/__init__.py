@@ -125,7 +125,13 @@ BUILTIN: tuple[CheckSpec, ...] = (
         "Is the loss at init what an uninformative model scores (ln C, or the label prior's "
         "entropy)?",
         why="one forward pass",
-        settings=("initial_loss_warn", "initial_loss_fail", "initial_loss_sigmas"),
+        settings=(
+            "initial_loss_warn",
+            "initial_loss_fail",
+            "initial_loss_sigmas",
+            "initial_loss_width_warn",
+            "initial_loss_width_fail",
+        ),
         plot="plot_initial_loss",
     ),
     CheckSpec(
@@ -147,7 +153,12 @@ BUILTIN: tuple[CheckSpec, ...] = (
             "overfit_lr",
             "overfit_loss_ratio",
             "overfit_diverge_factor",
+            "overfit_diverge_steps",
             "overfit_flat_ratio",
+            "overfit_fitted_ratio",
+            "overfit_partial_ratio",
+            "dead_fail",
+            "histogram_bins",
         ),
         plot="plot_overfit_small",
     ),

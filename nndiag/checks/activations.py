@@ -31,6 +31,11 @@ def recommended_std(layer: LayerRecord) -> float | None:
     return math.sqrt(gain / layer.fan_in)
 
 
+# A weight std within this factor of the recommended one already is that init: advice to
+# use it would recommend what the model has.
+_INIT_MATCH = 0.2
+
+
 def _init_advice(layer: LayerRecord, words: Vocabulary) -> str:
     target = recommended_std(layer)
     if target is None or layer.weight_std is None:
@@ -38,9 +43,71 @@ def _init_advice(layer: LayerRecord, words: Vocabulary) -> str:
     he = layer.kind in _HE_KINDS
     rule = "He sqrt(2/fan_in)" if he else "Xavier 1/sqrt(fan_in)"
     call = words.he_init if he else words.xavier_init
+    if abs(layer.weight_std / target - 1) <= _INIT_MATCH:
+        return (
+            f"Weights of {layer.weight_layer} have std {layer.weight_std:.3g}, which matches "
+            f"{rule} with fan_in {layer.fan_in} ({target:.3g}): the init is not the cause. "
+            "Look elsewhere: the biases feeding the layer, the inputs' scale (standardize "
+            "them), or an operation between the layers that rescales the signal."
+        )
     return (
         f"Weights of {layer.weight_layer} have std {layer.weight_std:.3g}; {rule} with "
         f"fan_in {layer.fan_in} wants {target:.3g} ({call})."
+    )
+
+
+def _bias_candidates(weight: str) -> list[str]:
+    """Names a backend gives the bias next to weight tensor or layer ``weight``."""
+    names = [f"{weight}.bias", f"{weight}/bias", f"{weight}_bias"]
+    for w, b in (("weight", "bias"), ("kernel", "bias"), ("W", "b"), ("w", "b")):
+        if w in weight:
+            head, _, tail = weight.rpartition(w)
+            names.append(head + b + tail)
+    return names
+
+
+def _feeding_bias(session: Session, layer: LayerRecord) -> tuple[str, float, float] | None:
+    """(name, mean, fraction negative) of the bias feeding ``layer``, when one is found."""
+    if not layer.weight_layer:
+        return None
+    try:
+        with session.objective(session.rows(1)) as objective:
+            values = objective.values()
+    except Exception:  # the bias only sharpens the hint; without it the hint stays general
+        return None
+    for name in _bias_candidates(layer.weight_layer):
+        value = values.get(name)
+        if value is not None and np.ndim(value) == 1 and np.size(value) == layer.units:
+            bias = np.asarray(value, dtype=np.float64)
+            return name, float(bias.mean()), float((bias < 0).mean())
+    return None
+
+
+def _dead_hint(session: Session, layer: LayerRecord) -> str:
+    general = (
+        "Dead units pass no gradient. He init or LeakyReLU keep units alive; after "
+        "training, many dead units mean the learning rate was too high (lower it)."
+    )
+    found = _feeding_bias(session, layer)
+    if found is None:
+        feed = f" (weights {layer.weight_layer})" if layer.weight_layer else ""
+        return (
+            f"Look at the bias feeding {layer.name}{feed}: a large negative bias keeps every "
+            f"unit below 0. {general}"
+        )
+    name, mean, negative = found
+    scale = layer.weight_std if layer.weight_std else 0.0
+    if mean < 0 and negative > 0.5:
+        return (
+            f"The bias {name} feeding {layer.name} has mean {mean:.3g} "
+            f"({negative:.0%} of it negative): it keeps the units below 0 for every "
+            "sample. Initialize it to 0 (or a small positive value); the learning rate "
+            "cannot revive units that pass no gradient."
+        )
+    return (
+        f"The bias {name} feeding {layer.name} has mean {mean:.3g} (weights std "
+        f"{scale:.3g}): not what kills the units. Look at the inputs' scale and sign and "
+        f"at the weights feeding it. {general}"
     )
 
 
@@ -62,6 +129,8 @@ def _layer_evidence(layer: LayerRecord) -> dict[str, Any]:
 
 
 def activation_stats(session: Session, config: Config) -> CheckResult:
+    """Fail when activation std collapses or explodes with depth, or tanh/sigmoid
+    saturate; recommends Xavier/He with numbers."""
     check = "activation_stats"
     layers = session.capture(rows=config.max_samples, bins=config.histogram_bins)
     if not layers:
@@ -181,6 +250,8 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
 
 
 def dead_neurons(session: Session, config: Config) -> CheckResult:
+    """Fail when a layer's ReLU units never fire over the batch (dead), naming the
+    layer and the bias feeding it."""
     check = "dead_neurons"
     captured = session.capture(rows=config.max_samples, bins=config.histogram_bins)
     layers = [x for x in captured if x.kind == "relu" and x.fires is not None]
@@ -239,7 +310,5 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
         f"Per layer: {profile}.",
         metrics,
         evidence,
-        "Dead units pass no gradient. Look at the bias and weights feeding that layer (a "
-        "large negative bias kills units); after training, many dead units mean the "
-        "learning rate was too high; He init or LeakyReLU keep units alive.",
+        _dead_hint(session, next(x for x in layers if x.name == bad["name"])),
     )

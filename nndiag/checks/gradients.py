@@ -450,10 +450,12 @@ def _run(
         ]
     failed = [t for t in tensors if t["status"] == "fail"]
     if failed:
-        worst = max(failed, key=lambda t: t["judged_error"])
-        coordinates.append(
-            _localize(f, worst["name"], worst["_grad"], worst["_dir"], loss, config, rng)
-        )
+        checked = [t for t in failed if "_grad" in t]
+        if checked:
+            worst = max(checked, key=lambda t: t["judged_error"])
+            coordinates.append(
+                _localize(f, worst["name"], worst["_grad"], worst["_dir"], loss, config, rng)
+            )
     for t in tensors:
         t.pop("_grad", None)
         t.pop("_dir", None)
@@ -558,44 +560,126 @@ def _per_tensor(
     rng: np.random.Generator,
     floor: float,
 ) -> list[dict[str, Any]]:
-    """Each tensor along its own part of the direction; a failure is re-measured along a
-    fresh direction and stands only if that fails too."""
-    rows = []
-    for name in f.names:
-        grad = grads[name]
-        missing = grad is None
-        g = np.zeros(f.shapes[name]) if missing else grad
-        part = direction[name]
-        found = _checked(f, name, g, part, loss, config, floor)
-        if found.error > found.tolerance:
-            fresh = rng.standard_normal(f.shapes[name]).astype(np.float64)
-            again = _checked(f, name, g, fresh, loss, config, floor)
-            if again.error <= again.tolerance:
-                found = again
-            else:
-                part = fresh if again.error > found.error else part
-        status = _tensor_status(found.error, config, found.tolerance)
-        if missing and found.error == 0.0:
-            status = "warn"  # the loss does not depend on it: an unused parameter
-        rows.append(
-            {
-                "name": name,
-                "shape": list(f.shapes[name]),
-                "rel_error": found.raw,
-                "judged_error": found.error,
-                "analytic": found.analytic,
-                "numeric": found.numeric,
-                "step": found.step,
-                "kink": found.kink,
-                "band": band(found.raw),
-                "status": status,
-                "tolerance": found.tolerance,
-                "no_grad": missing,
-                "_grad": g,
-                "_dir": part,
+    """Find the tensors behind a failed screen by bisection: a group of tensors is checked
+    along its part of the direction, and only a group that disagrees is split, so k wrong
+    tensors of T cost about k log T differences rather than T. A tensor fails only when an
+    independent re-measurement (a fresh direction) fails too. Tensors without a gradient
+    are checked one by one up to a budget, the rest named as a group."""
+    rows = {n: _row(n, f.shapes[n]) for n in f.names}
+    present = [n for n in f.names if grads[n] is not None]
+    missing = [n for n in f.names if grads[n] is None]
+    for name in missing[:_MISSING_CHECKED]:
+        rows[name] = _single(f, name, grads, direction[name], loss, config, rng, floor)
+    rest = missing[_MISSING_CHECKED:]
+    if rest:
+        group = _group(f, grads, direction, rest, loss, config, floor)
+        cut = group.error > group.tolerance  # else none of them affects the loss: unused
+        for name in rest:
+            rows[name] |= {
+                "status": "fail" if cut else "warn",
+                "no_grad": True,
+                "judged_error": group.error if cut else 0.0,
             }
-        )
-    return rows
+    todo = [present] if present else []
+    while todo:
+        names = todo.pop()
+        if len(names) == 1:
+            rows[names[0]] = _single(
+                f, names[0], grads, direction[names[0]], loss, config, rng, floor
+            )
+            continue
+        found = _group(f, grads, direction, names, loss, config, floor)
+        if found.error > found.tolerance:
+            half = len(names) // 2
+            todo += [names[:half], names[half:]]
+    if (
+        present
+        and not _is_noisy(floor, loss)
+        and not any(rows[n]["status"] == "fail" for n in present)
+    ):
+        # The screen failed but no group did: a wrong tensor's share can cancel out in a
+        # group. Check every tensor on its own (float64-clean losses only: with a noise
+        # floor, single tensors resolve too coarsely to overrule the groups).
+        for name in present:
+            if "_grad" not in rows[name]:
+                rows[name] = _single(f, name, grads, direction[name], loss, config, rng, floor)
+    return list(rows.values())
+
+
+# Tensors without a gradient checked one by one before the rest are named as a group.
+_MISSING_CHECKED = 8
+
+
+def _row(name: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    """A tensor that a passing group cleared (no difference of its own)."""
+    return {
+        "name": name,
+        "shape": list(shape),
+        "status": "pass",
+        "no_grad": False,
+        "judged_error": 0.0,
+    }
+
+
+def _group(
+    f: Objective,
+    grads: dict[str, Any],
+    direction: dict[str, np.ndarray],
+    names: list[str],
+    loss: float,
+    config: Config,
+    floor: float,
+) -> _Finding:
+    part = {n: direction[n] for n in names}
+    analytic = _analytic({n: grads[n] for n in names}, part)
+    steps = _steps(config, floor, loss, abs(analytic))
+    found = _compare(
+        lambda h: (f.value(part, h), f.value(part, -h)), analytic, loss, floor, steps, config
+    )
+    found.tolerance = config.gradient_fail
+    return found
+
+
+def _single(
+    f: Objective,
+    name: str,
+    grads: dict[str, Any],
+    part: np.ndarray,
+    loss: float,
+    config: Config,
+    rng: np.random.Generator,
+    floor: float,
+) -> dict[str, Any]:
+    grad = grads[name]
+    missing = grad is None
+    g = np.zeros(f.shapes[name]) if missing else grad
+    found = _checked(f, name, g, part, loss, config, floor)
+    if found.error > found.tolerance:
+        fresh = rng.standard_normal(f.shapes[name]).astype(np.float64)
+        again = _checked(f, name, g, fresh, loss, config, floor)
+        if again.error <= again.tolerance:
+            found = again
+        else:
+            part = fresh if again.error > found.error else part
+    status = _tensor_status(found.error, config, found.tolerance)
+    if missing and found.error == 0.0:
+        status = "warn"  # the loss does not depend on it: an unused parameter
+    return {
+        "name": name,
+        "shape": list(f.shapes[name]),
+        "rel_error": found.raw,
+        "judged_error": found.error,
+        "analytic": found.analytic,
+        "numeric": found.numeric,
+        "step": found.step,
+        "kink": found.kink,
+        "band": band(found.raw),
+        "status": status,
+        "tolerance": found.tolerance,
+        "no_grad": missing,
+        "_grad": g,
+        "_dir": part,
+    }
 
 
 def _failure(

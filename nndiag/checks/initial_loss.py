@@ -3,48 +3,154 @@
 Lecture 5: a softmax classifier starts near ln C; more exactly near the entropy of the
 label prior when its last bias is set to the log prior (both are accepted). For any other
 loss, the reference is the loss of all-zero outputs and of the best constant output.
+
+The reference values go through the subject's own loss, so a classifier's loss is also
+checked for cross-entropy's properties before it is compared with them: it is never
+negative, it falls when the true class's score rises, and the label prior (the best
+constant predictor) scores no worse than uniform scores. A classifier whose labels use
+implausibly few of its output classes is reported with the probability of that under a
+uniform labelling.
+
+The tolerance is relative to the band of reference values (``initial_loss_warn`` and
+``initial_loss_fail``) plus the sampling error of a model *at* the expected loss: for a
+classifier the standard error of ``-log p_prior(y)`` over the batch's labels, for a
+regression that of the per-row loss of all-zero outputs. The spread of the measured
+model's own per-sample losses never widens it (a more broken model spreads more), and no
+band reaches below the loss's minimum (0 for cross-entropy and squared error).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from nndiag.backends.base import baselines as uninformative_losses
 from nndiag.config import Config
-from nndiag.contract import Session
+from nndiag.contract import Batch, Session
+from nndiag.errors import InvalidSubject, ModelError
 from nndiag.results import CheckResult, Status
 
 CHECK = "initial_loss"
 
+# Rows whose loss of all-zero outputs is taken one by one for a regression's allowance.
+_ROWS_FOR_SPREAD = 64
+# The true class's score is raised by this much for the direction test (logit units).
+_BUMP = 1.0
+
+
+def _label_spread(session: Session, batch: Batch) -> tuple[float, float]:
+    """(entropy of the stored label prior, standard error of ``-log p_prior(y)`` over the
+    batch's labels) for a classifier."""
+    counts = np.asarray(session.task.label_counts, dtype=np.float64)
+    prior = counts / counts.sum()
+    entropy = float(-(prior[prior > 0] * np.log(prior[prior > 0])).sum())
+    _, y = session.arrays(batch)
+    labels = np.asarray(y).reshape(-1).astype(np.int64)
+    if labels.size < 2:
+        return entropy, 0.0
+    surprise = -np.log(np.maximum(prior[labels], 1e-300))
+    return entropy, float(np.std(surprise) / math.sqrt(labels.size))
+
+
+def _zero_output_spread(session: Session, batch: Batch, shape: tuple[int, ...]) -> float:
+    """Standard error of the per-row loss of all-zero outputs (0 when the loss cannot take
+    single rows)."""
+    n = min(len(batch), _ROWS_FOR_SPREAD)
+    if n < 2:
+        return 0.0
+    row_shape = (1, *shape[1:])
+    try:
+        values = [session.loss_of(session.take(batch, [i]), np.zeros(row_shape)) for i in range(n)]
+    except (ModelError, InvalidSubject, ValueError, TypeError, RuntimeError):
+        return 0.0
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < 2:
+        return 0.0
+    return float(np.std(finite) / math.sqrt(len(finite)))
+
+
+def _bumped_loss(session: Session, batch: Batch, outputs: Any) -> tuple[float, float] | None:
+    """(loss of the model's outputs, loss with the true class's score raised by _BUMP), both
+    through ``loss_of``; None when the labels cannot index the outputs' class axis."""
+    _, y = session.arrays(batch)
+    labels = np.asarray(y)
+    scores = np.asarray(outputs, dtype=np.float64)
+    if scores.ndim < 2 or labels.shape != (scores.shape[0], *scores.shape[2:]):
+        return None
+    index = np.expand_dims(labels.astype(np.int64), 1)
+    bumped = scores.copy()
+    np.put_along_axis(bumped, index, np.take_along_axis(scores, index, 1) + _BUMP, axis=1)
+    return session.loss_of(batch, scores), session.loss_of(batch, bumped)
+
+
+def _output_width(session: Session) -> dict[str, Any] | None:
+    """Labels that use only ``0 .. k-1`` of ``C`` output classes: the chance of that under a
+    uniform labelling of ``n`` labels is ``(k/C)^n``. None when every class is in use."""
+    counts = session.task.label_counts
+    classes = session.task.num_classes
+    used = [i for i, c in enumerate(counts) if c]
+    n = int(sum(counts))
+    if not used or n < 1:
+        return None
+    k = used[-1] + 1
+    if k >= classes:
+        return None
+    log10_p = n * math.log10(k / classes)
+    return {"labels": n, "classes_used": k, "outputs": classes, "log10_probability": log10_p}
+
+
+def _percent(value: float) -> str:
+    return f"{value:.0%}" if abs(value) >= 0.01 else f"{value:.2%}"
+
 
 def initial_loss(session: Session, config: Config) -> CheckResult:
+    """Fail when the loss at init is far from what uninformative scores give (ln C / the
+    label prior's entropy), when the loss is negated or reversed, or when the labels use
+    implausibly few of the output classes."""
     batch = session.rows(config.max_samples)
     if session.has_regularization:
         session.set_regularization(0.0)  # notes: check the data loss alone first
-    evaluation = session.evaluate(batch, per_sample=True)
-    measured, per_sample = evaluation.loss, evaluation.per_sample
+    evaluation = session.evaluate(batch, outputs=True)
+    measured = evaluation.loss
+    outputs = np.asarray(evaluation.outputs, dtype=np.float64)
     baselines = uninformative_losses(session, batch)
     classify = session.task.kind == "classification"
     expected = baselines["prior"] if classify else baselines["uniform"]
     low, high = min(baselines.values()), max(baselines.values())
-    scale = max(abs(expected), 1e-12)
-    noise = 0.0
-    if per_sample is not None and len(per_sample) > 1:
-        noise = config.initial_loss_sigmas * float(np.std(per_sample)) / math.sqrt(len(per_sample))
-    if measured > high:
-        distance = measured - high
-    elif measured < low:
-        distance = low - measured
+    ln_c = math.log(session.task.num_classes) if classify else math.nan
+
+    # Sampling error of a model at the expected loss (never the measured model's spread).
+    if classify:
+        entropy, spread = _label_spread(session, batch)
     else:
-        distance = 0.0
-    deviation = max(distance - noise, 0.0) / scale if math.isfinite(measured) else math.inf
+        entropy, spread = math.nan, _zero_output_spread(session, batch, outputs.shape)
+    noise = config.initial_loss_sigmas * spread
+    # Losses with a minimum of 0 (cross-entropy, squared error): no band below it.
+    floor = 0.0 if classify or low >= 0 else -math.inf
+    # Relative to the band's top (the loss of uniform scores, ln C for cross-entropy) above
+    # it, to its bottom below it; a label entropy near 0 (one class, one sample) is floored
+    # at a tenth of the top so that the ratio stays meaningful.
+    top = max(abs(high), 1e-12)
+    bottom = max(abs(low), 0.1 * top)
+    if not math.isfinite(measured):
+        distance, scale = math.inf, top
+    elif measured > high + noise:
+        distance, scale = measured - high - noise, top
+    elif measured < low - noise:
+        distance, scale = low - noise - measured, bottom
+    else:
+        distance, scale = 0.0, top
+    deviation = distance / scale
 
     def band(tolerance: float) -> list[float]:
-        return [low - tolerance * scale - noise, high + tolerance * scale + noise]
+        return [
+            max(low - tolerance * bottom - noise, floor),
+            high + tolerance * top + noise,
+        ]
 
-    metrics = {
+    metrics: dict[str, Any] = {
         "measured": measured,
         "expected": expected,
         "uniform_output_loss": baselines["uniform"],
@@ -59,7 +165,8 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
     }
     if classify:
         metrics["num_classes"] = session.task.num_classes
-        metrics["ln_num_classes"] = math.log(session.task.num_classes)
+        metrics["ln_num_classes"] = ln_c
+        metrics["label_entropy"] = entropy
     evidence = {
         "measured": measured,
         "expected": expected,
@@ -67,76 +174,171 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
         "warn_band": band(config.initial_loss_warn),
         "fail_band": band(config.initial_loss_fail),
     }
-
-    if classify:
-        classes = session.task.num_classes
-        reference = (
-            f"expected {expected:.4g} (entropy of the labels; ln {classes} = "
-            f"{math.log(classes):.4g} for uniform scores)"
-        )
-    else:
-        reference = f"expected {expected:.4g} (the loss of all-zero outputs)"
     reg_note = (
         ""
         if session.has_regularization
         else " Regularization could not be turned off (no knob given), so it is included."
     )
+
+    def result(status: Status, message: str, hint: str | None, cause: str | None) -> CheckResult:
+        if cause is not None:
+            metrics["cause"] = cause
+        return CheckResult(CHECK, status, message + reg_note, metrics, evidence, hint)
+
+    if classify:
+        reference = (
+            f"expected {expected:.4g} (entropy of the labels; ln {session.task.num_classes} "
+            f"= {ln_c:.4g} for uniform scores)"
+        )
+    else:
+        reference = f"expected {expected:.4g} (the loss of all-zero outputs)"
+    if not math.isfinite(measured):
+        return result(
+            "fail",
+            f"Loss at init is {measured} on {len(batch)} samples, {reference}.",
+            "Find the first non-finite value: outputs overflow, log of 0, or division by 0.",
+            "nonfinite",
+        )
+    head = f"Loss at init {measured:.4g} on {len(batch)} samples, {reference}"
+
+    if classify:
+        found = _semantics(session, batch, outputs, measured, baselines, ln_c, metrics)
+        if found is not None:
+            text, hint = found
+            return result("fail", f"{head}; {text}", hint, "negated")
+        width = _output_width(session)
+        if width is not None:
+            metrics.update({f"width_{k}": v for k, v in width.items()})
+            log10_p = width["log10_probability"]
+            level: Status | None = None
+            if log10_p < math.log10(config.initial_loss_width_fail):
+                level = "fail"
+            elif log10_p < math.log10(config.initial_loss_width_warn):
+                level = "warn"
+            if level is not None:
+                k, classes, n = width["classes_used"], width["outputs"], width["labels"]
+                text = (
+                    f"; the model outputs {classes} class scores but all {n} labels lie in "
+                    f"0..{k - 1}: under a uniform labelling over {classes} classes that has "
+                    f"probability ({k}/{classes})^{n} = 10^{log10_p:.1f} (fail below "
+                    f"{config.initial_loss_width_fail:g}, warn below "
+                    f"{config.initial_loss_width_warn:g})."
+                )
+                hint = (
+                    f"The last layer has {classes} outputs but the labels use only "
+                    f"0..{k - 1}: set the output width to the number of classes."
+                )
+                if k == 1:
+                    hint = (
+                        f"Every label is 0 out of {classes} classes: the batches hold one "
+                        "class (data sorted by class? shuffle it), or the output width is "
+                        "wrong."
+                    )
+                else:
+                    hint += (
+                        " If the data really has that many classes, the batches are sorted "
+                        "by label (shuffle them) or the label ids are sorted by frequency."
+                    )
+                return result(level, head + text, hint, "output_width")
+
     status: Status = "pass"
-    hint = None
+    if deviation > config.initial_loss_fail:
+        status = "fail"
+    elif deviation > config.initial_loss_warn:
+        status = "warn"
     # The baselines go through the user's loss, so a loss summed over the batch looks
     # consistent with itself; the lecture's ln C for uniform scores tells it apart.
     summed = (
         classify
         and len(batch) > 4
-        and abs(baselines["uniform"] / math.log(session.task.num_classes) - len(batch))
-        < 0.25 * len(batch)
+        and abs(baselines["uniform"] / ln_c - len(batch)) < 0.25 * len(batch)
     )
-    if not math.isfinite(measured):
-        status = "fail"
-        head = f"Loss at init is {measured} on {len(batch)} samples, {reference}."
-        hint = "Find the first non-finite value: outputs overflow, log of 0, or division by 0."
-    else:
-        head = f"Loss at init {measured:.4g} on {len(batch)} samples, {reference}"
-        if deviation > config.initial_loss_fail:
-            status = "fail"
-        elif deviation > config.initial_loss_warn:
-            status = "warn"
-        if summed:
-            status = "warn" if status == "pass" else status
-            head += (
-                f"; the loss of uniform scores is {baselines['uniform']:.4g}, "
-                f"{len(batch)} (the batch size) times ln C."
-            )
+    if summed:
+        return result(
+            "warn" if status == "pass" else status,
+            f"{head}; the loss of uniform scores is {baselines['uniform']:.4g}, "
+            f"{len(batch)} (the batch size) times ln C.",
+            f"The loss sums over the batch ({session.words.summed_loss}): its scale "
+            "and the learning rate then depend on the batch size; average it instead.",
+            "summed",
+        )
+    if status == "pass":
+        return result("pass", head + "; within tolerance.", None, None)
+    amount = _percent(deviation) if scale > 1e-8 else f"{distance:.3g}"
+    if measured > high:
+        text = f"; {amount} too high (above the band's top {high:.4g})."
+        if abs(measured / max(abs(expected), 1e-12) - len(batch)) < 0.25 * len(batch):
             hint = (
-                f"The loss sums over the batch ({session.words.summed_loss}): its scale "
-                "and the learning rate then depend on the batch size; average it instead."
+                "The loss is about batch-size times too large: it sums over the batch "
+                f"({session.words.summed_loss}); average it instead."
             )
-        elif status == "pass":
-            head += "; within tolerance."
-        elif measured > high:
-            head += f"; {deviation:.0%} too high."
-            if abs(measured / scale - len(batch)) < 0.25 * len(batch):
-                hint = (
-                    "The loss is about batch-size times too large: it sums over the batch "
-                    f"({session.words.summed_loss}); average it instead."
-                )
-            elif classify:
-                hint = (
-                    "The scores at init are too confident: scale the last layer's weights "
-                    "down (e.g. std 1e-2 or x0.01) and set its bias to 0 or to the log "
-                    "prior of the labels."
-                )
-            else:
-                hint = (
-                    "Outputs at init are far from the targets' scale: shrink the last "
-                    "layer's weights and set its bias to the targets' mean; standardize "
-                    "the targets."
-                )
+        elif classify:
+            hint = (
+                "The scores at init are too confident: scale the last layer's weights "
+                "down (e.g. std 1e-2 or x0.01) and set its bias to 0 or to the log "
+                "prior of the labels."
+            )
         else:
-            head += f"; {deviation:.0%} too low."
             hint = (
-                "An untrained model already scores better than chance: the inputs leak "
-                "the labels, the weights are not freshly initialized, or the loss is "
-                "scaled down (divided twice by the batch size?)."
+                "Outputs at init are far from the targets' scale: shrink the last "
+                "layer's weights and set its bias to the targets' mean; standardize "
+                "the targets."
             )
-    return CheckResult(CHECK, status, head + reg_note, metrics, evidence, hint)
+        return result(status, head + text, hint, "too_high")
+    return result(
+        status,
+        f"{head}; {amount} too low (below the band's bottom {low:.4g}).",
+        "An untrained model already scores better than chance: the inputs leak "
+        "the labels, the weights are not freshly initialized, or the loss is "
+        "scaled down (divided twice by the batch size?).",
+        "too_low",
+    )
+
+
+def _semantics(
+    session: Session,
+    batch: Batch,
+    outputs: Any,
+    measured: float,
+    baselines: dict[str, float],
+    ln_c: float,
+    metrics: dict[str, Any],
+) -> tuple[str, str] | None:
+    """A classifier's loss against cross-entropy's properties: (finding, hint) or None."""
+    hint = (
+        "The loss is negated or reversed (e.g. -cross_entropy, or arguments swapped): "
+        "minimizing it pushes the true class's score down. Use the cross-entropy of "
+        "(scores, labels) as it is."
+    )
+    bumped = _bumped_loss(session, batch, outputs)
+    if bumped is not None:
+        base, raised = bumped
+        metrics["loss_of_outputs"] = base
+        metrics["loss_true_class_raised"] = raised
+        if raised > base + 1e-9 * max(abs(base), 1.0):
+            return (
+                f"the loss rises when the true class's score rises ({base:.4g} -> "
+                f"{raised:.4g} with +{_BUMP:g} on it): it is negated or reversed.",
+                hint,
+            )
+    negative = {k: v for k, v in (("measured", measured), *baselines.items()) if v < 0}
+    if negative:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in negative.items())
+        return (
+            f"the loss is negative ({shown}), and cross-entropy never is: it is negated, "
+            "or not a cross-entropy of the scores (log-softmax missing?).",
+            hint,
+        )
+    # The prior is the best constant predictor under cross-entropy: for a loss that scores
+    # uniform outputs like cross-entropy (ln C, or N ln C summed), it may not lose to them.
+    uniform, prior = baselines["uniform"], baselines["prior"]
+    ratio = abs(uniform) / ln_c if ln_c > 0 else math.nan
+    crossentropy_like = abs(ratio - 1) < 0.05 or abs(ratio - len(batch)) < 0.05 * len(batch)
+    if crossentropy_like and prior > uniform + 1e-6 * abs(uniform):
+        return (
+            f"the loss of the label prior's scores ({prior:.4g}) exceeds that of uniform "
+            f"scores ({uniform:.4g}), though the prior is the best constant predictor "
+            "under cross-entropy: the loss is reversed.",
+            hint,
+        )
+    return None

@@ -1,52 +1,191 @@
 """``overfit_small``: a model that cannot overfit ~20 samples will not learn the data set.
 
 Lecture 5: take a tiny subset, turn regularization off, and the model must reach ~100%
-train accuracy and a loss near zero; when it does not, the shape of the loss curve says
-why (diverged, flat, or stuck on a plateau).
+train accuracy and a loss near zero; when it does not, the evidence says why, and the cause
+named must be the one the evidence shows:
+
+- ``nonfinite_at_init``: NaN/Inf before any step (the init or the loss, not the LR);
+- ``unbounded``: a classifier's loss below 0, which cross-entropy never reaches (a sign bug
+  or the wrong loss);
+- ``precision``: NaN/Inf while training float16/bfloat16 parameters (Adam's eps underflows);
+- ``lr_too_high``: NaN/Inf, or a loss above ``overfit_diverge_factor`` x its start for
+  ``overfit_diverge_steps`` steps in a row or at the end of the budget (a spike that
+  recovers is not divergence: training goes on through it);
+- ``dead_units``: the run did not fit and a ReLU layer is at least ``dead_fail`` dead;
+- ``flat`` / ``slow`` / ``plateau``: the shape of the loss curve.
+
+Identical inputs with different targets cap the accuracy the model can reach (and put a
+floor under a cross-entropy): both are computed from the batch and used in the verdict.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
 
 from nndiag.config import Config
-from nndiag.contract import Session
-from nndiag.results import CheckResult
+from nndiag.contract import Batch, LayerRecord, Session
+from nndiag.results import CheckResult, Status
 
 CHECK = "overfit_small"
 
+# Steps trained after the loss first goes negative, to show where it runs.
+_NEGATIVE_STEPS = 20
+# Label positions examined for the accuracy ceiling (beyond that it is not computed).
+_MAX_POSITIONS = 200_000
+_HALF = ("float16", "bfloat16")
+
+
+def _percent(value: float) -> str:
+    """A fraction as a percentage with enough digits that it never rounds to 0% or 100%
+    unless it is exactly that."""
+    if value in (0.0, 1.0):
+        return f"{value:.0%}"
+    for digits in range(0, 6):
+        text = f"{100 * value:.{digits}f}"
+        if float(text) not in (0.0, 100.0):
+            return f"{text}%"
+    return f"{100 * value:.6g}%"
+
+
+def _ceiling(session: Session, batch: Batch) -> tuple[float, float, str, float]:
+    """(best accuracy, smallest mean cross-entropy, how the context was read, slack) that
+    any model reaches on ``batch`` when identical inputs carry different targets; (1, 0,
+    "", 0) when the inputs are not one array or every input is distinct. ``slack`` is one
+    label per ambiguous context: there the best predictor's top classes are (near-)tied, so
+    a fitted model's argmax may land on a runner-up."""
+    X, y = session.arrays(batch)
+    if X is None:
+        return 1.0, 0.0, "", 0.0
+    X, labels = np.asarray(X), np.asarray(y)
+    if labels.size == 0 or labels.size > _MAX_POSITIONS or len(X) != len(labels):
+        return 1.0, 0.0, "", 0.0
+    groups: dict[bytes, Counter[int]] = {}
+    how = "identical inputs"
+    rows = [np.ascontiguousarray(x).tobytes() for x in X]
+    if labels.ndim == 1:
+        for key, label in zip(rows, labels.tolist()):
+            groups.setdefault(key, Counter())[int(label)] += 1
+    elif labels.ndim == 2 and X.ndim == 2 and X.shape == labels.shape and X.dtype.kind in "iu":
+        # Token sequences with a target per position: a causal model sees the prefix.
+        how = "identical prefixes, as a causal model reads them,"
+        for i in range(len(X)):
+            for t in range(X.shape[1]):
+                key = X[i, : t + 1].tobytes()
+                groups.setdefault(key, Counter())[int(labels[i, t])] += 1
+    else:
+        flat = labels.reshape(len(labels), -1)
+        for key, row in zip(rows, flat):
+            for t, label in enumerate(row.tolist()):
+                groups.setdefault(key + t.to_bytes(8, "little"), Counter())[int(label)] += 1
+    total = labels.size
+    best = sum(max(c.values()) for c in groups.values()) / total
+    entropy = 0.0
+    for counts in groups.values():
+        n = sum(counts.values())
+        entropy -= sum(c * math.log(c / n) for c in counts.values())
+    ambiguous = sum(1 for c in groups.values() if len(c) > 1)
+    return best, entropy / total, how, ambiguous / total
+
+
+def _half_precision(session: Session, batch: Batch, optimizer: str) -> str | None:
+    """``float16``/``bfloat16`` when the parameters (or the inputs) are half precision."""
+    text = optimizer
+    try:
+        with session.objective(batch) as objective:
+            text += " " + objective.note  # names the promoted parameter dtypes
+    except Exception:  # the dtype is only an extra clue; without it nothing is lost
+        pass
+    X, _ = session.arrays(batch)
+    if X is not None:
+        text += " " + str(getattr(X, "dtype", ""))
+    for name in ("bfloat16", "float16"):
+        if name in text:
+            return name
+    return None
+
+
+def _dead_layers(layers: list[LayerRecord], limit: float) -> list[tuple[LayerRecord, float]]:
+    found = []
+    for layer in layers:
+        if layer.kind != "relu" or layer.fires is None or not layer.units:
+            continue
+        fraction = float((np.asarray(layer.fires) == 0).sum()) / layer.units
+        if fraction >= limit:
+            found.append((layer, fraction))
+    return found
+
+
+def _layers_after(session: Session, config: Config, rows: int) -> list[LayerRecord]:
+    """Activation statistics over the trained rows, read only once a run failed (a passing
+    run costs one forward pass per step and nothing more). The capture is cached per
+    (rows, bins): the bins differ from the activation checks' whenever the rows match, so
+    that their capture of the untrained model is never this one."""
+    bins = config.histogram_bins + (1 if rows == config.max_samples else 0)
+    try:
+        return session.capture(rows=rows, bins=bins)
+    except Exception:  # no activation evidence: the verdict then rests on the loss alone
+        return []
+
 
 def overfit_small(session: Session, config: Config) -> CheckResult:
+    """Fail when ~20 samples, regularization off, cannot be fitted within the step budget,
+    naming the cause the loss curve shows."""
     total = len(session.rows(config.overfit_samples))
     batch = session.rows(total)
     if session.has_regularization:
         session.set_regularization(0.0)
     classify = session.task.kind == "classification"
+    ceiling, floor, context, slack = _ceiling(session, batch) if classify else (1.0, 0.0, "", 0.0)
     losses: list[float] = []
     accuracies: list[float | None] = []
     outcome = "budget"
+    above = 0  # consecutive steps above overfit_diverge_factor x the start
+    negative_at: int | None = None
     with session.trainer(batch, default_lr=config.overfit_lr) as trainer:
-        for _ in range(config.overfit_steps):
+        for index in range(config.overfit_steps):
             step = trainer.step()
             loss, accuracy = step.loss, step.accuracy
             losses.append(loss)
             accuracies.append(accuracy)
-            target = config.overfit_loss_ratio * abs(losses[0])
-            if not math.isfinite(loss) or loss > config.overfit_diverge_factor * abs(losses[0]):
+            if not math.isfinite(loss):
+                outcome = "nonfinite"
+                break
+            start = losses[0]
+            if classify and loss < 0:
+                negative_at = index if negative_at is None else negative_at
+                if index - negative_at >= _NEGATIVE_STEPS:
+                    break
+                continue
+            above = above + 1 if loss > config.overfit_diverge_factor * abs(start) else 0
+            if above >= config.overfit_diverge_steps:
                 outcome = "diverged"
                 break
-            if loss <= target and (not classify or accuracy == 1.0):
+            target = floor + config.overfit_loss_ratio * (abs(start) - floor)
+            reached = not classify or (accuracy is not None and accuracy >= ceiling - slack - 1e-9)
+            if loss <= target and reached:
                 outcome = "fitted"
                 break
         unchanged = trainer.unchanged()
         optimizer = trainer.optimizer
+    if negative_at is not None:
+        outcome = "unbounded"
 
     initial, final = losses[0], losses[-1]
     finite = [x for x in losses if math.isfinite(x)]
     best = min(finite) if finite else math.nan
-    target = config.overfit_loss_ratio * abs(initial)
+    target = floor + config.overfit_loss_ratio * (abs(initial) - floor)
     accuracy = accuracies[-1]
-    metrics = {
+    # The loss's share of the way from its start to its floor that is left.
+    span = abs(initial) - floor
+    left = (final - floor) / span if span > 0 and math.isfinite(final) else math.nan
+    if outcome == "budget" and math.isfinite(final):
+        if final > config.overfit_diverge_factor * abs(initial):
+            outcome = "diverged"
+    metrics: dict[str, Any] = {
         "samples": total,
         "steps": len(losses),
         "step_budget": config.overfit_steps,
@@ -57,93 +196,191 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
         "final_accuracy": accuracy,
         "optimizer": optimizer,
         "never_updated": len(unchanged),
+        "outcome": outcome,
     }
+    if classify:
+        metrics["accuracy_ceiling"] = ceiling
+        metrics["loss_floor"] = floor
     evidence = {"loss": losses, "accuracy": accuracies if classify else None, "target_loss": target}
-    acc_text = f", accuracy {accuracy:.0%}" if accuracy is not None else ""
+    acc_text = f", accuracy {_percent(accuracy)}" if accuracy is not None else ""
+    ceiling_text = ""
+    if classify and ceiling < 1.0:
+        ceiling_text = (
+            f" The batch caps accuracy at {_percent(ceiling)} ({context} with different "
+            f"targets) and puts the cross-entropy's floor at {floor:.4g}."
+        )
     frozen = ""
     if unchanged:
         shown = ", ".join(unchanged[:4]) + (" ..." if len(unchanged) > 4 else "")
         frozen = f" {len(unchanged)} trainable tensor(s) never changed: {shown}."
+    words = session.words
+    frozen_hint = (
+        f"Those tensors get no gradient or no update: a cut graph ({words.cut_graph}), "
+        "unused layers, or parameters missing from the optimizer."
+    )
 
-    if outcome == "fitted":
+    def result(status: Status, message: str, hint: str | None, cause: str | None) -> CheckResult:
+        found = metrics | ({"cause": cause} if cause else {})
+        return CheckResult(CHECK, status, message + ceiling_text, found, evidence, hint)
+
+    reached = not classify or (accuracy is not None and accuracy >= ceiling - slack - 1e-9)
+    if outcome == "fitted" or (
+        outcome == "budget"
+        and reached
+        and math.isfinite(left)
+        and left <= config.overfit_loss_ratio
+    ):
         message = (
             f"Fit {total} samples in {len(losses)} steps with {optimizer}: loss "
-            f"{initial:.4g} -> {final:.3g}{acc_text}."
+            f"{initial:.4g} -> {final:.4g}{acc_text}."
         )
         if unchanged:
-            return CheckResult(
-                CHECK,
-                "warn",
-                message + frozen,
-                metrics,
-                evidence,
-                f"Those tensors get no gradient or no update: a cut graph "
-                f"({session.words.cut_graph}), unused layers, or parameters missing from "
-                "the optimizer.",
-            )
-        return CheckResult(CHECK, "pass", message, metrics, evidence)
+            return result("warn", message + frozen, frozen_hint, "frozen")
+        return result("pass", message, None, None)
 
-    metrics["outcome"] = outcome
     head = f"Could not overfit {total} samples in {len(losses)} steps with {optimizer}"
-    if outcome == "diverged":
-        why = (
-            "NaN/Inf"
-            if not math.isfinite(final)
-            else f"{final:.4g}, over {config.overfit_diverge_factor:g}x the start"
-        )
-        return CheckResult(
-            CHECK,
+    if outcome == "nonfinite" and len(losses) == 1:
+        return result(
             "fail",
-            f"{head}: the loss diverged at step {len(losses)} ({initial:.4g} -> {why}).",
-            metrics | {"cause": "lr_too_high"},
-            evidence,
+            f"{head}: the loss is {initial} before any step, so training never started.",
+            "NaN/Inf at init comes from the init or the loss, not the learning rate: "
+            "outputs that overflow, log of 0, or division by 0 (the numerics check names "
+            "the first operation that produces it).",
+            "nonfinite_at_init",
+        )
+    if outcome == "unbounded":
+        return result(
+            "fail",
+            f"{head}: the loss falls below any plausible value ({initial:.4g} -> "
+            f"{best:.4g}{acc_text}); cross-entropy is never negative.",
+            "The loss falls below any plausible value (cross-entropy >= 0): a sign bug or "
+            "the wrong loss (e.g. -cross_entropy, or NLL on scores without log-softmax).",
+            "unbounded",
+        )
+    if outcome == "nonfinite":
+        last = finite[-1] if finite else math.nan
+        half = _half_precision(session, batch, optimizer)
+        if half is not None:
+            return result(
+                "fail",
+                f"{head}: the loss turned {final} at step {len(losses)} ({initial:.4g} -> "
+                f"{last:.4g} -> {final}) with {half} parameters.",
+                f"In {half}, Adam's default eps 1e-8 underflows"
+                + (" to 0 (the smallest float16 is 6e-8)" if half == "float16" else "")
+                + ", so a zero second moment divides by 0: raise eps (e.g. 1e-4), or "
+                "train in float32 and cast (mixed precision with a loss scaler) rather "
+                "than lowering the learning rate.",
+                "precision",
+            )
+        return result(
+            "fail",
+            f"{head}: the loss diverged to {final} at step {len(losses)} ({initial:.4g} -> "
+            f"{last:.4g} -> {final}).",
             "The learning rate is too high: divide it by 10.",
+            "lr_too_high",
+        )
+    if outcome == "diverged":
+        factor = config.overfit_diverge_factor
+        where = (
+            f"for {config.overfit_diverge_steps} steps in a row"
+            if len(losses) < config.overfit_steps or final <= factor * abs(initial)
+            else "at the end of the budget"
+        )
+        return result(
+            "fail",
+            f"{head}: the loss diverged, above {factor:g}x its start {where} "
+            f"({initial:.4g} -> {final:.4g}).",
+            "The learning rate is too high: divide it by 10.",
+            "lr_too_high",
+        )
+
+    # Fitted the labels, and the loss fell by a large factor, short of the strict target.
+    if reached and math.isfinite(left) and left <= config.overfit_partial_ratio:
+        fell = f"{initial:.4g} -> {final:.4g}, {abs(initial) / max(final, 1e-300):.3g}x lower"
+        message = (
+            f"Fit {total} samples to accuracy {_percent(accuracy or 1.0)} in {len(losses)} "
+            f"steps with {optimizer}: loss {fell} (near-zero target {target:.3g})."
+        )
+        if left <= config.overfit_fitted_ratio and not unchanged:
+            return result("pass", message, None, None)
+        if unchanged:
+            return result("warn", message + frozen, frozen_hint, "frozen")
+        return result(
+            "warn",
+            message + " The labels are fitted but the loss is still well above zero.",
+            "Give overfit_steps more steps if the loss is still falling; a loss with a "
+            "floor above 0 (label smoothing, a penalty left on) stops short of the target.",
+            "loss_floor",
+        )
+
+    dead = _dead_layers(_layers_after(session, config, total), config.dead_fail)
+    if dead:
+        # The first dead layer is where the signal stops; every layer past it gets nothing.
+        layer, fraction = dead[0]
+        feed = f" (fed by {layer.weight_layer})" if layer.weight_layer else ""
+        later = ""
+        if len(dead) > 1:
+            later = f"; {len(dead) - 1} later ReLU layer(s) too, down to {dead[-1][0].name}"
+        where = (
+            f"{_percent(fraction)} of the ReLU units of {layer.name}{feed} never fire on the "
+            f"{total} samples after training{later}"
+        )
+        peak = max(finite) if finite else math.nan
+        if peak > config.overfit_diverge_factor * abs(initial):
+            # Lecture: many dead units after training mean the learning rate was too high.
+            at = finite.index(peak) + 1
+            return result(
+                "fail",
+                f"{head} ({initial:.4g} -> {final:.4g}{acc_text}): the loss spiked to "
+                f"{peak:.4g} at step {at} and {where}: the large steps killed them." + frozen,
+                "The learning rate is too high: divide it by 10 (dead ReLUs after a spike "
+                "are units pushed below zero for every sample by one large step).",
+                "lr_too_high",
+            )
+        return result(
+            "fail",
+            f"{head} ({initial:.4g} -> {final:.4g}{acc_text}): {where}, so no gradient "
+            "flows through them." + frozen,
+            f"Dead units, not the learning rate: see dead_neurons for {layer.name}; look at "
+            "the bias and weights feeding it (a large negative bias kills every unit).",
+            "dead_units",
         )
     if best > config.overfit_flat_ratio * abs(initial):
-        return CheckResult(
-            CHECK,
+        return result(
             "fail",
             f"{head}: the loss barely moved ({initial:.4g} -> best {best:.4g})." + frozen,
-            metrics | {"cause": "flat"},
-            evidence,
             "Raise the learning rate (x10), and check that gradients reach the parameters: "
-            f"no {session.words.cut_graph} in forward, all parameters trainable and given "
+            f"no {words.cut_graph} in forward, all parameters trainable and given "
             "to the optimizer.",
+            "flat",
+        )
+    if classify and reached:
+        return result(
+            "fail",
+            f"{head}: accuracy reached {_percent(accuracy or 1.0)} but the loss is stuck at "
+            f"{final:.4g} (target {target:.3g}).",
+            "The loss cannot reach 0 even on fitted data: it probably receives "
+            "probabilities instead of logits (softmax applied twice), or it is the wrong "
+            "loss for these targets.",
+            "plateau",
         )
     # A plateau has stopped falling; a slow run still sheds a good fraction of its loss
     # over the last quarter of the budget.
     late = finite[3 * len(finite) // 4] if finite else math.nan
-    still_falling = len(finite) >= 20 and final <= 0.85 * late
-    if still_falling:
-        return CheckResult(
-            CHECK,
+    if len(finite) >= 20 and final <= 0.85 * late:
+        return result(
             "fail",
             f"{head}: the loss is still falling slowly "
             f"({initial:.4g} -> {final:.4g}{acc_text})." + frozen,
-            metrics | {"cause": "slow"},
-            evidence,
             "The learning rate is too low for this budget: raise it (x10) or "
             "give overfit_steps more steps.",
+            "slow",
         )
-    if classify and accuracy == 1.0:
-        return CheckResult(
-            CHECK,
-            "fail",
-            f"{head}: accuracy reached 100% but the loss is stuck at "
-            f"{final:.4g} (target {target:.3g}).",
-            metrics | {"cause": "plateau"},
-            evidence,
-            "The loss cannot reach 0 even on fitted data: it probably receives "
-            "probabilities instead of logits (softmax applied twice), or it is the wrong loss "
-            "for these targets.",
-        )
-    return CheckResult(
-        CHECK,
+    return result(
         "fail",
         f"{head}: the loss is stuck at a plateau ({initial:.4g} -> "
         f"{final:.4g}{acc_text})." + frozen,
-        metrics | {"cause": "plateau"},
-        evidence,
         "A plateau: units initialized identically (constant init keeps them symmetric), too "
         "little capacity, saturated activations, or a loss that does not fit the targets.",
+        "plateau",
     )

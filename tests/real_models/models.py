@@ -238,6 +238,43 @@ def squeezenet_detached(seed: int = 0) -> nndiag.Subject:
     return nndiag.Subject(model, _images(seed), name="squeezenet_detached")
 
 
+class _OnePercentGrad(torch.autograd.Function):
+    """Identity forward; the backward gives a gradient 1% too large."""
+
+    @staticmethod
+    def forward(ctx: Any, w: torch.Tensor) -> torch.Tensor:
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad * 1.01
+
+
+class _OnePercent(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return _OnePercentGrad.apply(w)
+
+
+def _one_percent(model: nn.Module, layer: str) -> nn.Module:
+    """One tensor's gradient 1% off (torch's gradcheck fast mode misses this on an MLP)."""
+    from torch.nn.utils import parametrize
+
+    parametrize.register_parametrization(
+        dict(model.named_modules())[layer], "weight", _OnePercent()
+    )
+    return model
+
+
+def squeezenet_grad_one_percent(seed: int = 0) -> nndiag.Subject:
+    model = _one_percent(_vision("squeezenet1_1", seed), "features.3.squeeze")
+    return nndiag.Subject(model, _images(seed), name="squeezenet_grad_one_percent")
+
+
+def llama_grad_one_percent(seed: int = 0) -> nndiag.Subject:
+    model = Logits(_one_percent(_llama(seed), "model.layers.1.mlp.up_proj"))
+    return nndiag.Subject(model, _next_tokens(seed), loss=token_loss, name="llama_grad_1pct")
+
+
 def vit_tiny_batch_centered(seed: int = 0) -> nndiag.Subject:
     """A forward hook subtracts the batch mean from the middle transformer block's output."""
     model = _timm("vit_tiny_patch16_224", seed, img_size=IMAGE_SIZE, patch_size=4)
@@ -289,11 +326,18 @@ BUGS: dict[str, tuple[Factory, str]] = {
     "timm_vit_tiny_batch_centered": (vit_tiny_batch_centered, "batch_independence"),
     "gpt2_batch_softmax": (gpt2_batch_softmax, "batch_independence"),
     "llama_hot_head": (llama_hot_head, "initial_loss"),
+    "squeezenet_grad_one_percent": (squeezenet_grad_one_percent, "gradient_check"),
 }
 
-# Caught too, but too slow for the test run: gradient_check spends 7-8 minutes on one core
-# localising the 88 failing tensors (2.7-4.7 s on the healthy model). Run by name from
+# Caught too, but slow for the test run: gradient_check spends ~50-100 s naming the 88
+# tensors the detach cuts off (2.7-4.7 s on the healthy model). Run by name from
 # benchmarks/real_models.py.
 SLOW_BUGS: dict[str, tuple[Factory, str]] = {
     "timm_vit_tiny_detached": (vit_tiny_detached, "gradient_check"),
+}
+
+# Not caught yet: with Llama's float32 RMSNorm the differences resolve gradients to about
+# 1e-2 per tensor, and this 1% error ends as a warn naming up_proj (benchmarks only).
+MISSED_BUGS: dict[str, tuple[Factory, str]] = {
+    "llama_grad_one_percent": (llama_grad_one_percent, "gradient_check"),
 }

@@ -460,21 +460,39 @@ class TorchSession(SessionBase):
         return grad.detach().abs().reshape(n, -1).amax(1).double().cpu().numpy()
 
     def find_nonfinite(self, batch: Batch, *, mode: Mode = "train") -> NonFinite | None:
+        """Only NaN/Inf that reach the outputs, the loss or a parameter's gradient count:
+        a model may make an -inf on purpose and mask it away (T5's log of a zero
+        relative position, attention masks)."""
         with self._mode(mode, None), NonFiniteWatch(self.model) as watch:
             out = self._run_model(batch.X)
-            if watch.found is not None or watch.fallback is not None:
-                return watch.found or watch.fallback
+            if not bool(torch.isfinite(out).all()):
+                bad = int((~torch.isfinite(out)).sum())
+                return (
+                    watch.found
+                    or watch.fallback
+                    or NonFinite("forward", "the model's output", "forward", bad, out.numel())
+                )
             loss = self._run_loss(out, batch.y)
             if not bool(torch.isfinite(loss)):
                 return NonFinite("loss", "the loss", getattr(self.loss_fn, "__name__", "loss"))
-            if mode == "train" and loss.requires_grad:
-                watch.watch_backward(loss)
-                self.count(backward=1)
-                with self.calling("model", "loss.backward()"):
-                    torch.autograd.grad(
-                        loss, [p for p in self._private.trainable.values()], allow_unused=True
-                    )
-        return watch.found
+            if mode != "train" or not loss.requires_grad:
+                return None
+            watch.found = watch.fallback = None  # what forward masked away does not count
+            watch.watch_backward(loss)
+            self.count(backward=1)
+            params = dict(self._private.trainable)
+            with self.calling("model", "loss.backward()"):
+                grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            broken = [
+                (n, g) for (n, g) in zip(params, grads) if g is not None and not _all_finite(g)
+            ]
+            if not broken:
+                return None
+            name, grad = broken[0]
+            bad = int((~torch.isfinite(grad)).sum())
+            return watch.found or NonFinite(
+                "backward", name, "gradient of the parameter", bad, grad.numel()
+            )
 
     def batch_statistics_layers(self) -> list[str]:
         return [
@@ -664,6 +682,10 @@ class _Objective:
             finally:
                 for name in shifts:
                     self.params[name].copy_(self.base[name])
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
 
 
 class _DtypeWatch(TorchFunctionMode):

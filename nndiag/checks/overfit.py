@@ -119,6 +119,19 @@ def _dead_layers(layers: list[LayerRecord], limit: float) -> list[tuple[LayerRec
     return found
 
 
+def _dead_output(layers: list[LayerRecord], session: Session) -> list[tuple[LayerRecord, float]]:
+    """A ReLU on the class scores (SqueezeNet's last conv): one dead unit there is a class
+    the model can never score, so any dead unit counts, not the layer's dead_fail share."""
+    relus = [x for x in layers if x.kind == "relu" and x.fires is not None and x.units]
+    if session.task.kind != "classification" or not relus:
+        return []
+    last = relus[-1]
+    if last.units != session.task.num_classes:
+        return []
+    fraction = float((np.asarray(last.fires) == 0).sum()) / last.units
+    return [(last, fraction)] if fraction > 0 else []
+
+
 def _layers_after(session: Session, config: Config, rows: int) -> list[LayerRecord]:
     """Activation statistics over the trained rows, read only once a run failed (a passing
     run costs one forward pass per step and nothing more). The capture is cached per
@@ -313,7 +326,8 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
             "loss_floor",
         )
 
-    dead = _dead_layers(_layers_after(session, config, total), config.dead_fail)
+    captured = _layers_after(session, config, total)
+    dead = _dead_layers(captured, config.dead_fail) or _dead_output(captured, session)
     if dead:
         # The first dead layer is where the signal stops; every layer past it gets nothing.
         layer, fraction = dead[0]

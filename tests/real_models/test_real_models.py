@@ -81,3 +81,11 @@ def test_diagnosis_leaves_model_untouched(name: str) -> None:
     assert not changed
     assert [m.training for m in model.modules()] == modes
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_squeezenet_cannot_overfit_because_its_output_relu_dies() -> None:
+    # A true finding: SqueezeNet's last conv feeds a ReLU on the class scores, and under
+    # Adam 1e-3 on 16 samples units of it die; the cause must be named, not "plateau".
+    result = nndiag.diagnose(models.squeezenet1_1(0), checks=["overfit_small"])["overfit_small"]
+    assert result.status == "fail" and result.metrics["cause"] == "dead_units", result.summary()
+    assert "classifier.2" in result.message

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     import torch
 
+    from nndiag.checks.batch_independence import Leak
     from nndiag.config import Config
     from nndiag.results import CheckResult
 
@@ -152,30 +153,7 @@ def _probed_rows(n: int) -> list[int]:
 
 
 # -- batch independence ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Leak:
-    row: int
-    source: int
-    leak: float
-    own: float
-    method: str  # gradient or perturbation
-
-    def sentence(self) -> str:
-        if self.method == "gradient":
-            own = f"{self.own:.3g}" if self.own else "0"
-            return (
-                f"Output row {self.row} depends on input row {self.source}: the gradient "
-                f"of output row {self.row} (a random projection) reaches {self.leak:.3g} on "
-                f"row {self.source}, against {own} on its own row."
-            )
-        return (
-            f"Output row {self.row} changed by up to {self.leak:.3g} (its values reach "
-            f"{self.own:.3g}) when only other rows of the batch were changed, starting with "
-            f"row {self.source}."
-        )
-
-
-def _find_leak(model: Any, X: torch.Tensor, counter: _Counter) -> _Leak | None:
+def _find_leak(model: Any, X: torch.Tensor, counter: _Counter) -> Leak | None:
     """The first output row that depends on another input row, or None. Runs in the
     caller's mode (see :func:`_inference`)."""
     import torch
@@ -195,8 +173,10 @@ def _find_leak(model: Any, X: torch.Tensor, counter: _Counter) -> _Leak | None:
 
 def _leak_by_gradient(
     Xc: torch.Tensor, outputs: list[torch.Tensor], n: int, counter: _Counter
-) -> _Leak | None:
+) -> Leak | None:
     import torch
+
+    from nndiag.checks.batch_independence import Leak
 
     g = torch.Generator().manual_seed(0)  # projection weights: never the caller's RNG
     weights = [
@@ -216,12 +196,14 @@ def _leak_by_gradient(
         j = int(per_row.argmax())
         leak = float(per_row[j])
         if leak > 0 and leak > _LEAK_TOLERANCE * own:
-            return _Leak(i, j, leak, own, "gradient")
+            return Leak(i, j, leak, own, "gradient")
     return None
 
 
-def _leak_by_perturbation(model: Any, X: torch.Tensor, n: int, counter: _Counter) -> _Leak | None:
+def _leak_by_perturbation(model: Any, X: torch.Tensor, n: int, counter: _Counter) -> Leak | None:
     import torch
+
+    from nndiag.checks.batch_independence import Leak
 
     with torch.no_grad():
         counter.forward += 1
@@ -238,7 +220,7 @@ def _leak_by_perturbation(model: Any, X: torch.Tensor, n: int, counter: _Counter
                 diff = float((now[i] - before[i]).abs().max())
                 size = float(before[i].abs().max())
                 if diff > _PERTURB_RTOL * max(size, 1e-12):
-                    return _Leak(i, differs[0], diff, size, "perturbation")
+                    return Leak(i, differs[0], diff, size, "perturbation")
     return None
 
 

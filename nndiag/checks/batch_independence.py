@@ -57,7 +57,7 @@ class Leak:
             )
         return (
             f"Output row {self.row} changed by up to {self.leak:.3g} (its values reach "
-            f"{self.own:.3g}) when only the other rows of the batch were changed, starting "
+            f"{self.own:.3g}) when only other rows of the batch were changed, starting "
             f"with row {self.source}."
         )
 

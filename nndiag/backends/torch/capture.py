@@ -6,10 +6,10 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from nndiag.backends import LayerRecord
 from nndiag.backends.capture import Accumulator
+from nndiag.backends.torch.modes import ModuleMode
 
 __all__ = ["Recorder"]
 
@@ -75,7 +75,7 @@ def _hardtanh_floor(args: Any, kwargs: Any) -> float:
     return float((kwargs or {}).get("min_val", -1.0))
 
 
-class Recorder(TorchFunctionMode):
+class Recorder(ModuleMode):
     """Reduce every activation function's output to per-layer statistics as it happens.
 
     A ``TorchFunctionMode`` sees functional calls (``F.relu``, ``torch.tanh``) that module
@@ -84,39 +84,20 @@ class Recorder(TorchFunctionMode):
     """
 
     def __init__(self, model: nn.Module, bins: int) -> None:
-        super().__init__()
+        super().__init__(model)
         self.model = model
         self.stats = Accumulator(bins)
         self.feeds: dict[str, tuple[str, nn.Module]] = {}  # layer -> weight layer feeding it
-        self.stack: list[nn.Module] = []
-        self.names = {m: n for n, m in model.named_modules()}
         self.weight: tuple[str, nn.Module] | None = None
         self.seen: dict[str, int] = {}
-        self.handles: list[Any] = []
 
     def __enter__(self) -> Recorder:
         self.seen = {}
         self.weight = None
-        for module in self.names:
-            self.handles.append(module.register_forward_pre_hook(self._push))
-            self.handles.append(module.register_forward_hook(self._pop, always_call=True))
         return super().__enter__()
 
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            super().__exit__(*exc)
-        finally:
-            for handle in self.handles:
-                handle.remove()
-            self.handles.clear()
-            self.stack.clear()
-
-    def _push(self, module: nn.Module, args: Any) -> None:
-        self.stack.append(module)
-
     def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.stack and self.stack[-1] is module:
-            self.stack.pop()
+        super()._pop(module, args, output)
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
             self.weight = (self.names[module], module)

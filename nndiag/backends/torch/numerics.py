@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from nndiag.backends.torch.modes import ModuleMode
 from nndiag.contract import NonFinite
 
 __all__ = ["NonFiniteWatch"]
@@ -37,40 +37,24 @@ def _op(func: Any) -> str:
     return name.strip("_") or name
 
 
-class NonFiniteWatch(TorchFunctionMode):
+class NonFiniteWatch(ModuleMode):
     """Context manager: while open, ``found`` holds the first NaN/Inf producer seen."""
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.names = {m: n for n, m in model.named_modules()}
-        self.stack: list[nn.Module] = []
+        super().__init__(model)
         self.found: NonFinite | None = None
         self.fallback: NonFinite | None = None  # non-finite from non-finite inputs
         self.origins: dict[Any, tuple[str, str]] = {}  # grad_fn -> (layer, op)
-        self.handles: list[Any] = []
 
     def __enter__(self) -> NonFiniteWatch:
-        for module in self.names:
-            self.handles.append(module.register_forward_pre_hook(self._push))
-            self.handles.append(module.register_forward_hook(self._pop, always_call=True))
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
         try:
             super().__exit__(*exc)
         finally:
-            for handle in self.handles:
-                handle.remove()
-            self.handles.clear()
             if self.found is None:
                 self.found = self.fallback
-
-    def _push(self, module: nn.Module, args: Any) -> None:
-        self.stack.append(module)
-
-    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.stack and self.stack[-1] is module:
-            self.stack.pop()
 
     def _where(self) -> str:
         top = self.stack[-1] if self.stack else None

@@ -677,6 +677,9 @@ def _single(
         "status": status,
         "tolerance": found.tolerance,
         "no_grad": missing,
+        # An all-zero gradient where the loss does move: cut as surely as a missing one
+        # (a .detach() in a loss that also adds a penalty of the same weights).
+        "zero_grad": not missing and not np.any(g) and found.numeric != 0.0,
         "_grad": g,
         "_dir": part,
     }
@@ -709,7 +712,7 @@ def _failure(
         f"{metrics['fail_above']:.2g} after ruling out kinks (h = {steps}), confirmed along "
         "an independent direction."
     )
-    cut = [t["name"] for t in failed if t["no_grad"]]
+    cut = [t["name"] for t in failed if t["no_grad"] or t.get("zero_grad")]
     if cut:
         hint = (
             f"No gradient reaches {', '.join(cut[:4])} although the loss depends on "

@@ -161,3 +161,26 @@ def test_a_loss_closing_over_a_float32_class_weight_is_checked_in_float64() -> N
         result = nndiag.diagnose(subject, ["gradient_check"])["gradient_check"]
         assert result.status == "pass", result.summary()
         assert weight.dtype == torch.float32
+
+
+def test_detach_under_an_l2_penalty_is_named_as_a_cut_graph() -> None:
+    # The penalty keeps fc1's gradient a (zero) tensor rather than None: still a cut graph.
+    torch.manual_seed(0)
+
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.l2 = nn.Linear(IN, WIDTH), nn.Linear(WIDTH, 10), 1e-3
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(F.relu(self.fc1(x)).detach())
+
+    model = Detached()
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, y) + model.l2 * sum((p**2).sum() for p in model.parameters())
+
+    subject = nndiag.Subject(model, _classification(0), loss=loss, regularization="l2")
+    result = nndiag.diagnose(subject, ["gradient_check"])["gradient_check"]
+    assert result.status == "fail", result.summary()
+    assert result.hint.startswith("No gradient reaches fc1.")

@@ -594,3 +594,9 @@ def test_arrays_are_the_data_in_numpy() -> None:
     assert isinstance(got_X, np.ndarray) and isinstance(got_y, np.ndarray)
     assert got_X.dtype == np.float32
     assert np.array_equal(got_X, X) and np.array_equal(got_y, y)
+
+
+def test_gradient_check_runs_again_at_a_penalty_strength_above_zero() -> None:
+    result = nndiag.diagnose(M.l2_mlp(0), ["gradient_check"])["gradient_check"]
+    assert result.status == "pass", result.summary()
+    assert result.metrics["checked_strength"] > 0

@@ -475,8 +475,12 @@ class _Objective:
         self.shapes = {n: tuple(b.shape) for n, b in zip(self.names, self.base)}
         self.index = {n: i for i, n in enumerate(self.names)}
         self.X, self.y = _float64(batch.X), _float64(batch.y)
-        self.strength = session._strength_arg()
         self._value = jit_or_eager(self._loss)
+
+    @property
+    def strength(self) -> float | None:
+        """The session's current strength: a check may set another one between calls."""
+        return self.session._strength_arg()
 
     def _loss(self, point: list[jax.Array], X: jax.Array, y: jax.Array, strength: Any) -> jax.Array:
         params = self.session._assemble(point)

@@ -280,14 +280,14 @@ class TorchSession(SessionBase):
             holding.restore()
 
     def _train_mode(self) -> None:
-        """The checks' training mode: batch-statistics layers train, every other module is
-        in eval mode. Randomness is regularization and off: not only nn.Dropout, but the
-        attention dropout, stochastic depth and layer drop that modules (Hugging Face
-        attention, timm DropPath, torchvision StochasticDepth) decide from their own
-        ``training`` flag."""
+        """The checks' training mode: batch-statistics layers (and hook-based spectral
+        norms) train, every other module is in eval mode. Randomness is regularization
+        and off: not only nn.Dropout, but the attention dropout, stochastic depth and
+        layer drop that modules (Hugging Face attention, timm DropPath, torchvision
+        StochasticDepth) decide from their own ``training`` flag."""
         self.model.eval()
         for module in self.model.modules():
-            if isinstance(module, nn.modules.batchnorm._NormBase):
+            if isinstance(module, nn.modules.batchnorm._NormBase) or _power_iterates(module):
                 module.train()
 
     @contextmanager
@@ -682,6 +682,15 @@ class _Objective:
             finally:
                 for name in shifts:
                     self.params[name].copy_(self.base[name])
+
+
+def _power_iterates(module: nn.Module) -> bool:
+    """A module under the hook-based ``torch.nn.utils.spectral_norm``: it refines its
+    singular-vector estimate only in training mode, and in eval mode from a fresh init the
+    estimate is far off (weights many times too large)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    return any(isinstance(hook, SpectralNorm) for hook in module._forward_pre_hooks.values())
 
 
 def _all_finite(t: torch.Tensor) -> bool:

@@ -8,12 +8,14 @@ seeds recorded in the comment).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from nndiag.checks import BUILTIN
-from nndiag.errors import describe
+from nndiag.errors import InvalidSetting, InvalidSettingType, describe
 
 __all__ = ["DEFAULT_CHECKS", "Config"]
 
@@ -21,22 +23,76 @@ __all__ = ["DEFAULT_CHECKS", "Config"]
 DEFAULT_CHECKS: tuple[str, ...] = tuple(spec.id for spec in BUILTIN if spec.default)
 
 
+# Fractions: shares of units, outputs or losses, or probabilities; at most 1.
+_FRACTIONS = (
+    "initial_loss_width_warn",
+    "initial_loss_width_fail",
+    "overfit_loss_ratio",
+    "overfit_flat_ratio",
+    "overfit_fitted_ratio",
+    "overfit_partial_ratio",
+    "saturation_warn",
+    "saturation_fail",
+    "collapse_warn",
+    "collapse_fail",
+    "dead_warn",
+    "dead_fail",
+)
+# (milder, stricter) pairs: the warn threshold must be reached before the fail one.
+_ORDERED = (
+    ("initial_loss_warn", "initial_loss_fail"),
+    ("initial_loss_width_fail", "initial_loss_width_warn"),
+    ("gradient_warn", "gradient_fail"),
+    ("saturation_warn", "saturation_fail"),
+    ("collapse_fail", "collapse_warn"),
+    ("dead_warn", "dead_fail"),
+    ("overfit_fitted_ratio", "overfit_partial_ratio"),
+)
+# numpy's legacy seeding (CS231n dropout) takes seeds below 2**32.
+_MAX_SEED = 2**32 - 1
+_ZERO_OK = ("seed", "gradient_coordinates")
+
+
 def _check_tuple(where: str, value: Any, strings: bool, positive: bool) -> None:
     if not isinstance(value, tuple) or not (value or strings):
-        raise ValueError(f"{where} expects a non-empty tuple, got {describe(value)}")
+        raise InvalidSettingType(
+            where, f"expects a non-empty tuple, got {describe(value)}", "pass a tuple"
+        )
     for item in value:
         if strings and not isinstance(item, str):
-            raise TypeError(f"{where} expects check ids (str), got {describe(item)}")
+            raise InvalidSettingType(
+                where, f"expects check ids (str), got {describe(item)}", "pass check ids"
+            )
         if not strings and (
             isinstance(item, bool)
             or not isinstance(item, (int, float))
+            or not math.isfinite(item)
             or item < 0
             or (positive and item == 0)
         ):
-            raise ValueError(
-                f"{where} expects {'positive' if positive else 'non-negative'} "
-                f"numbers, got {describe(item)}"
+            kind = "positive" if positive else "non-negative"
+            raise InvalidSetting(where, f"expects {kind} finite numbers, got {describe(item)}")
+
+
+def _check_number(name: str, value: Any, default: Any) -> None:
+    where = f"Config.{name}"
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidSettingType(where, f"expects int, got {describe(value)}")
+        low = 0 if name in _ZERO_OK else 1
+        if value < low:
+            raise InvalidSetting(where, f"must be >= {low}, got {value!r}")
+        if name == "seed" and value > _MAX_SEED:
+            raise InvalidSetting(
+                where, f"must be below 2**32, got {value!r}", "numpy's seeding takes 32 bits"
             )
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidSettingType(where, f"expects a number, got {describe(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidSetting(where, f"must be a finite number >= 0, got {value!r}")
+    if name in _FRACTIONS and value > 1:
+        raise InvalidSetting(where, f"is a fraction, at most 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -158,25 +214,25 @@ class Config:
         defaults = Config.__dataclass_fields__
         for f in fields(self):
             value, default = getattr(self, f.name), defaults[f.name].default
-            where = f"Config.{f.name}"
             if isinstance(default, tuple):
                 _check_tuple(
-                    where, value, strings=f.name == "checks", positive=f.name == "gradient_steps"
+                    f"Config.{f.name}",
+                    value,
+                    strings=f.name == "checks",
+                    positive=f.name == "gradient_steps",
                 )
-            elif isinstance(default, int):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise TypeError(f"{where} expects int, got {describe(value)}")
-                if value < (0 if f.name in ("seed", "gradient_coordinates") else 1):
-                    raise ValueError(
-                        f"{where} must be >= "
-                        f"{0 if f.name in ('seed', 'gradient_coordinates') else 1}"
-                        f", got {value!r}"
-                    )
             else:
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise TypeError(f"{where} expects a number, got {describe(value)}")
-                if value < 0:
-                    raise ValueError(f"{where} must be >= 0, got {value!r}")
+                _check_number(f.name, value, default)
+        for milder, stricter in _ORDERED:
+            a, b = getattr(self, milder), getattr(self, stricter)
+            if a > b:
+                raise InvalidSetting(
+                    f"Config.{milder}",
+                    f"{a!r} is past {stricter} = {b!r}: the warning would never come first",
+                    f"keep {milder} <= {stricter}"
+                    if "fail" in stricter or "partial" in stricter
+                    else f"keep {stricter} >= {milder}",
+                )
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (validated like :meth:`from_mapping`)."""
@@ -195,15 +251,20 @@ class Config:
         for key, value in options.items():
             name = key.replace("-", "_")
             if name not in known:
-                raise ValueError(
-                    f"unknown nndiag option {key!r}; known options: {', '.join(sorted(known))}"
+                close = difflib.get_close_matches(name, list(known), n=1)
+                raise InvalidSetting(
+                    key,
+                    f"unknown nndiag option {key!r}; known options: {', '.join(sorted(known))}",
+                    f"did you mean {close[0]!r}?" if close else "",
                 )
             default = getattr(base, name)
             if isinstance(default, tuple):
                 if isinstance(value, str):
                     value = [v.strip() for v in value.split(",") if v.strip()]
                 if not isinstance(value, (list, tuple)):
-                    raise TypeError(f"nndiag option {key!r} expects a list, got {describe(value)}")
+                    raise InvalidSettingType(
+                        key, f"nndiag option {key!r} expects a list, got {describe(value)}"
+                    )
                 value = tuple(value)
             elif (
                 isinstance(default, float)
@@ -212,8 +273,10 @@ class Config:
             ):
                 value = float(value)
             elif type(value) is not type(default):
-                raise TypeError(
-                    f"nndiag option {key!r} expects {type(default).__name__}, got {describe(value)}"
+                raise InvalidSettingType(
+                    key,
+                    f"nndiag option {key!r} expects {type(default).__name__}, got "
+                    f"{describe(value)}",
                 )
             changes[name] = value
         return dataclasses.replace(base, **changes)

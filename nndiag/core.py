@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from nndiag.checks import default_checks, get_check
 from nndiag.config import DEFAULT_CHECKS, Config
-from nndiag.errors import InvalidSubject, ModelError, describe
+from nndiag.errors import InvalidSettingType, InvalidSubject, ModelError, describe
 from nndiag.results import CheckResult, Cost, Report, environment
 
 if TYPE_CHECKING:
@@ -121,12 +121,19 @@ def diagnose(
 
     Raises:
         InvalidSubject: the subject cannot be diagnosed (see :class:`Runner`).
-        ValueError: an unknown check id.
+        InvalidSetting: an unknown check id (a ``ValueError``), or ``checks`` not a list
+            of ids (``InvalidSettingType``, a ``TypeError``).
     """
     runner = Runner(subject, config)
     config = runner.config
     if isinstance(checks, str):
         checks = [checks]
+    if checks is not None and not isinstance(checks, Iterable):
+        raise InvalidSettingType(
+            "checks",
+            f"expected check ids, got {describe(checks)}",
+            'pass a list of ids, e.g. checks=["initial_loss"], or None for the defaults',
+        )
     if checks is None:
         checks = default_checks() if config.checks == DEFAULT_CHECKS else config.checks
     selected = list(checks)

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 __all__ = [
     "BackendUnavailable",
     "CheckFailed",
+    "InvalidSetting",
+    "InvalidSettingType",
     "InvalidSubject",
     "ModelError",
     "NndiagError",
@@ -34,6 +36,21 @@ class InvalidSubject(NndiagError, ValueError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{argument}: {problem}. Fix: {fix}")
+
+
+class InvalidSetting(NndiagError, ValueError):
+    """A setting (a ``Config`` field, a check id, an argument of ``diagnose``) is unusable;
+    the message names it, the value and the fix."""
+
+    def __init__(self, setting: str, problem: str, fix: str = "") -> None:
+        self.setting = setting
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{setting}: {problem}" + (f". Fix: {fix}" if fix else ""))
+
+
+class InvalidSettingType(InvalidSetting, TypeError):
+    """A setting of the wrong type (also a ``TypeError``)."""
 
 
 class ModelError(InvalidSubject):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 import nndiag
-from nndiag.errors import InvalidSubject, ModelError, NndiagError
+from nndiag.errors import InvalidSetting, InvalidSubject, ModelError, NndiagError
 
 
 def _mlp() -> nn.Module:
@@ -148,7 +149,9 @@ def test_config_rejects_unknown_and_mistyped_options() -> None:
         nndiag.Config.from_mapping({"dead_warning": 0.1})
     with pytest.raises(TypeError, match="expects int, got '10' \\(type=str\\)"):
         nndiag.Config.from_mapping({"overfit_steps": "10"})
-    assert nndiag.Config.from_mapping({"dead-warn": 1}).dead_warn == 1.0
+    assert nndiag.Config.from_mapping({"dead-warn": 1, "dead-fail": 1}).dead_warn == 1.0
+    with pytest.raises(InvalidSetting, match="did you mean 'dead_warn'"):
+        nndiag.Config.from_mapping({"dead_warm": 0.1})
     assert nndiag.Config.from_mapping({"checks": "a, b"}).checks == ("a", "b")
 
 
@@ -174,17 +177,40 @@ def test_float_targets_and_integer_arrays_from_numpy() -> None:
 @pytest.mark.parametrize(
     "options, words",
     [
-        ({"seed": 1.5}, "Config.seed expects int"),
-        ({"overfit_steps": 0}, "Config.overfit_steps must be >= 1"),
-        ({"max_samples": 0}, "Config.max_samples must be >= 1"),
+        ({"seed": 1.5}, "Config.seed: expects int"),
+        ({"seed": 2**64}, "Config.seed: must be below 2**32"),
+        ({"overfit_steps": 0}, "Config.overfit_steps: must be >= 1"),
+        ({"max_samples": 0}, "Config.max_samples: must be >= 1"),
         ({"gradient_steps": ()}, "non-empty tuple"),
-        ({"regularization_strengths": ("a",)}, "non-negative numbers"),
+        ({"gradient_steps": (float("inf"),)}, "positive finite numbers"),
+        ({"regularization_strengths": ("a",)}, "non-negative finite numbers"),
         ({"checks": (1,)}, "check ids"),
+        ({"dead_warn": float("nan")}, "Config.dead_warn: must be a finite number"),
+        ({"overfit_flat_ratio": float("inf")}, "must be a finite number"),
+        ({"dead_fail": 1.5}, "Config.dead_fail: is a fraction, at most 1"),
+        ({"dead_warn": 0.8}, "Config.dead_warn: 0.8 is past dead_fail = 0.7"),
+        ({"gradient_warn": 1e-3}, "Config.gradient_warn: 0.001 is past gradient_fail"),
+        ({"collapse_fail": 0.2}, "Config.collapse_fail: 0.2 is past collapse_warn"),
     ],
 )
 def test_config_values_are_validated(options: dict[str, Any], words: str) -> None:
-    with pytest.raises((TypeError, ValueError), match=words.replace("(", "\\\\(")):
+    with pytest.raises(InvalidSetting, match=re.escape(words)) as info:
         nndiag.Config(**options)
+    assert isinstance(info.value, (TypeError, ValueError))
+
+
+@pytest.mark.parametrize(
+    "checks, error, words",
+    [
+        (5, TypeError, "checks: expected check ids, got 5 (type=int)"),
+        (["initial_los"], ValueError, "did you mean 'initial_loss'?"),
+    ],
+)
+def test_diagnose_checks_argument_is_validated(checks: Any, error: type, words: str) -> None:
+    subject = nndiag.Subject(_mlp(), (X, Y))
+    with pytest.raises(InvalidSetting, match=re.escape(words)) as info:
+        nndiag.diagnose(subject, checks)
+    assert isinstance(info.value, error)
 
 
 def test_a_mapping_is_not_a_config() -> None:

@@ -14,11 +14,14 @@ a record under the ``nndiag.checks`` entry-point group (see ``docs/writing-a-che
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+
+from nndiag.errors import InvalidSetting
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,11 +48,15 @@ __all__ = [
 ENTRY_POINT_GROUP = "nndiag.checks"
 
 
-class UnknownCheck(ValueError):
-    """A check id that no record has; the message lists the known ones."""
+class UnknownCheck(InvalidSetting):
+    """A check id that no record has (a ``ValueError``); the message lists the known ones."""
 
     def __init__(self, check: object, known: list[str]) -> None:
-        super().__init__(f"unknown check {check!r}; known checks: {', '.join(known)}")
+        close = difflib.get_close_matches(str(check), known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "use one of the known ids"
+        super().__init__(
+            "checks", f"unknown check {check!r}; known checks: {', '.join(known)}", hint
+        )
         self.check = check
 
 

@@ -128,6 +128,13 @@ def _layer_evidence(layer: LayerRecord) -> dict[str, Any]:
     }
 
 
+def _is_gate(layer: LayerRecord) -> bool:
+    """A sigmoid that scales a signal rather than carrying it (squeeze-excitation's
+    ``scale_activation``, a ``gate``): a small, saturated output is its job, not collapse."""
+    name = layer.name.lower()
+    return layer.kind in ("sigmoid", "hardsigmoid") and ("gate" in name or "scale" in name)
+
+
 def activation_stats(session: Session, config: Config) -> CheckResult:
     """Fail when activation std collapses or explodes with depth, or tanh/sigmoid
     saturate; recommends Xavier/He with numbers."""
@@ -146,6 +153,8 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
         "saturation_warn": config.saturation_warn,
         "saturation_fail": config.saturation_fail,
     }
+    gates = [layer for layer in layers if _is_gate(layer)]
+    layers = [layer for layer in layers if not _is_gate(layer)] or layers
     first = layers[0]
     ratios = [layer.std / first.std if first.std > 0 else math.nan for layer in layers]
     saturated = [layer for layer in layers if layer.kind in _SATURATING]
@@ -160,6 +169,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
         "max_saturated": worst_saturation.saturated_fraction if worst_saturation else 0.0,
         "collapse_fail_below": config.collapse_fail,
         "saturation_fail_above": config.saturation_fail,
+        "gates_left_out": len(gates),
     }
     profile = " -> ".join(f"{layer.std:.3g}" for layer in layers[:12])
     profile += " ..." if len(layers) > 12 else ""
@@ -231,7 +241,13 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
         return CheckResult(
             check,
             "pass",
-            f"Activation std stays healthy over {len(layers)} layers: {profile}.",
+            f"Activation std stays healthy over {len(layers)} layers: {profile}."
+            + (
+                f" {len(gates)} sigmoid gate(s) (squeeze-excitation scales) left out: a "
+                "small output is their job."
+                if gates
+                else ""
+            ),
             metrics,
             evidence,
         )

@@ -273,10 +273,14 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
                 f"({session.words.summed_loss}); average it instead."
             )
         elif classify:
+            spread = float(np.std(outputs, axis=1).mean()) if outputs.ndim > 1 else math.nan
+            metrics["logit_std"] = spread
             hint = (
-                "The scores at init are too confident: scale the last layer's weights "
-                "down (e.g. std 1e-2 or x0.01) and set its bias to 0 or to the log "
-                "prior of the labels."
+                f"The scores at init are too confident (logit std {spread:.3g} across "
+                "classes; near 0 is uninformative): scale the last layer's weights down "
+                "(e.g. std 1e-2 or x0.01) and set its bias to 0 or to the log prior of the "
+                "labels. A last layer initialized at 1/sqrt(number of classes) rather than "
+                "1/sqrt(fan_in) gives a head with few classes large logits."
             )
         else:
             hint = (

@@ -89,3 +89,15 @@ def test_squeezenet_cannot_overfit_because_its_output_relu_dies() -> None:
     result = nndiag.diagnose(models.squeezenet1_1(0), checks=["overfit_small"])["overfit_small"]
     assert result.status == "fail" and result.metrics["cause"] == "dead_units", result.summary()
     assert "classifier.2" in result.message
+
+
+def test_efficientnet_head_is_flagged_with_its_cause_and_its_gates_are_not() -> None:
+    # torchvision sizes EfficientNet's classifier init by 1/sqrt(classes): with 10 classes
+    # the logits at init are large (a true finding); its squeeze-excitation sigmoid gates
+    # have a small spread by design (no collapse).
+    subject = nndiag.Subject(models._vision("efficientnet_b0", 0), models._images(0))
+    report = nndiag.diagnose(subject, checks=["initial_loss", "activation_stats"])
+    assert report["initial_loss"].status == "fail"
+    assert "logit std" in report["initial_loss"].hint
+    assert report["activation_stats"].status == "pass", report["activation_stats"].summary()
+    assert report["activation_stats"].metrics["gates_left_out"] > 0

@@ -58,11 +58,12 @@ class Runner:
 
     def run(self, check: str) -> CheckResult:
         """Run one check; model errors and nndiag bugs become ``error`` results."""
-        function = get_check(check).load()
+        spec = get_check(check)  # an unknown id is the caller's mistake: it raises
         session = self.session
         forward0, backward0 = session.passes()
         start = time.perf_counter()
         try:
+            function = spec.load()  # a registered check that fails to import: an error result
             with session.isolated(check):
                 result = function(session, self.config)
         except Exception as exc:  # the model's fault or nndiag's: a result either way

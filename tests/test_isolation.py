@@ -173,3 +173,12 @@ def test_a_setter_writing_into_a_dict_the_loss_reads_is_undone() -> None:
     report = nndiag.diagnose(subject, ["regularization_loss", "overfit_small"])
     assert report["regularization_loss"].status == "pass"
     assert cfg == {"l2": 1e-4}
+
+
+def test_inputs_that_require_grad_get_no_grad() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    X = torch.randn(32, 8).requires_grad_(True)
+    y = torch.randint(0, 3, (32,))
+    nndiag.diagnose(nndiag.Subject(model, (X, y)))
+    assert X.grad is None and X.requires_grad

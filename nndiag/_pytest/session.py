@@ -2,7 +2,7 @@
 and the reporter, which the plugin's hooks and the collection nodes reach through it.
 
 Loaded by :mod:`nndiag.plugin` only when ``--nndiag`` is given. Imports nndiag's core (no
-framework); torch loads when a subject's factory runs, hypothesis when a property check
+framework); torch loads when a subject's factory runs, hypothesis when batch_independence
 does.
 """
 

@@ -1,8 +1,7 @@
 """What every backend shares, written once: reading and validating batches, the session
 skeleton (pass counting, the isolation flag, one activation capture per setting, wrapping a
-model's exception into :class:`~nndiag.errors.ModelError` naming the call), the label
-prior's baselines, the reference Adam for backends without an optimizer library, and the
-float64 note.
+model's exception into :class:`~nndiag.errors.ModelError` naming the call), the reference
+Adam for backends without an optimizer library, and the float64 note.
 
 Imports no framework; numpy loads inside the functions that need it.
 """
@@ -13,13 +12,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from nndiag.contract import Batch, LayerRecord, Session, Task
+from nndiag.contract import Batch, LayerRecord, Task
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = [
     "SessionBase",
     "adam_update",
-    "baselines",
     "float64_note",
     "read_items",
     "unpack",
@@ -203,37 +201,6 @@ class SessionBase:
             )
         counts = np.bincount(flat, minlength=classes)
         return Task("classification", classes, tuple(int(c) for c in counts))
-
-
-def baselines(session: Session, batch: Batch) -> dict[str, float]:
-    """The subject's loss of uninformative outputs: ``uniform`` (all-zero scores), and for
-    a classifier ``prior`` (the log label prior as scores), for a regression ``mean`` (the
-    targets' mean). Inside isolated()."""
-    import numpy as np
-
-    outputs = np.asarray(session.evaluate(batch, outputs=True).outputs, dtype=np.float64)
-    found = {"uniform": session.loss_of(batch, np.zeros_like(outputs))}
-    task = session.task
-    if task.kind == "classification":
-        counts = np.asarray(task.label_counts, dtype=np.float64)
-        prior = np.log(np.maximum(counts, 1e-9) / counts.sum())
-        shape = [1, -1] + [1] * (outputs.ndim - 2)  # classes on axis 1
-        found["prior"] = session.loss_of(
-            batch, np.broadcast_to(prior.reshape(shape), outputs.shape)
-        )
-    else:
-        y = np.asarray(_numpy(batch.y), dtype=np.float64)
-        if y.size == outputs.size:
-            mean = np.broadcast_to(y.mean(axis=0, keepdims=True), y.shape)
-            found["mean"] = session.loss_of(batch, mean.reshape(outputs.shape))
-    return found
-
-
-def _numpy(array: Any) -> Any:
-    """A backend array as numpy (a torch tensor leaves its device and graph first)."""
-    if hasattr(array, "detach"):
-        array = array.detach().cpu()
-    return array
 
 
 def float64_note(dtypes: Iterable[str]) -> str:

@@ -252,6 +252,7 @@ class NumpySession(SessionBase):
     _concat = staticmethod(np.concatenate)
 
     def set_regularization(self, strength: float) -> None:
+        self.require_isolated("set_regularization")
         knob = self.subject.regularization
         with self.calling("regularization", f"regularization(model, {strength:g})"):
             if callable(knob):

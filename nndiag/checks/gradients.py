@@ -41,7 +41,7 @@ def relative_error(analytic: float, numeric: float, zero: float, noise: float = 
     """|a - n| / max(|a|, |n|), less ``noise`` (the float64 resolution of the numeric
     estimate) in the numerator; 0 when both are below ``zero``."""
     scale = max(abs(analytic), abs(numeric))
-    if not math.isfinite(numeric):
+    if not (math.isfinite(numeric) and math.isfinite(analytic)):
         return math.inf
     return 0.0 if scale < zero else max(abs(analytic - numeric) - noise, 0.0) / scale
 
@@ -182,11 +182,12 @@ def _localize(
     loss: float,
     config: Config,
     rng: np.random.Generator,
+    h: float,
 ) -> dict[str, Any]:
-    """Bisect the direction's support towards the coordinate with the largest mismatch."""
+    """Bisect the direction's support towards the coordinate with the largest mismatch,
+    at the step ``h`` the tensor's own check settled on."""
     flat = np.flatnonzero(direction)
     rng.shuffle(flat)
-    h = config.gradient_steps[0]
     while len(flat) > 1:
         halves = np.array_split(flat, 2)
         gaps = []
@@ -209,22 +210,6 @@ def _localize(
     }
 
 
-def _largest(f: Objective, name: str, grad: np.ndarray, config: Config) -> dict[str, Any]:
-    """The coordinate with the largest analytic gradient, as evidence (one difference)."""
-    index = int(np.argmax(np.abs(grad)))
-    unit = np.zeros_like(grad)
-    unit.flat[index] = 1.0
-    numeric = _difference(f, name, unit, config.gradient_steps[0])
-    analytic = float(grad.flat[index])
-    return {
-        "tensor": name,
-        "index": [int(i) for i in np.unravel_index(index, grad.shape)],
-        "analytic": analytic,
-        "numeric": numeric,
-        "rel_error": relative_error(analytic, numeric, config.gradient_zero),
-    }
-
-
 def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Random +/-1 entries (the jitter off exact kinks)."""
     return (rng.random(shape, dtype=np.float32) < 0.5).astype(np.float64) * 2 - 1
@@ -233,8 +218,8 @@ def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 def _direction(
     rng: np.random.Generator, shapes: dict[str, tuple[int, ...]], grads: dict[str, Any]
 ) -> dict[str, np.ndarray]:
-    """A random normal direction over every tensor, each part scaled by 1/|grad| (clipped
-    to a 100x spread) so that each tensor adds about as much to the directional
+    """A random normal direction over every tensor, each part scaled by 1/|grad| (the gain
+    clipped to 1e-2..1e2 of the median) so that each tensor adds about as much to the directional
     derivative; normal, not +/-1, entries: a sign pattern can cancel exactly."""
     norms = {n: float(np.linalg.norm(g)) if g is not None else 0.0 for n, g in grads.items()}
     positive = [v for v in norms.values() if v > 0]
@@ -421,12 +406,23 @@ def _run(
             {},
             "Fix the non-finite loss first (see initial_loss and numerics).",
         )
+    broken = [n for n, g in grads.items() if g is not None and not np.isfinite(g).all()]
+    if broken:
+        return CheckResult(
+            CHECK,
+            "fail",
+            f"The analytic gradient of {', '.join(broken[:4])} holds NaN/Inf while the loss "
+            f"is finite ({loss:.4g}).{note}",
+            {"loss": loss, "nonfinite_tensors": len(broken), "worst_tensor": broken[0]},
+            {},
+            f"The backward pass of {broken[0]} is wrong: check {session.words.custom_backward} "
+            "(see numerics for the operation that makes it).",
+        )
     direction = _direction(rng, dict(f.shapes), grads)
     floor = _noise_floor(f, direction, loss)
     scale = abs(_analytic(grads, direction))
     steps = _steps(config, floor, loss, scale)
-    eps = float(np.finfo(np.float64).eps) * max(abs(loss), 1.0)
-    noisy = floor > 1e3 * eps
+    noisy = _is_noisy(floor, loss)
     # With a noise floor the judged error already discounts what the steps cannot resolve.
     tolerance = config.gradient_fail
     # Always a second, independent direction: one direction can be nearly blind to a
@@ -453,7 +449,16 @@ def _run(
         if checked:
             worst = max(checked, key=lambda t: t["judged_error"])
             coordinates.append(
-                _localize(f, worst["name"], worst["_grad"], worst["_dir"], loss, config, rng)
+                _localize(
+                    f,
+                    worst["name"],
+                    worst["_grad"],
+                    worst["_dir"],
+                    loss,
+                    config,
+                    rng,
+                    worst["step"],
+                )
             )
     for t in tensors:
         t.pop("_grad", None)
@@ -501,7 +506,6 @@ def _run(
     )
     if failed:
         return _failure(session, tensors, failed, coordinates, metrics, evidence, config, note)
-    cut = [t["name"] for t in tensors if t.get("no_grad") and t["status"] == "fail"]
     unused = [t["name"] for t in tensors if t.get("no_grad") and t["status"] == "warn"]
     error = worst_screen.error
     if unused:
@@ -515,7 +519,6 @@ def _run(
             f"{', '.join(unused[:4])} get no gradient and do not affect the loss: unused "
             "parameters.",
         )
-    del cut
     kink = any(s.kink for s in screens)
     raw = worst_screen.raw
     beyond = f", {error:.2g} beyond what the differences resolve" if raw > error else ""
@@ -707,13 +710,15 @@ def _failure(
             f"numeric {c['numeric']:.4g}"
         )
     names = ", ".join(f"{t['name']} ({t['judged_error']:.2g})" for t in failed[:5])
-    steps = ", ".join(f"{h:g}" for h in config.gradient_steps)
+    steps = f"{worst['step']:.2g}" if "step" in worst else "the screens' steps"
+    confirmed = (
+        ", confirmed along an independent direction" if "analytic" in worst else " (as a group)"
+    )
     message = (
         f"{len(failed)} / {len(tensors)} parameter tensors disagree with centered "
         f"differences: {names}. Greatest relative error {worst['judged_error']:.2g} in "
         f"{worst['name']} ({band(worst['judged_error'])}){where}; allowed "
-        f"{metrics['fail_above']:.2g} after ruling out kinks (h = {steps}), confirmed along "
-        "an independent direction."
+        f"{metrics['fail_above']:.2g} after ruling out kinks (h = {steps}){confirmed}."
     )
     cut = [t["name"] for t in failed if t["no_grad"] or t.get("zero_grad")]
     if cut:

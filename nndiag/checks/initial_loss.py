@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from nndiag.backends.base import baselines as uninformative_losses
+from nndiag.checks.baselines import baselines as uninformative_losses
 from nndiag.config import Config
 from nndiag.contract import Batch, Session
 from nndiag.errors import InvalidSubject, ModelError

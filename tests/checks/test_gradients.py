@@ -184,3 +184,27 @@ def test_detach_under_an_l2_penalty_is_named_as_a_cut_graph() -> None:
     result = nndiag.diagnose(subject, ["gradient_check"])["gradient_check"]
     assert result.status == "fail", result.summary()
     assert result.hint.startswith("No gradient reaches fc1.")
+
+
+class _NanGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[no-untyped-def]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        return grad * float("nan")
+
+
+def test_a_nan_gradient_with_a_finite_loss_fails() -> None:
+    class NanBackward(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(IN, WIDTH), nn.Linear(WIDTH, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(_NanGrad.apply(F.relu(self.fc1(x))))
+
+    result = _check(NanBackward())
+    assert result.status == "fail", result.summary()
+    assert "NaN/Inf" in result.message and "fc1" in result.message

@@ -85,3 +85,20 @@ def test_a_registered_check_runs_and_reports(registered: None, tmp_path: Path) -
     assert broken.status == "fail" and broken.metrics["logit_std"] > 1.0
     text = nndiag.Report([broken]).to_html(tmp_path / "r.html").read_text()
     assert "Standard deviation of the logits at init" in text and "data:image/png" in text
+
+
+def test_a_broken_entry_point_is_left_out_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dist = tmp_path / "broken-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[nndiag.checks]\nbad = no_such_module:SPEC\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="'bad' failed to load"):
+            checks = registry()
+        assert "bad" not in checks and "initial_loss" in checks
+    finally:
+        registry.cache_clear()

@@ -257,6 +257,7 @@ class JaxSession(SessionBase):
     _concat = staticmethod(jnp.concatenate)
 
     def set_regularization(self, strength: float) -> None:
+        self.require_isolated("set_regularization")
         if self._setter is None:
             self._strength = float(strength)
             return

@@ -97,7 +97,7 @@ class TorchBackend:
                 )
         for value in X.values() if isinstance(X, Mapping) else (X,):
             validate_arrays(where, value, y, _nonfinite)
-        return Batch(inputs.to(X, device), y.to(device))
+        return Batch(inputs.to(X, device), y.detach().to(device))
 
     def session(self, subject: Any, config: Any) -> TorchSession:
         return TorchSession(subject, config)

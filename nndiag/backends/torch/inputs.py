@@ -49,9 +49,11 @@ def concat(parts: list[Any]) -> Any:
 
 
 def to(X: Any, device: torch.device) -> Any:
+    """On ``device`` and out of any graph: a check's backward must never reach the user's
+    tensors (an ``X`` with ``requires_grad`` would get a ``.grad``)."""
     if isinstance(X, Mapping):
-        return {k: v.to(device) for k, v in X.items()}
-    return X.to(device)
+        return {k: v.detach().to(device) for k, v in X.items()}
+    return X.detach().to(device)
 
 
 def float_inputs(X: Any) -> bool:

@@ -369,6 +369,7 @@ class TorchSession(SessionBase):
         return out.movedim(-1, 1) if self._classes_last else out
 
     def set_regularization(self, strength: float) -> None:
+        self.require_isolated("set_regularization")
         knob = self.subject.regularization
         with self.calling("regularization", f"regularization(model, {strength:g})"):
             if isinstance(knob, str):
@@ -393,10 +394,10 @@ class TorchSession(SessionBase):
         return X, _numpy(batch.y)
 
     @contextmanager
-    def _mode(self, mode: Mode, seed: int | None) -> Iterator[None]:
+    def _mode(self, mode: Mode, seed: int | None, member: str) -> Iterator[None]:
         """The model in ``mode`` for the block (dropout stays off in train mode), random
         draws seeded; the check's train mode is put back after."""
-        self.require_isolated("evaluate")
+        self.require_isolated(member)
         modes = [(m, m.training) for m in self.model.modules()]
         _seed(self.config.seed if seed is None else seed, self._devices)
         if mode == "eval":
@@ -416,7 +417,7 @@ class TorchSession(SessionBase):
         per_sample: bool = False,
         seed: int | None = None,
     ) -> Evaluation:
-        with self._mode(mode, seed), torch.no_grad():
+        with self._mode(mode, seed, "evaluate"), torch.no_grad():
             out = self._run_model(batch.X)
             mean = float(self._run_loss(out, batch.y))
             per = None
@@ -444,7 +445,7 @@ class TorchSession(SessionBase):
         if not inputs.float_inputs(batch.X):
             return None
         n = len(batch)
-        with self._mode(mode, None):
+        with self._mode(mode, None, "input_gradients"):
             X = batch.X.detach().clone().requires_grad_(True)
             out = self._run_model(X)
             if not out.requires_grad:
@@ -463,7 +464,7 @@ class TorchSession(SessionBase):
         """Only NaN/Inf that reach the outputs, the loss or a parameter's gradient count:
         a model may make an -inf on purpose and mask it away (T5's log of a zero
         relative position, attention masks)."""
-        with self._mode(mode, None), NonFiniteWatch(self.model) as watch:
+        with self._mode(mode, None, "find_nonfinite"), NonFiniteWatch(self.model) as watch:
             out = self._run_model(batch.X)
             if not bool(torch.isfinite(out).all()):
                 bad = int((~torch.isfinite(out)).sum())
@@ -498,7 +499,7 @@ class TorchSession(SessionBase):
         return [
             name or type(m).__name__
             for name, m in self.model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._NormBase)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)  # InstanceNorm mixes no rows
         ]
 
     # -- gradient check ----------------------------------------------------------------
@@ -650,7 +651,10 @@ class _Objective:
         return self.session._run_loss(self.session._run_model(self.X), self.y)
 
     def values(self) -> dict[str, Any]:
-        return {n: b.cpu().numpy() for n, b in self.base.items()}
+        found = {n: b.cpu().numpy() for n, b in self.base.items()}
+        for array in found.values():  # views of the point: a check must not write them
+            array.setflags(write=False)
+        return found
 
     def move(self, shifts: Mapping[str, Any]) -> None:
         with torch.no_grad():

@@ -189,8 +189,10 @@ class Config:
     histogram_bins: int = 40
 
     # dead_neurons: fraction of a layer's ReLU units at 0 for every sample. SageMaker
-    # Debugger warns at 50%, DeepDiagnosis/AUTOTRAINER at 70%; PyTorch's default init
-    # leaves up to 27% dead in a healthy 5-layer MLP (docs/calibration.md).
+    # Debugger warns above 50% (strictly: half of mobilenet_v3_small's 8-unit
+    # squeeze-excitation ReLU is dead at some seeds), DeepDiagnosis/AUTOTRAINER fail at 70%
+    # and more; PyTorch's default init leaves up to 27% dead in a healthy 5-layer MLP
+    # (docs/calibration.md).
     dead_warn: float = 0.5
     dead_fail: float = 0.7
 

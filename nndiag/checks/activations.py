@@ -155,6 +155,14 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
     }
     gates = [layer for layer in layers if _is_gate(layer)]
     layers = [layer for layer in layers if not _is_gate(layer)] or layers
+    # An activation over the class scores (SqueezeNet's last ReLU) is the output layer:
+    # initial_loss judges its scale, and a small one there is by design.
+    task = session.task
+    head = layers[-1] if len(layers) > 1 else None
+    if head is not None and task.kind == "classification" and head.units == task.num_classes:
+        layers = layers[:-1]
+    else:
+        head = None
     first = layers[0]
     ratios = [layer.std / first.std if first.std > 0 else math.nan for layer in layers]
     saturated = [layer for layer in layers if layer.kind in _SATURATING]
@@ -170,6 +178,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
         "collapse_fail_below": config.collapse_fail,
         "saturation_fail_above": config.saturation_fail,
         "gates_left_out": len(gates),
+        "output_layer_left_out": head.name if head is not None else None,
     }
     profile = " -> ".join(f"{layer.std:.3g}" for layer in layers[:12])
     profile += " ..." if len(layers) > 12 else ""
@@ -306,7 +315,7 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
     status: Status
     if worst["dead_fraction"] >= config.dead_fail:
         status = "fail"
-    elif worst["dead_fraction"] >= config.dead_warn:
+    elif worst["dead_fraction"] > config.dead_warn:  # SageMaker: more than 50% of a layer
         status = "warn"
     else:
         return CheckResult(
@@ -317,7 +326,11 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
             evidence,
         )
     limit = config.dead_fail if status == "fail" else config.dead_warn
-    bad = next(r for r in rows if r["dead_fraction"] >= limit)  # the first layer at the limit
+    bad = next(  # the first layer past the limit
+        r
+        for r in rows
+        if (r["dead_fraction"] >= limit if status == "fail" else r["dead_fraction"] > limit)
+    )
     return CheckResult(
         check,
         status,

@@ -105,8 +105,12 @@ def huge_init():
 @nndiag.subject(checks="dead_neurons", dead_warn=0.0, dead_fail=1.0)
 def warns():
     log("factory:warns")
+    import torch
     from models import data, mlp
-    return nndiag.Subject(mlp(), data())
+    model = mlp()
+    with torch.no_grad():
+        model[0].bias[0] = -100.0  # one dead unit: more than dead_warn = 0
+    return nndiag.Subject(model, data())
 
 
 @nndiag.subject(checks=["batch_independence", "numerics"])

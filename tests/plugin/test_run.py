@@ -188,8 +188,12 @@ def test_strict_fails_warnings_and_unusable_subjects_error(project: Project) -> 
 
         @nndiag.subject(checks="dead_neurons", dead_warn=0.0, dead_fail=1.0)
         def warns():
+            import torch
             from models import data, mlp
-            return nndiag.Subject(mlp(), data())
+            model = mlp()
+            with torch.no_grad():
+                model[0].bias[0] = -100.0  # one dead unit: more than dead_warn = 0
+            return nndiag.Subject(model, data())
 
         @nndiag.subject(checks=["initial_loss", "numerics"])
         def bad_labels():

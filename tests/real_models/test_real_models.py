@@ -101,3 +101,16 @@ def test_efficientnet_head_is_flagged_with_its_cause_and_its_gates_are_not() -> 
     assert "logit std" in report["initial_loss"].hint
     assert report["activation_stats"].status == "pass", report["activation_stats"].summary()
     assert report["activation_stats"].metrics["gates_left_out"] > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "seed", "check"),
+    [
+        ("mobilenet_v3_small", 1, "dead_neurons"),  # half of an 8-unit SE ReLU: not "more"
+        ("squeezenet1_1", 4, "activation_stats"),  # the ReLU over the class scores is small
+        ("t5", 4, "overfit_small"),  # 99.6% of 256 token targets is "~100%"
+    ],
+)
+def test_no_warning_where_a_healthy_model_once_got_one(name: str, seed: int, check: str) -> None:
+    result = nndiag.diagnose(models.HEALTHY[name](seed), [check], nndiag.Config(seed=seed))
+    assert result[check].status == "pass", result[check].summary()

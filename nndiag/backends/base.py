@@ -163,12 +163,17 @@ class SessionBase:
         Xs, ys, have = [], [], 0
         for b in self.batches:
             take = min(len(b), n - have)
-            Xs.append(b.X[:take])
+            Xs.append(self._head(b.X, take))
             ys.append(b.y[:take])
             have += take
             if have >= n:
                 break
         return Batch(self._concat(Xs), self._concat(ys))
+
+    @staticmethod
+    def _head(X: Any, n: int) -> Any:
+        """The first ``n`` rows of a batch's inputs (a backend with dict inputs overrides)."""
+        return X[:n]
 
     def capture(self, *, rows: int, bins: int) -> list[LayerRecord]:
         key = (rows, bins)

@@ -80,7 +80,6 @@ class _Finding:
     numeric: float
     step: float
     kink: bool = False
-    tolerance: float = 0.0
     errors: list[tuple[float, float]] = field(default_factory=list)  # (h, error) as tried
     resolution: float = 0.0  # relative uncertainty of the numeric estimate (noisy losses)
 
@@ -168,9 +167,8 @@ def _checked(
 ) -> _Finding:
     """One tensor along ``direction``: see :func:`_compare`."""
     analytic = float(np.vdot(grad, direction))
-    steps = _steps(config, floor, loss, abs(analytic))
+    steps = _steps(config, floor, loss)
     found = _compare(lambda h: _sides(f, name, direction, h), analytic, loss, floor, steps, config)
-    found.tolerance = config.gradient_fail
     return found
 
 
@@ -256,7 +254,7 @@ def _is_noisy(floor: float, loss: float) -> bool:
     return floor > 1e3 * float(np.finfo(np.float64).eps) * max(abs(loss), 1.0)
 
 
-def _steps(config: Config, floor: float, loss: float, scale: float) -> tuple[float, ...]:
+def _steps(config: Config, floor: float, loss: float) -> tuple[float, ...]:
     """The configured steps when the loss is float64-clean; with a noise floor a wide
     ladder (1e-2 down to 1e-8, half a decade apart) from which the most precise estimate is
     taken: where rounding and truncation balance depends on the model."""
@@ -308,10 +306,10 @@ def _ladder(
         yield h
 
 
-def _tensor_status(error: float, config: Config, tolerance: float) -> str:
+def _tensor_status(error: float, config: Config) -> str:
     if error <= config.gradient_warn:
         return "pass"
-    return "warn" if error <= tolerance else "fail"
+    return "warn" if error <= config.gradient_fail else "fail"
 
 
 def gradient_check(session: Session, config: Config) -> CheckResult:
@@ -335,7 +333,7 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
             }
         )
         result = _run(session, f, first, config, rng, note, strength=None)
-        if result.status in ("fail", "error") or not session.has_regularization:
+        if result.status == "fail" or not session.has_regularization:
             return result
         strength = _comparable_strength(session, f)
         if strength is None:
@@ -420,8 +418,7 @@ def _run(
         )
     direction = _direction(rng, dict(f.shapes), grads)
     floor = _noise_floor(f, direction, loss)
-    scale = abs(_analytic(grads, direction))
-    steps = _steps(config, floor, loss, scale)
+    steps = _steps(config, floor, loss)
     noisy = _is_noisy(floor, loss)
     # With a noise floor the judged error already discounts what the steps cannot resolve.
     tolerance = config.gradient_fail
@@ -590,7 +587,7 @@ def _per_tensor(
     rest = missing[_MISSING_CHECKED:]
     if rest:
         group = _group(f, grads, direction, rest, loss, config, floor)
-        cut = group.error > group.tolerance  # else none of them affects the loss: unused
+        cut = group.error > config.gradient_fail  # else none of them affects the loss: unused
         for name in rest:
             rows[name] |= {
                 "status": "fail" if cut else "warn",
@@ -606,7 +603,7 @@ def _per_tensor(
             )
             continue
         found = _group(f, grads, direction, names, loss, config, floor)
-        if found.error > found.tolerance:
+        if found.error > config.gradient_fail:
             half = len(names) // 2
             todo += [names[:half], names[half:]]
     return list(rows.values())
@@ -638,11 +635,10 @@ def _group(
 ) -> _Finding:
     part = {n: direction[n] for n in names}
     analytic = _analytic({n: grads[n] for n in names}, part)
-    steps = _steps(config, floor, loss, abs(analytic))
+    steps = _steps(config, floor, loss)
     found = _compare(
         lambda h: (f.value(part, h), f.value(part, -h)), analytic, loss, floor, steps, config
     )
-    found.tolerance = config.gradient_fail
     return found
 
 
@@ -660,14 +656,14 @@ def _single(
     missing = grad is None
     g = np.zeros(f.shapes[name]) if missing else grad
     found = _checked(f, name, g, part, loss, config, floor)
-    if found.error > found.tolerance:
+    if found.error > config.gradient_fail:
         fresh = rng.standard_normal(f.shapes[name]).astype(np.float64)
         again = _checked(f, name, g, fresh, loss, config, floor)
-        if again.error <= again.tolerance:
+        if again.error <= config.gradient_fail:
             found = again
         else:
             part = fresh if again.error > found.error else part
-    status = _tensor_status(found.error, config, found.tolerance)
+    status = _tensor_status(found.error, config)
     if missing and found.error == 0.0:
         status = "warn"  # the loss does not depend on it: an unused parameter
     return {
@@ -681,7 +677,7 @@ def _single(
         "kink": found.kink,
         "band": band(found.raw),
         "status": status,
-        "tolerance": found.tolerance,
+        "tolerance": config.gradient_fail,
         "no_grad": missing,
         # An all-zero gradient where the loss does move: cut as surely as a missing one
         # (a .detach() in a loss that also adds a penalty of the same weights).

@@ -107,6 +107,10 @@ class Config:
     # Rows used by initial_loss and the activation checks (calibration: 256 rows put the
     # PyTorch-default 10-class loss within 2.300-2.313, docs/calibration.md).
     max_samples: int = 512
+    # Wall-clock seconds one check may run before it is stopped as an error naming this
+    # budget (0: no budget). Generous: the default checks take seconds on resnet18 and
+    # the slowest library model measured (vgg11_bn) about 3 minutes in all.
+    check_seconds: float = 600.0
 
     # initial_loss: relative band around the reference losses (above: relative to the loss
     # of uniform scores, ln C; below: to the label prior's). Calibrated on tests/models.py

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nndiag.budget import BudgetExceeded, time_budget
 from nndiag.checks import default_checks, get_check
 from nndiag.config import DEFAULT_CHECKS, Config
 from nndiag.errors import InvalidSettingType, InvalidSubject, ModelError, describe
@@ -64,8 +65,18 @@ class Runner:
         start = time.perf_counter()
         try:
             function = spec.load()  # a registered check that fails to import: an error result
-            with session.isolated(check):
+            with session.isolated(check), time_budget(self.config.check_seconds):
                 result = function(session, self.config)
+        except BudgetExceeded as exc:
+            result = CheckResult(
+                check,
+                "error",
+                f"{check} {exc} (Config.check_seconds) and was stopped; the model is "
+                "restored and the other checks ran.",
+                {"budget_seconds": exc.seconds},
+                hint=f"raise check_seconds in [tool.nndiag], or shrink the check's own "
+                f"budget settings ({', '.join(spec.settings[:3]) or 'see its section'})",
+            )
         except Exception as exc:  # the model's fault or nndiag's: a result either way
             result = error_result(check, exc)
         forward1, backward1 = session.passes()

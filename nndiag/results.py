@@ -187,10 +187,9 @@ class Report:
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the report as JSON (creating parent folders) and return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
-        return path
+        from nndiag.files import write_atomic
+
+        return write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
 
     def to_html(self, path: str | os.PathLike[str]) -> Path:
         """Write the self-contained HTML page for this report and return the path."""

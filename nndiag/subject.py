@@ -11,10 +11,13 @@ from nndiag.errors import InvalidSubject, describe
 if TYPE_CHECKING:
     from nndiag.backends import Batch
 
-__all__ = ["MAX_BATCHES", "Subject", "SubjectFactory", "subject"]
+__all__ = ["MAX_BATCHES", "MAX_ROWS", "Subject", "SubjectFactory", "subject"]
 
 # Batches a Subject reads from an iterable ``data``; checks use at most Config.max_batches.
 MAX_BATCHES = 8
+# Rows a Subject keeps of each batch (views of the user's arrays, not copies): every check
+# reads at most Config.max_samples (512) of them, so a 200,000-row array costs nothing.
+MAX_ROWS = 4096
 
 
 class Subject:
@@ -51,6 +54,7 @@ class Subject:
         name: str | None = None,
     ) -> None:
         from nndiag.backends import backend_for
+        from nndiag.backends.base import check_consistent
 
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise InvalidSubject(
@@ -82,6 +86,7 @@ class Subject:
         self.name = name if name is not None else default(model)
         self.backend.validate_model(model, optimizer=optimizer, regularization=regularization)
         self.batches: list[Batch] = self.backend.read_batches(model, data, MAX_BATCHES)
+        check_consistent(self.batches)
 
     @property
     def num_samples(self) -> int:

@@ -49,6 +49,39 @@ def _nan_data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, Y
 
 
+class _Unreadable(torch.utils.data.Dataset[Any]):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> Any:
+        raise OSError("disk gone")
+
+
+class _CachedWeights(nn.Module):
+    """Reads its first layer through a list built at construction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+        self.cached = [self.fc1.weight, self.fc1.bias]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(x @ self.cached[0].t() + self.cached[1]))
+
+
+def _meta() -> nn.Module:
+    with torch.device("meta"):
+        return _mlp()
+
+
+def _frozen_after_subject() -> Any:
+    model = _mlp()
+    subject = nndiag.Subject(model, (X, Y))
+    model.requires_grad_(False)
+    return nndiag.diagnose(subject)
+
+
 # (case, make the subject and run it, argument named, words the message must contain)
 CASES: list[tuple[str, Callable[[], Any], str, str]] = [
     ("no data", lambda: nndiag.Subject(_mlp(), None), "data", "got None"),
@@ -112,6 +145,68 @@ CASES: list[tuple[str, Callable[[], Any], str, str]] = [
         "loss(output, y) raised",
     ),
     ("not a subject", lambda: nndiag.diagnose(_mlp()), "subject", "nndiag.Subject"),
+    (
+        "lazy module",
+        lambda: nndiag.Subject(nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 3)), (X, Y)),
+        "model",
+        "uninitialized lazy parameters",
+    ),
+    ("meta device", lambda: nndiag.Subject(_meta(), (X, Y)), "model", "meta device"),
+    (
+        "TorchScript",
+        lambda: nndiag.Subject(torch.jit.script(_mlp()), (X, Y)),
+        "model",
+        "TorchScript module",
+    ),
+    ("frozen after the Subject", _frozen_after_subject, "model", "frozen after"),
+    (
+        "weights read through a cached list",
+        lambda: nndiag.diagnose(nndiag.Subject(_CachedWeights(), (X, Y))),
+        "model",
+        "forward reads fc1.bias, fc1.weight through a reference",
+    ),
+    (
+        "batches of different widths",
+        lambda: nndiag.Subject(_mlp(), [(X, Y), (torch.randn(16, 5), Y)]),
+        "data (batch 1)",
+        "X of shape (5,), batch 0's have (4,)",
+    ),
+    (
+        "float labels in one batch",
+        lambda: nndiag.Subject(_mlp(), [(X, Y), (X, Y.float())]),
+        "data (batch 1)",
+        "y holds float values",
+    ),
+    (
+        "a Dataset for a DataLoader",
+        lambda: nndiag.Subject(_mlp(), torch.utils.data.TensorDataset(X, Y)),
+        "data",
+        "a Dataset where a DataLoader was meant",
+    ),
+    (
+        "a loader that raises",
+        lambda: nndiag.Subject(_mlp(), torch.utils.data.DataLoader(_Unreadable(), batch_size=4)),
+        "data (batch 0)",
+        "reading it raised OSError: disk gone",
+    ),
+    (
+        "float class ids",
+        lambda: nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y.float()))),
+        "data",
+        "class ids 0..2), but the model outputs 3 scores",
+    ),
+    (
+        "float class ids, N == C",
+        lambda: nndiag.diagnose(nndiag.Subject(_mlp(), (X[:3], Y[:3].float()))),
+        "data",
+        "look like class ids",
+    ),
+    (
+        "one-hot targets",
+        lambda: nndiag.diagnose(nndiag.Subject(_mlp(), (X, nn.functional.one_hot(Y, 3).float()))),
+        "data",
+        "one-hot rows",
+    ),
 ]
 
 
@@ -166,6 +261,44 @@ def test_a_bug_inside_a_check_is_an_error_result_not_a_crash(monkeypatch: Any) -
     assert report["initial_loss"].status == "error"
     assert "internal nndiag error" in report["initial_loss"].message
     assert report["dead_neurons"].status != "error"
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_labels_of_any_integer_dtype_are_class_ids(dtype: torch.dtype) -> None:
+    report = nndiag.diagnose(nndiag.Subject(_mlp(), (X, Y.to(dtype))), ["initial_loss"])
+    assert report["initial_loss"].status == "pass", report["initial_loss"].summary()
+    assert report["initial_loss"].metrics["num_classes"] == 3
+
+
+def test_a_loss_for_one_hot_targets_is_the_users_call() -> None:
+    onehot = nn.functional.one_hot(Y, 3).float()
+    subject = nndiag.Subject(_mlp(), (X, onehot), loss=nn.functional.mse_loss)
+    assert nndiag.diagnose(subject, ["initial_loss"])["initial_loss"].status != "error"
+
+
+class _TunedSGD(torch.optim.SGD):
+    def __init__(self, params: Any, lr: float, schedule: str) -> None:
+        super().__init__(params, lr=lr)
+        self.schedule = schedule
+
+
+def test_an_optimizer_that_cannot_be_rebuilt_asks_for_a_factory() -> None:
+    model = _mlp()
+    subject = nndiag.Subject(model, (X, Y), optimizer=_TunedSGD(model.parameters(), 0.1, "cos"))
+    result = nndiag.diagnose(subject, ["overfit_small"])["overfit_small"]
+    assert result.status == "error"
+    assert "_TunedSGD cannot be rebuilt" in result.message and "factory" in result.hint
+
+
+def test_a_huge_array_is_kept_as_a_bounded_view() -> None:
+    from nndiag.subject import MAX_ROWS
+
+    big = torch.randn(MAX_ROWS * 3, 4)
+    labels = torch.arange(MAX_ROWS * 3) % 3
+    subject = nndiag.Subject(_mlp(), (big, labels))
+    assert subject.num_samples == MAX_ROWS
+    assert subject.batches[0].X.data_ptr() == big.data_ptr()  # a view, not a copy
+    assert nndiag.diagnose(subject, ["initial_loss"])["initial_loss"].status == "pass"
 
 
 def test_float_targets_and_integer_arrays_from_numpy() -> None:

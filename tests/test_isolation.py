@@ -182,3 +182,31 @@ def test_inputs_that_require_grad_get_no_grad() -> None:
     y = torch.randint(0, 3, (32,))
     nndiag.diagnose(nndiag.Subject(model, (X, y)))
     assert X.grad is None and X.requires_grad
+
+
+class _HangsWhenTraining(nn.Module):
+    """Never finishes a forward that records gradients (a training step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        while torch.is_grad_enabled():
+            pass
+        return self.fc(x)
+
+
+def test_a_check_past_its_budget_is_an_error_and_the_run_goes_on() -> None:
+    model = _HangsWhenTraining()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    subject = nndiag.Subject(model, (torch.randn(16, 4), torch.arange(16) % 3))
+    config = nndiag.Config(check_seconds=0.5)
+    report = nndiag.diagnose(subject, ["overfit_small", "initial_loss"], config)
+    stopped = report["overfit_small"]
+    assert stopped.status == "error", stopped.summary()
+    assert "time budget of 0.5 s (Config.check_seconds)" in stopped.message
+    assert report["initial_loss"].status == "pass"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and model.fc.weight.grad is None

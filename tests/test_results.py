@@ -83,3 +83,23 @@ def test_diagnose_report_records_environment() -> None:
     report = nndiag.diagnose(subject, ["initial_loss"], nndiag.Config(seed=11))
     assert report.meta["seed"] == 11 and report.meta["frameworks"]["torch"] == torch.__version__
     assert report.results[0].subject == "Linear" and report.results[0].cost.forward >= 1
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_report_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from nndiag.files import write_atomic
+
+    target = tmp_path / "nndiag.json"
+    write_atomic(target, '{"old": 1}')
+
+    def interrupted(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, '{"new": 2}' * 1000)
+    assert target.read_text() == '{"old": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["nndiag.json"]  # no temporary left

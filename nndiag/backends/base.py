@@ -8,7 +8,7 @@ Imports no framework; numpy loads inside the functions that need it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -16,13 +16,20 @@ from nndiag.contract import Batch, LayerRecord, Task
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = [
+    "PROBE_ROWS",
     "SessionBase",
     "adam_update",
+    "check_consistent",
+    "check_default_targets",
     "float64_note",
     "read_items",
     "unpack",
     "validate_arrays",
 ]
+
+
+# Rows the probe forward runs on: enough to see the output's shape and run the loss.
+PROBE_ROWS = 64
 
 
 def read_items(
@@ -50,10 +57,18 @@ def read_items(
                 f"expected (X, y) or an iterable of batches, got {describe(data)}",
                 "pass data=(X, y)",
             ) from None
-        for item in iterator:
-            items.append(item)
-            if len(items) >= limit:
+        while len(items) < limit:
+            try:
+                item = next(iterator)
+            except StopIteration:
                 break
+            except Exception as exc:  # the user's loader failed: say which batch
+                raise InvalidSubject(
+                    f"data (batch {len(items)})",
+                    f"reading it raised {type(exc).__name__}: {exc}",
+                    "make `next(iter(data))` work outside nndiag first",
+                ) from exc
+            items.append(item)
     if not items:
         raise InvalidSubject("data", "holds no batch", "pass at least one batch (X, y)")
     return items
@@ -72,7 +87,29 @@ def unpack(item: Any, index: int) -> tuple[str, Any, Any]:
             f"a batch must be a pair (X, y), got {describe(item)}",
             "yield (inputs, targets) from the data iterable",
         )
-    return where, item[0], item[1]
+    return where, *_cap(item[0], item[1])
+
+
+def _length(value: Any) -> int | None:
+    if isinstance(value, Mapping):
+        value = next(iter(value.values()), None)
+    shape = getattr(value, "shape", None)
+    return int(shape[0]) if shape else None
+
+
+def _cap(X: Any, y: Any) -> tuple[Any, Any]:
+    """At most MAX_ROWS rows of a batch, as views: nndiag never reads more, so a huge
+    array costs no memory and no forward pass over all of it."""
+    from nndiag.subject import MAX_ROWS
+
+    n = _length(X)
+    if n is None or n != _length(y) or n <= MAX_ROWS:
+        return X, y  # mismatched lengths are reported by validate_arrays
+    if isinstance(X, Mapping):
+        X = {k: v[:MAX_ROWS] for k, v in X.items()}
+    else:
+        X = X[:MAX_ROWS]
+    return X, y[:MAX_ROWS]
 
 
 def validate_arrays(where: str, X: Any, y: Any, nonfinite: Callable[[Any], int]) -> None:
@@ -82,6 +119,13 @@ def validate_arrays(where: str, X: Any, y: Any, nonfinite: Callable[[Any], int])
     Raises:
         InvalidSubject: naming the batch and the fix.
     """
+    if y.ndim == 0 and X.ndim >= 1:  # a Dataset's item: one sample, one label
+        raise InvalidSubject(
+            where,
+            f"y is a single label (shape ()) for X of shape {tuple(X.shape)}: the data "
+            "yields samples, not batches (a Dataset where a DataLoader was meant?)",
+            "pass DataLoader(dataset, batch_size=64), or one batch (X, y)",
+        )
     for arg, value in (("X", X), ("y", y)):
         if value.ndim == 0 or len(value) == 0:
             raise InvalidSubject(
@@ -102,6 +146,78 @@ def validate_arrays(where: str, X: Any, y: Any, nonfinite: Callable[[Any], int])
             f"X has {len(X)} samples but y has {len(y)}",
             "pass inputs and targets of the same length",
         )
+
+
+def check_consistent(batches: Sequence[Batch]) -> None:
+    """Refuse batches whose samples differ in shape or label kind from the first batch's:
+    checks concatenate rows across batches.
+
+    Raises:
+        InvalidSubject: naming the first batch that differs, and how.
+    """
+
+    def shapes(X: Any) -> dict[str, tuple[int, ...]]:
+        if isinstance(X, Mapping):
+            return {f"X[{k!r}]": tuple(v.shape[1:]) for k, v in X.items()}
+        return {"X": tuple(X.shape[1:])}
+
+    def kind(y: Any) -> str:
+        name = str(y.dtype)
+        return "float" if "float" in name else "integer"
+
+    first = batches[0]
+    for index, batch in enumerate(batches[1:], start=1):
+        found, expected = shapes(batch.X), shapes(first.X)
+        found["y"], expected["y"] = tuple(batch.y.shape[1:]), tuple(first.y.shape[1:])
+        for arg in sorted(set(found) | set(expected)):
+            if found.get(arg) != expected.get(arg):
+                raise InvalidSubject(
+                    f"data (batch {index})",
+                    f"its samples have {arg} of shape {found.get(arg)}, batch 0's have "
+                    f"{expected.get(arg)}",
+                    "yield batches of one sample shape (pad sequences to one length), or "
+                    "pass one batch (X, y)",
+                )
+        if kind(batch.y) != kind(first.y):
+            raise InvalidSubject(
+                f"data (batch {index})",
+                f"y holds {kind(batch.y)} values, batch 0's y {kind(first.y)} values",
+                "use one label type in every batch: integer class ids or float targets",
+            )
+
+
+def check_default_targets(y: Any, output_shape: tuple[int, ...]) -> None:
+    """With the default loss, float targets mean regression by mean squared error: refuse
+    the float targets that are really labels (class ids, one-hot rows), which MSE would
+    score as garbage. ``y`` is a numpy array of the first batch's targets.
+
+    Raises:
+        InvalidSubject: naming what the targets look like and the fix.
+    """
+    import numpy as np
+
+    scores = len(output_shape) == 2 and output_shape[1] >= 2
+    if y.ndim == 1 and scores:
+        classes = output_shape[1]
+        ids = bool(np.all(y == np.round(y)) and y.min() >= 0 and y.max() < classes)
+        looks = f" (values that look like class ids 0..{int(y.max())})" if ids else ""
+        raise InvalidSubject(
+            "data",
+            f"y holds one float per sample{looks}, but the model outputs {classes} scores "
+            "per sample; the default loss for float targets is mean squared error",
+            "pass integer class ids (y.long(), y.astype(int)) for classification, or a loss "
+            "for these targets",
+        )
+    if y.ndim == 2 and tuple(y.shape) == tuple(output_shape) and scores:
+        one_hot = bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1))
+        if one_hot:
+            raise InvalidSubject(
+                "data",
+                "y holds one-hot rows; the default loss for float targets is mean squared "
+                "error, not cross-entropy",
+                "pass class ids (y.argmax(1)) for cross-entropy, or pass the loss to "
+                "regress on one-hot rows on purpose",
+            )
 
 
 class SessionBase:

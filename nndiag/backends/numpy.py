@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from nndiag.backends.base import (
+    PROBE_ROWS,
     SessionBase,
     adam_update,
     float64_note,
@@ -69,6 +70,15 @@ class NumpyBackend:
                 "model.params is empty",
                 "store the weights in model.params before diagnosing",
             )
+        for name, value in model.params.items():
+            if not np.issubdtype(value.dtype, np.floating):
+                raise InvalidSubject(
+                    "model",
+                    f"params[{name!r}] has dtype {value.dtype}: parameters are perturbed "
+                    "and trained, which needs floats",
+                    f"store it as floats: model.params[{name!r}] = "
+                    f"model.params[{name!r}].astype(np.float64)",
+                )
         if optimizer is not None and not callable(optimizer):
             raise InvalidSubject(
                 "optimizer",
@@ -200,6 +210,16 @@ class NumpySession(SessionBase):
                 f"the gradients are {describe(found)}, not a dict",
                 "return grads as a dict keyed like model.params",
             )
+        if grads:
+            for name, grad in found.items():
+                shape, expected = np.shape(grad), np.shape(self.model.params.get(name, grad))
+                if grad is not None and shape != expected:
+                    raise InvalidSubject(
+                        "model",
+                        f"loss(X, y) returned grads[{name!r}] of shape {shape} for "
+                        f"params[{name!r}] of shape {expected}",
+                        "return each gradient with its parameter's shape (a transposed dW?)",
+                    )
         return float(loss), found
 
     # -- isolation ---------------------------------------------------------------------
@@ -242,7 +262,7 @@ class NumpySession(SessionBase):
 
     # -- probe and losses --------------------------------------------------------------
     def _probe(self) -> Task:
-        first = self.batches[0]
+        first = self.rows(min(len(self.batches[0]), PROBE_ROWS))
         scores = self._scores(first.X)  # the loss itself may be unfinished: checks say so
         ys = [b.y for b in self.batches]
         if np.issubdtype(ys[0].dtype, np.floating):

@@ -523,22 +523,42 @@ def _run(
         f"relative error {raw:.2g}{beyond} along {len(screens)} random whole-model "
         f"direction{'s' if len(screens) > 1 else ''} ({band(error)})"
     )
-    if localized and error > tolerance:
-        # The screens disagreed, yet no group of tensors did on its own.
+    if localized and error > tolerance and noisy:
+        # Float32 noise inside the model: the groups' differences resolve less than the
+        # screen's, so their agreement cannot clear it.
         return CheckResult(
             CHECK,
             "warn",
             f"The whole-model screens disagree with centered differences (relative error "
-            f"{raw:.2g}{beyond}), but no group of the {len(tensors)} tensors does when "
-            "checked on its own over the step ladder: kinks (ReLU, max-pool) crossed along "
-            f"the whole-model direction, not a wrong gradient.{floor_note}{note}",
+            f"{raw:.2g}{beyond}), but no group of the {len(tensors)} tensors confirms it "
+            f"within what the differences resolve.{floor_note}{note}",
             metrics,
             evidence,
-            "No tensor's gradient is confirmed wrong. Deep ReLU/max-pool nets cross many "
-            "kinks along one direction; a wrong backward shows in the group of the tensor "
-            "it feeds.",
+            "No tensor's gradient is confirmed wrong, but parts of the model compute in "
+            "float32, which limits the check's resolution; a gradient error near 1% may "
+            "hide in that noise.",
         )
-    if error > config.gradient_warn:
+    if localized and error > tolerance:
+        # The screens disagreed, yet every group of tensors agrees when re-measured on its
+        # own (in float64, without noise). A directional derivative is the sum of the
+        # groups' parts, so a wrong gradient would show in a group: kinks crossed along
+        # the whole-model direction explain the screen, and the gradients pass.
+        metrics["kinks_explained"] = True
+        return CheckResult(
+            CHECK,
+            "pass",
+            f"Gradients of all {len(tensors)} parameter tensors match centered differences "
+            "when re-measured group by group over the step ladder. The whole-model screen "
+            f"disagreed (relative error {raw:.2g}{beyond}) from kinks (ReLU, max-pool) "
+            "crossed along its direction: no group confirms it, and a wrong gradient "
+            f"would show in the group of the tensor it feeds.{floor_note}{note}",
+            metrics,
+            evidence,
+        )
+    # The notes' bands: below 1e-4 is "usually okay for objectives with kinks", and the
+    # ladder saw the error shrink with the step (kinks crossed), so such an error passes.
+    kinks_ok = kink and error <= BANDS["kinks_ok"]
+    if error > config.gradient_warn and not kinks_ok:
         why = (
             "the error shrinks with the step: kinks (ReLU, max-pool) crossed by it"
             if kink
@@ -554,7 +574,14 @@ def _run(
             "Errors between 1e-6 and 1e-4 are fine for objectives with kinks (notes); if the "
             "model is smooth, look at its backward.",
         )
-    kink_note = " Kinks crossed by larger steps were resolved by smaller ones." if kink else ""
+    kink_note = (
+        f" The error shrank with the step (kinks crossed) and is below the notes' "
+        f"{BANDS['kinks_ok']:g}, fine for an objective with kinks."
+        if kinks_ok and error > config.gradient_warn
+        else " Kinks crossed by larger steps were resolved by smaller ones."
+        if kink
+        else ""
+    )
     return CheckResult(
         CHECK,
         "pass",

@@ -151,11 +151,9 @@ def write_html(report: Report, path: str | os.PathLike[str]) -> Path:
     Returns:
         The path written, as a :class:`~pathlib.Path`.
     """
-    path = Path(path)
-    html = render_html(report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
-    return path
+    from nndiag.files import write_atomic
+
+    return write_atomic(path, render_html(report))
 
 
 @lru_cache(maxsize=1)

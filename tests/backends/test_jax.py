@@ -600,3 +600,27 @@ def test_gradient_check_runs_again_at_a_penalty_strength_above_zero() -> None:
     result = nndiag.diagnose(M.l2_mlp(0), ["gradient_check"])["gradient_check"]
     assert result.status == "pass", result.summary()
     assert result.metrics["checked_strength"] > 0
+
+
+@pytest.mark.parametrize(
+    ("targets", "words"),
+    [
+        (lambda y: y.astype(np.float32), "look like class ids"),
+        (lambda y: np.eye(M.CLASSES, dtype=np.float32)[y], "one-hot rows"),
+    ],
+    ids=["float class ids", "one-hot"],
+)
+def test_labels_given_as_floats_are_refused_with_the_fix(
+    targets: Callable[[np.ndarray], np.ndarray], words: str
+) -> None:
+    X, y = M.classification(0)
+    model = M.he_relu_mlp(0).model
+    with pytest.raises(InvalidSubject) as info:
+        nndiag.diagnose(nndiag.Subject(model, (X, targets(y))), ["initial_loss"])
+    assert info.value.argument == "data" and words in str(info.value)
+
+
+def test_int8_labels_are_class_ids() -> None:
+    X, y = M.classification(0)
+    report = nndiag.diagnose(nndiag.Subject(M.he_relu_mlp(0).model, (X, y.astype(np.int8))))
+    assert report["initial_loss"].status == "pass", report["initial_loss"].summary()

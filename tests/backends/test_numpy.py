@@ -206,3 +206,28 @@ def test_arrays_are_the_data_as_is() -> None:
     assert isinstance(got_X, np.ndarray) and isinstance(got_y, np.ndarray)
     assert got_X.dtype == X.dtype and got_y.dtype == y.dtype
     assert np.array_equal(got_X, X) and np.array_equal(got_y, y)
+
+
+def test_integer_params_are_refused_with_the_fix() -> None:
+    model = M.net(0)
+    model.params["W2"] = np.round(model.params["W2"] * 100).astype(np.int64)
+    with pytest.raises(InvalidSubject, match=r"params\['W2'\] has dtype int64") as info:
+        nndiag.Subject(model, M.data(0))
+    assert "astype(np.float64)" in str(info.value)
+
+
+def test_a_gradient_of_the_wrong_shape_is_named() -> None:
+    model = M.net(0)
+    loss = model.loss
+
+    def transposed(X: np.ndarray, y: np.ndarray | None = None) -> Any:
+        if y is None:
+            return loss(X)
+        value, grads = loss(X, y)
+        return value, {**grads, "W1": grads["W1"].T}
+
+    model.loss = transposed  # type: ignore[method-assign]
+    report = nndiag.diagnose(nndiag.Subject(model, M.data(0)), ["gradient_check"])
+    result = report["gradient_check"]
+    assert result.status == "error"
+    assert "grads['W1'] of shape (64, 32) for params['W1'] of shape (32, 64)" in result.message

@@ -208,3 +208,17 @@ def test_a_nan_gradient_with_a_finite_loss_fails() -> None:
     result = _check(NanBackward())
     assert result.status == "fail", result.summary()
     assert "NaN/Inf" in result.message and "fc1" in result.message
+
+
+def test_a_screen_that_only_kinks_explain_passes_and_says_so() -> None:
+    # Seed 16 of the PyTorch-default ReLU MLP: the whole-model direction crosses ReLU
+    # kinks (relative error ~0.04), while every group of tensors re-measured on its own
+    # agrees. A directional derivative is the sum of the groups' parts: not a wrong gradient.
+    from tests.models import default_relu_mlp
+
+    result = nndiag.diagnose(default_relu_mlp(16), ["gradient_check"], nndiag.Config(seed=16))[
+        "gradient_check"
+    ]
+    assert result.status == "pass", result.summary()
+    assert result.metrics["kinks_explained"] is True
+    assert "kinks" in result.message

@@ -19,7 +19,7 @@ from nndiag.config import DEFAULT_CHECKS, Config
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "writing-a-check.md"
 # Run-level settings every check may read; the rest belong to exactly one check's section.
-RUN_LEVEL = {"seed", "max_batches", "max_samples", "checks"}
+RUN_LEVEL = {"seed", "max_batches", "max_samples", "check_seconds", "checks"}
 
 
 def test_every_config_field_belongs_to_a_check_section() -> None:

@@ -13,7 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from nndiag.backends import PER_SAMPLE_ROWS
-from nndiag.backends.base import SessionBase, adam_update, float64_note
+from nndiag.backends.base import (
+    PROBE_ROWS,
+    SessionBase,
+    adam_update,
+    check_default_targets,
+    float64_note,
+)
 from nndiag.backends.jax.capture import JaxprRecorder, is_array, is_float, subjaxpr
 from nndiag.backends.jax.compile import jit_or_eager, untraceable
 from nndiag.backends.jax.numerics import NonFiniteSearch, nonfinite_count
@@ -223,7 +229,7 @@ class JaxSession(SessionBase):
 
     # -- probe and losses --------------------------------------------------------------
     def _probe(self) -> Task:
-        batch = self.batches[0]
+        batch = self.rows(min(len(self.batches[0]), PROBE_ROWS))
         try:  # the output's shape from a trace: checked before the loss can trip on it
             out = jax.eval_shape(self._apply, self.params, batch.X)
         except Exception as exc:
@@ -239,6 +245,8 @@ class JaxSession(SessionBase):
                 "return one output row per input sample",
             )
         if is_float(batch.y):
+            if self.subject.loss is None:
+                check_default_targets(np.asarray(batch.y), tuple(out.shape))
             self.task = Task("regression")
         elif len(out.shape) < 2 or out.shape[-1] < 2:
             raise InvalidSubject(

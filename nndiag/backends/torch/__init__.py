@@ -43,7 +43,27 @@ class TorchBackend:
         return isinstance(model, nn.Module)
 
     def validate_model(self, model: Any, *, optimizer: Any, regularization: Any) -> None:
+        if isinstance(model, torch.jit.ScriptModule):
+            raise InvalidSubject(
+                "model",
+                f"{type(model).__name__} is a TorchScript module, which takes no hooks "
+                "(activation capture and NaN localization need them)",
+                "diagnose the nn.Module before torch.jit.script / torch.jit.trace",
+            )
         params = list(model.parameters())
+        if any(nn.parameter.is_lazy(p) for p in params):
+            raise InvalidSubject(
+                "model",
+                "it has uninitialized lazy parameters (a Lazy* module before its first forward)",
+                "run one forward pass, model(X), before diagnosing",
+            )
+        if any(p.is_meta for p in params):
+            raise InvalidSubject(
+                "model",
+                "its parameters are on the meta device and hold no values",
+                "materialize it (model.to_empty(device='cpu'), then initialize or load "
+                "the weights)",
+            )
         if not params:
             raise InvalidSubject(
                 "model",

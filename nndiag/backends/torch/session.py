@@ -14,7 +14,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from nndiag.backends import PER_SAMPLE_ROWS
-from nndiag.backends.base import SessionBase, float64_note
+from nndiag.backends.base import PROBE_ROWS, SessionBase, check_default_targets, float64_note
 from nndiag.backends.state import NumberSnapshot, holders, references, rng_guard
 from nndiag.backends.torch import inputs
 from nndiag.backends.torch.capture import Recorder
@@ -66,6 +66,7 @@ def classes_last(output: torch.Tensor, target: torch.Tensor) -> bool:
 def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over axis 1, or over the last axis for token-level outputs; targets of
     -100 (transformers' ignore index) do not count."""
+    target = target.long()  # labels of any integer dtype (int32, uint8) are class ids
     if classes_last(output, target):
         return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
     return nn.functional.cross_entropy(output, target)
@@ -220,6 +221,9 @@ class TorchSession(SessionBase):
         self.has_regularization = subject.regularization is not None
         self.framework = f"torch {torch.__version__}"
         self._devices = rng_devices(self.model)
+        # The user's trainable tensors, by id: inside isolation only a stale reference
+        # reaches them.
+        self._originals = {id(p): n for n, p in self.model.named_parameters() if p.requires_grad}
         with self.isolated("validation"):
             self.task = self._probe()
 
@@ -322,8 +326,15 @@ class TorchSession(SessionBase):
 
     # -- probe and losses --------------------------------------------------------------
     def _probe(self) -> Task:
-        batch = self.batches[0]
-        with torch.no_grad():
+        if not self._private.trainable:
+            raise InvalidSubject(
+                "model",
+                "every parameter has requires_grad=False (frozen after the Subject was made?)",
+                "unfreeze the layers to diagnose (p.requires_grad_(True))",
+            )
+        batch = self.rows(min(len(self.batches[0]), PROBE_ROWS))
+        watch = _OriginalsWatch(self._originals)
+        with torch.no_grad(), watch:
             out = self._run_model(batch.X)
             if len(out) != len(batch.y):
                 raise InvalidSubject(
@@ -333,11 +344,22 @@ class TorchSession(SessionBase):
                 )
             task = self._task(out)
             self._run_loss(out, batch.y)
+        if watch.read:
+            raise InvalidSubject(
+                "model",
+                f"forward reads {', '.join(sorted(watch.read))} through a reference nndiag "
+                "cannot swap (a tensor kept in a list, dict or plain attribute): the checks "
+                "would measure and train copies the forward never uses",
+                "read weights through their modules in forward (self.fc.weight), not "
+                "through a cached reference",
+            )
         return task
 
     def _task(self, out: torch.Tensor) -> Task:
         ys = [b.y for b in self.batches]
         if ys[0].is_floating_point():
+            if self.subject.loss is None:
+                check_default_targets(_numpy(ys[0]), tuple(out.shape))
             return Task("regression")
         self._classes_last = classes_last(out, ys[0])
         classes = out.shape[-1] if self._classes_last else (out.shape[1] if out.ndim > 1 else 0)
@@ -560,10 +582,16 @@ class TorchSession(SessionBase):
                 if k in ("lr", "momentum", "betas", "eps", "nesterov", "alpha")
             }
             shown = ", ".join(f"{k}={v}" for k, v in settings.items())
-            return (
-                type(given)(params, **given.defaults),
-                f"{type(given).__name__}({shown}) (the subject's optimizer settings)",
-            )
+            try:
+                made = type(given)(params, **given.defaults)
+            except TypeError as exc:  # a subclass whose constructor takes other arguments
+                raise InvalidSubject(
+                    "optimizer",
+                    f"{type(given).__name__} cannot be rebuilt from its defaults on nndiag's "
+                    f"copies ({exc})",
+                    f"pass a factory: optimizer=lambda params: {type(given).__name__}(params, ...)",
+                ) from None
+            return made, f"{type(given).__name__}({shown}) (the subject's optimizer settings)"
         with self.calling("optimizer", "optimizer(params)"):
             made = given(params)
         if not isinstance(made, torch.optim.Optimizer):
@@ -706,6 +734,24 @@ class _DtypeWatch(TorchFunctionMode):
         if isinstance(out, torch.Tensor) and out.is_floating_point():
             self.dtypes.add(out.dtype)
         return out
+
+
+class _OriginalsWatch(TorchFunctionMode):
+    """Names the user's own parameters that operations read while private clones are
+    swapped in: a forward that reaches them holds references nndiag cannot swap."""
+
+    def __init__(self, originals: Mapping[int, str]) -> None:
+        super().__init__()
+        self.originals = originals
+        self.read: set[str] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        for value in (*args, *(kwargs or {}).values()):
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                name = self.originals.get(id(item))
+                if name is not None:
+                    self.read.add(name)
+        return func(*args, **(kwargs or {}))
 
 
 class _Trainer:

@@ -1,0 +1,70 @@
+"""Peak memory of ``diagnose()`` on library models, as a multiple of the peak of one
+training step (forward, backward, Adam step) of the same model on the same batch (issue
+budget: 3x). Each side runs in a fresh process, so one peak cannot hide the other.
+
+Run with ``pytest benchmarks/bench_memory.py -s``; each benchmark stores the peaks and
+their ratio in ``extra_info`` and prints them. Nothing is asserted about memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_CHILD = """
+import json, resource, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {root!r})
+from tests.real_models import models
+import nndiag
+subject = models.HEALTHY[{name!r}](0)
+if {mode!r} == "step":
+    from nndiag.backends.torch import inputs
+    from nndiag.backends.torch.session import cross_entropy
+    model, batch = subject.model.train(), subject.batches[0]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    out = inputs.logits(inputs.call(model, batch.X))
+    (subject.loss or cross_entropy)(out, batch.y).backward()
+    optimizer.step()
+else:
+    nndiag.diagnose(subject)
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+"""
+
+
+def _peak_bytes(name: str, mode: str) -> int:
+    code = _CHILD.format(root=str(ROOT), name=name, mode=mode)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    return int(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "gpt2"])
+def test_peak_memory_against_a_training_step(benchmark: pytest.FixtureRequest, name: str) -> None:
+    peaks: dict[str, int] = {}
+
+    def run() -> None:
+        peaks["step"] = _peak_bytes(name, "step")
+        peaks["diagnose"] = _peak_bytes(name, "diagnose")
+
+    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+    ratio = peaks["diagnose"] / peaks["step"]
+    benchmark.extra_info.update(
+        ratio=round(ratio, 2),
+        step_peak_mb=round(peaks["step"] / 2**20),
+        diagnose_peak_mb=round(peaks["diagnose"] / 2**20),
+    )
+    print(
+        f"\n{name}: diagnose peaks at {peaks['diagnose'] / 2**20:.0f} MB, "
+        f"{ratio:.2f}x a training step's {peaks['step'] / 2**20:.0f} MB"
+    )

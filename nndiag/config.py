@@ -37,6 +37,8 @@ _FRACTIONS = (
     "collapse_fail",
     "dead_warn",
     "dead_fail",
+    "batchnorm_gap_warn",
+    "batchnorm_gap_fail",
 )
 # (milder, stricter) pairs: the warn threshold must be reached before the fail one.
 _ORDERED = (
@@ -47,6 +49,7 @@ _ORDERED = (
     ("collapse_fail", "collapse_warn"),
     ("dead_warn", "dead_fail"),
     ("overfit_fitted_ratio", "overfit_partial_ratio"),
+    ("batchnorm_gap_warn", "batchnorm_gap_fail"),
 )
 # numpy's legacy seeding (CS231n dropout) takes seeds below 2**32.
 _MAX_SEED = 2**32 - 1
@@ -209,6 +212,18 @@ class Config:
     # this much relative to the outputs' size (bit-identical is expected on CPU).
     numerics_rows: int = 32
     numerics_eval_rtol: float = 1e-6
+
+    # batchnorm: an eval-mode output row may move by this much of its size when the other
+    # rows of its batch change, and two eval passes may differ by as much (healthy models
+    # give exactly 0 on CPU; batch statistics in eval mode move rows by 6e-2 and more,
+    # our calibration in docs/calibration.md).
+    batchnorm_eval_rtol: float = 1e-4
+    # Train-vs-eval loss gap of one batch, relative to the larger of the two losses, with
+    # the running statistics averaged over the stored batches: at most 2.9% on healthy
+    # models (BN MLPs and CNNs, 4 batches of 8-32; resnet18 2.1%, seeds 0-4); batches of
+    # one class 48%. Warn at ~7x the healthy maximum, fail at half the larger loss.
+    batchnorm_gap_warn: float = 0.2
+    batchnorm_gap_fail: float = 0.5
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
 

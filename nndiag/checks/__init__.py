@@ -273,6 +273,28 @@ BUILTIN: tuple[CheckSpec, ...] = (
         "two eval forwards",
         settings=("numerics_rows", "numerics_eval_rtol"),
     ),
+    CheckSpec(
+        "batchnorm",
+        "nndiag.checks.batchnorm:batchnorm",
+        "Do running statistics move in train mode and not in eval mode, is eval mode "
+        "batch-independent, and do train and eval losses agree once the statistics are warm?",
+        why="about 6 forward passes without gradients plus one per stored batch to warm the "
+        "statistics; skips without batch-statistics layers",
+        settings=("batchnorm_eval_rtol", "batchnorm_gap_warn", "batchnorm_gap_fail"),
+        plot="plot_batchnorm",
+        tables=(
+            TableSpec(
+                "layers",
+                "batch-statistics layers",
+                (
+                    ("name", "layer"),
+                    ("momentum", "momentum"),
+                    ("train_change", "change in train mode"),
+                    ("eval_change", "change in eval mode"),
+                ),
+            ),
+        ),
+    ),
 )
 
 

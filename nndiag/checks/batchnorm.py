@@ -1,0 +1,362 @@
+"""``batchnorm``: batch-statistics layers behave as training and evaluation need.
+
+A batch-normalization layer normalizes with the statistics of the batch in train mode and
+blends them into running statistics, which it uses in evaluation mode. Four measurements,
+on nndiag's private copies:
+
+* movement: one train-mode forward must change every layer's running statistics (a
+  momentum of 0 leaves them stale: evaluation then normalizes with the statistics they
+  started from), and an eval-mode forward must leave them as they are;
+* evaluation: two eval-mode forwards of one batch agree, and an output row does not move
+  when the other rows of its batch change (no batch statistics in evaluation mode);
+* gap: with the running statistics warmed on the stored batches (each weighing the same),
+  the train-mode and eval-mode losses of the same batch agree; far apart, the batches'
+  statistics are not representative of the data (batches of one class, tiny batches);
+* batches of one sample: in train mode each sample is normalized by its own statistics.
+
+A finding that fails is measured a second time, on another batch or batch composition,
+before it is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nndiag.config import Config
+from nndiag.contract import Batch, Mode, NormLayer, Session
+from nndiag.results import CheckResult, Status
+
+CHECK = "batchnorm"
+
+_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    status: Status  # warn or fail
+    cause: str
+    sentence: str
+    hint: str
+
+
+def _named(names: Sequence[str], total: int) -> str:
+    shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+    return f"{len(names)} of {total} layers ({shown})"
+
+
+def change(before: tuple[Any, Any], after: tuple[Any, Any]) -> float:
+    """Largest change of a running mean or variance, relative to its size; exactly 0 when
+    both are unchanged. A statistic made by the forward counts from the zeros it starts
+    at (CS231n)."""
+    worst = 0.0
+    for b, a in zip(before, after):
+        if a is None and b is None:
+            continue
+        a = np.zeros_like(b) if a is None else np.asarray(a, dtype=np.float64)
+        b = np.zeros_like(a) if b is None else np.asarray(b, dtype=np.float64)
+        if a.shape != b.shape:
+            return float("inf")
+        diff = float(np.abs(a - b).max()) if a.size else 0.0
+        if diff:
+            size = max(float(np.abs(b).max()), float(np.abs(a).max()))
+            worst = max(worst, diff / size)
+    return worst
+
+
+def _moves(session: Session, batch: Batch, mode: Mode) -> tuple[dict[str, float], Any]:
+    """Per tracking layer, how much one forward in ``mode`` changed its running statistics,
+    and the outputs of that forward (eval mode only)."""
+    before = session.running_statistics() or {}
+    evaluation = session.evaluate(batch, mode=mode, outputs=mode == "eval")
+    after = session.running_statistics() or {}
+    return {name: change(before[name], after[name]) for name in after if name in before}, (
+        evaluation.outputs
+    )
+
+
+def _relative(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    size = max(float(np.abs(b).max()) if b.size else 0.0, 1e-12)
+    return float(np.abs(a - b).max()) / size if a.size else 0.0
+
+
+def _dependence(session: Session, batch: Batch, base: Any, rows: list[int]) -> float:
+    """How far eval-mode output rows ``rows`` move when the rest of the batch is replaced
+    by copies of them (the batch's statistics change; a row's own input does not)."""
+    changed = session.take(batch, rows * 2)
+    out = np.asarray(session.evaluate(changed, mode="eval", outputs=True).outputs)
+    return _relative(out[: len(rows)], np.asarray(base)[rows])
+
+
+def _gap(session: Session, warm: Sequence[Batch], batch: Batch) -> tuple[float, float, float]:
+    """Relative train-vs-eval loss gap of ``batch`` with running statistics warmed on
+    ``warm``: (gap, train loss, eval loss). Eval first: a train forward moves them."""
+    session.warm(warm)
+    evaluated = session.evaluate(batch, mode="eval").loss
+    trained = session.evaluate(batch, mode="train").loss
+    gap = abs(evaluated - trained) / max(abs(trained), abs(evaluated), 1e-12)
+    return float(gap), float(trained), float(evaluated)
+
+
+def batchnorm(session: Session, config: Config) -> CheckResult:
+    """Fail on stale running statistics, batch statistics in evaluation mode, or a large
+    train-vs-eval gap; warn on batches of one sample and layers without running
+    statistics."""
+    stats = session.running_statistics()
+    if stats is None:
+        return CheckResult(
+            CHECK,
+            "skip",
+            f"The {session.words.framework} backend runs the model as a pure function, with "
+            "no train/eval mode and no running statistics to update: nothing to check.",
+        )
+    layers = session.norm_layers()
+    if not layers:
+        return CheckResult(
+            CHECK, "skip", "No batch-statistics (batch normalization) layers: nothing to check."
+        )
+    if session.has_regularization:
+        session.set_regularization(0.0)  # the gap compares data losses
+    batches = session.stored_batches()
+    sizes = [len(b) for b in batches]
+    usable = [b for b in batches if len(b) > 1] or batches
+    batch = usable[0]
+    n = len(batch)
+    total = len(layers)
+    by_name = {layer.name: layer for layer in layers}
+    tracked = [layer.name for layer in layers if layer.tracks]
+    untracked = [layer.name for layer in layers if not layer.tracks]
+    frozen = [layer.name for layer in layers if layer.frozen]
+    rtol = config.batchnorm_eval_rtol
+    eval_mode = session.words.eval_mode
+    findings: list[Finding] = []
+
+    # 1. Running statistics move in train mode and not in eval mode.
+    train_moves, _ = _moves(session, batch, "train")
+    eval_moves, first = _moves(session, batch, "eval")
+
+    # 2. Evaluation mode is deterministic and independent of the batch's other rows
+    # (measured before any other train-mode forward moves the statistics again).
+    second = session.evaluate(batch, mode="eval", outputs=True).outputs
+    nondeterminism = _relative(second, first)
+    if nondeterminism > rtol:
+        third = session.evaluate(batch, mode="eval", outputs=True).outputs
+        nondeterminism = min(nondeterminism, _relative(third, first))
+    dependence = 0.0
+    if n > 1:
+        half = list(range(max(1, n // 2)))
+        dependence = _dependence(session, batch, first, half)
+        if dependence > rtol:  # the other half of the rows, in a composition of their own
+            rest = list(range(len(half), n))
+            dependence = min(dependence, _dependence(session, batch, first, rest))
+
+    # Findings of 1, measured again on another batch.
+    still = [name for name in tracked if train_moves.get(name, 0.0) == 0.0]
+    reversed_batch = session.take(batch, list(range(n))[::-1])
+    if still:  # a layer the forward skipped once stays still
+        other = usable[1] if len(usable) > 1 else reversed_batch
+        again, _ = _moves(session, other, "train")
+        still = [name for name in still if again.get(name, 0.0) == 0.0]
+    in_eval = [name for name in tracked if eval_moves.get(name, 0.0) > 0.0]
+    if in_eval:
+        again, _ = _moves(session, reversed_batch, "eval")
+        in_eval = [name for name in in_eval if again.get(name, 0.0) > 0.0]
+
+    # 3. Train-vs-eval gap with warmed running statistics.
+    gap = trained = evaluated = None
+    if tracked:
+        gap, trained, evaluated = _gap(session, usable, batch)
+        if gap > config.batchnorm_gap_fail:  # warmed in reverse order, on the last batch
+            again_gap, trained, evaluated = _gap(session, usable[::-1], usable[-1])
+            gap = min(gap, again_gap)
+
+    # Verdicts, with the cause the evidence shows.
+    stale = [name for name in still if by_name[name].momentum == 0]
+    skipped = [name for name in still if by_name[name].momentum != 0]
+    if stale:
+        findings.append(
+            Finding(
+                "fail",
+                "stale",
+                f"Running statistics of {_named(stale, total)} never moved in train mode: "
+                "their momentum is 0, so evaluation normalizes with the statistics they "
+                "started from.",
+                "Give these layers a momentum above 0 (0.1 is the usual default; None keeps "
+                "a cumulative average), or they are never updated by training.",
+            )
+        )
+    eval_dependent = dependence > rtol or nondeterminism > rtol
+    how = (
+        f"an output row moved by {dependence:.3g} of its size when the other rows of its "
+        f"batch changed"
+        if dependence > rtol
+        else f"two passes of the same batch differ by {nondeterminism:.3g} of the outputs' size"
+    )
+    if in_eval:
+        findings.append(
+            Finding(
+                "fail",
+                "updated_in_eval",
+                f"Running statistics of {_named(in_eval, total)} moved in {eval_mode}: the "
+                f"forward normalizes with batch statistics there ({how})."
+                if eval_dependent
+                else f"Running statistics of {_named(in_eval, total)} moved in {eval_mode}.",
+                "Evaluation must use the running statistics: look for a normalization "
+                "called with training=True whatever the mode, or a layer switched back to "
+                "training inside forward.",
+            )
+        )
+    elif skipped and eval_dependent:
+        findings.append(
+            Finding(
+                "fail",
+                "bypassed",
+                f"Running statistics of {_named(skipped, total)} never moved in train mode "
+                f"although their momentum is above 0, and in {eval_mode} {how}: the forward "
+                "normalizes with batch statistics of its own instead of the layers' running "
+                "ones.",
+                "Call the layers themselves in forward (or pass their running statistics "
+                "and the mode to the functional normalization).",
+            )
+        )
+    elif skipped:
+        findings.append(
+            Finding(
+                "warn",
+                "never_updated",
+                f"Running statistics of {_named(skipped, total)} never moved in train mode "
+                "although their momentum is above 0: the forward does not run these layers.",
+                "Remove layers forward does not use, or call them where they belong.",
+            )
+        )
+    if eval_dependent and not in_eval and not skipped:
+        if untracked:
+            findings.append(
+                Finding(
+                    "warn",
+                    "no_running_statistics",
+                    f"{_named(untracked, total).capitalize()} keep no running statistics, so "
+                    f"in {eval_mode} they normalize with the batch's: {how}.",
+                    "Predictions of a sample then depend on its batch mates (and a batch of "
+                    "one normalizes to zero): keep running statistics unless this is "
+                    "intended.",
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "fail",
+                    "batch_dependent",
+                    f"In {eval_mode} {how}, with every batch-statistics layer on its running "
+                    "statistics.",
+                    "Something else mixes the rows or draws randomness in evaluation: see "
+                    "the batch_independence and numerics checks.",
+                )
+            )
+    if gap is not None and gap > config.batchnorm_gap_warn:
+        level: Status = "fail" if gap > config.batchnorm_gap_fail else "warn"
+        findings.append(
+            Finding(
+                level,
+                "train_eval_gap",
+                f"With running statistics averaged over {len(usable)} batch(es), the "
+                f"train-mode and eval-mode losses of the same batch differ by {gap:.1%} "
+                f"({trained:.4g} against {evaluated:.4g}; "
+                f"{level} above {getattr(config, f'batchnorm_gap_{level}'):.0%}).",
+                "The batches' statistics are far from the data's: shuffle the data (a "
+                "batch of one class or one source normalizes differently) and use larger "
+                "batches.",
+            )
+        )
+    ones = [i for i, size in enumerate(sizes) if size == 1]
+    if ones:
+        findings.append(
+            Finding(
+                "warn",
+                "batch_of_one",
+                f"{len(ones)} of {len(sizes)} stored batches hold 1 sample: in train mode a "
+                "batch-statistics layer then normalizes each sample by its own statistics "
+                "(a layer without spatial positions refuses it).",
+                "Train with batches of several samples (drop_last=True drops a final batch "
+                "of one), or use a normalization over features (layer or group "
+                "normalization).",
+            )
+        )
+
+    status: Status = max((f.status for f in findings), key=_ORDER.__getitem__, default="pass")
+    momenta = sorted({_momentum(layer) for layer in layers if layer.tracks})
+    metrics: dict[str, Any] = {
+        "layers": total,
+        "tracking": len(tracked),
+        "momentum": ", ".join(momenta),
+        "stale_layers": stale,
+        "never_updated_layers": skipped,
+        "updated_in_eval_layers": in_eval,
+        "untracked_layers": untracked,
+        "frozen_layers": frozen,
+        "min_train_change": min(
+            (train_moves[x] for x in tracked if x in train_moves), default=None
+        ),
+        "max_eval_change": max(eval_moves.values(), default=None),
+        "eval_batch_dependence": dependence,
+        "eval_nondeterminism": nondeterminism,
+        "train_eval_gap": gap,
+        "train_loss": trained,
+        "eval_loss": evaluated,
+        "warm_batches": len(usable),
+        "batch_sizes": sizes,
+        "eval_rtol": rtol,
+        "gap_warn": config.batchnorm_gap_warn,
+        "gap_fail": config.batchnorm_gap_fail,
+    }
+    worst = [f for f in findings if f.status == status]
+    if worst:
+        metrics["cause"] = worst[0].cause
+    metrics["causes"] = [f.cause for f in findings]
+    evidence: dict[str, Any] = {
+        "layers": [
+            {
+                "name": layer.name,
+                "momentum": _momentum(layer),
+                "train_change": train_moves.get(layer.name),
+                "eval_change": eval_moves.get(layer.name),
+                "tracks": layer.tracks,
+            }
+            for layer in layers
+        ],
+        "gap": gap,
+        "gap_warn": config.batchnorm_gap_warn,
+        "gap_fail": config.batchnorm_gap_fail,
+    }
+    note = ""
+    if frozen:
+        note = (
+            f" {_named(frozen, total).capitalize()} were in {eval_mode} while the model "
+            "trains (frozen statistics, the user's choice): checked as training layers."
+        )
+    if not findings:
+        gap_text = (
+            f"; with running statistics averaged over {len(usable)} batch(es), train and eval "
+            f"losses of the same batch differ by {gap:.2%} (warn above "
+            f"{config.batchnorm_gap_warn:.0%})"
+            if gap is not None
+            else ""
+        )
+        message = (
+            f"Running statistics of all {len(tracked)} tracking layers moved in train mode "
+            f"(momentum {metrics['momentum'] or 'n/a'}) and none in {eval_mode}; eval outputs "
+            f"repeat exactly and no row moved (at most {dependence:.2g} of its size) when the "
+            f"other rows of a batch of {n} changed{gap_text}.{note}"
+        )
+        return CheckResult(CHECK, "pass", message, metrics, evidence)
+    shown = sorted(findings, key=lambda f: -_ORDER[f.status])
+    message = " ".join(f.sentence for f in shown) + note
+    return CheckResult(CHECK, status, message, metrics, evidence, shown[0].hint)
+
+
+def _momentum(layer: NormLayer) -> str:
+    return "cumulative" if layer.momentum is None else f"{layer.momentum:g}"

@@ -159,6 +159,7 @@ class NormLayer:
     momentum: float | None
     tracks: bool = True
     frozen: bool = False
+    setting: str = ""  # the momentum in the backend's words: "momentum=0.1", ...
 
 
 @dataclass(frozen=True)

@@ -424,7 +424,14 @@ class NumpySession(SessionBase):
 
     def norm_layers(self) -> list[NormLayer]:
         # CS231n's batchnorm_forward: running = momentum * running + (1 - momentum) * batch
-        return [NormLayer(name, 1.0 - float(p.get("momentum", 0.9))) for name, p in self._norms()]
+        return [
+            NormLayer(
+                name,
+                1.0 - float(p.get("momentum", 0.9)),
+                setting=f"bn_param['momentum'] = {p.get('momentum', 0.9)}",
+            )
+            for name, p in self._norms()
+        ]
 
     def running_statistics(self) -> dict[str, tuple[Any, Any]] | None:
         self.require_isolated("running_statistics")
@@ -439,14 +446,12 @@ class NumpySession(SessionBase):
 
     def warm(self, batches: Sequence[Batch]) -> None:
         """The CS231n layers blend with a fixed momentum: it is set to ``1 - 1/k`` for the
-        k-th forward (the first one takes the batch's statistics), a cumulative average."""
+        k-th forward (the first one takes the batch's statistics, whatever they held), a
+        cumulative average."""
         self.require_isolated("warm")
         layers = [p for _, p in self._norms()]
         momenta = [p.get("momentum") for p in layers]
-        try:
-            for p in layers:
-                p.pop("running_mean", None)  # made afresh by the first forward
-                p.pop("running_var", None)
+        try:  # the first forward's momentum of 0 drops what the statistics held
             for k, batch in enumerate(batches, start=1):
                 for p in layers:
                     p["momentum"] = 1.0 - 1.0 / k

@@ -183,10 +183,12 @@ def batchnorm(session: Session, config: Config) -> CheckResult:
                 "fail",
                 "stale",
                 f"Running statistics of {_named(stale, total)} never moved in train mode: "
-                "their momentum is 0, so evaluation normalizes with the statistics they "
+                f"their momentum ({by_name[stale[0]].setting or 'momentum 0'}) blends none of "
+                "a batch's statistics in, so evaluation normalizes with the statistics they "
                 "started from.",
-                "Give these layers a momentum above 0 (0.1 is the usual default; None keeps "
-                "a cumulative average), or they are never updated by training.",
+                "Set a momentum that lets batches in (0.1 of each batch is the usual "
+                "default; a cumulative average works too), or training never updates these "
+                "layers' running statistics.",
             )
         )
     eval_dependent = dependence > rtol or nondeterminism > rtol
@@ -216,7 +218,8 @@ def batchnorm(session: Session, config: Config) -> CheckResult:
                 "fail",
                 "bypassed",
                 f"Running statistics of {_named(skipped, total)} never moved in train mode "
-                f"although their momentum is above 0, and in {eval_mode} {how}: the forward "
+                f"although they blend batches in ({by_name[skipped[0]].setting}), and in "
+                f"{eval_mode} {how}: the forward "
                 "normalizes with batch statistics of its own instead of the layers' running "
                 "ones.",
                 "Call the layers themselves in forward (or pass their running statistics "
@@ -229,7 +232,8 @@ def batchnorm(session: Session, config: Config) -> CheckResult:
                 "warn",
                 "never_updated",
                 f"Running statistics of {_named(skipped, total)} never moved in train mode "
-                "although their momentum is above 0: the forward does not run these layers.",
+                f"although they blend batches in ({by_name[skipped[0]].setting}): the forward "
+                "does not run these layers.",
                 "Remove layers forward does not use, or call them where they belong.",
             )
         )
@@ -339,6 +343,7 @@ def batchnorm(session: Session, config: Config) -> CheckResult:
             "trains (frozen statistics, the user's choice): checked as training layers."
         )
     if not findings:
+        settings = ", ".join(sorted({layer.setting for layer in layers if layer.tracks}))
         gap_text = (
             f"; with running statistics averaged over {len(usable)} batch(es), train and eval "
             f"losses of the same batch differ by {gap:.2%} (warn above "
@@ -348,7 +353,7 @@ def batchnorm(session: Session, config: Config) -> CheckResult:
         )
         message = (
             f"Running statistics of all {len(tracked)} tracking layers moved in train mode "
-            f"(momentum {metrics['momentum'] or 'n/a'}) and none in {eval_mode}; eval outputs "
+            f"({settings}) and none in {eval_mode}; eval outputs "
             f"repeat exactly and no row moved (at most {dependence:.2g} of its size) when the "
             f"other rows of a batch of {n} changed{gap_text}.{note}"
         )

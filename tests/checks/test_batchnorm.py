@@ -15,6 +15,7 @@ from torch import nn
 import nndiag
 from nndiag.results import CheckResult
 from tests.models import CLASSES, cnn_batchnorm, he_relu_mlp
+from tests.test_isolation import _assert_same, _state
 
 SEEDS = range(5)
 
@@ -123,7 +124,7 @@ def test_momentum_zero_leaves_running_statistics_stale(seed: int) -> None:
     assert result.status == "fail", result.message
     assert result.metrics["cause"] == "stale"
     assert result.metrics["stale_layers"] == ["bn1", "bn2"]
-    assert "momentum is 0" in result.message
+    assert "momentum=0.0" in result.message
 
 
 def test_one_stale_layer_is_named() -> None:
@@ -223,7 +224,10 @@ def test_the_users_running_statistics_and_settings_are_bit_identical() -> None:
     settings = [(m.momentum, m.training, m.track_running_stats) for m in (model.bn1, model.bn2)]
     ids = [id(b) for b in model.buffers()]
     rng = torch.get_rng_state()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = _state(model, optimizer)
     result = _run(subject)
+    _assert_same(state, _state(model, optimizer))
     assert result.status == "pass", result.message
     after = model.state_dict()
     assert before.keys() == after.keys()
@@ -337,6 +341,7 @@ def test_numpy_momentum_one_is_stale() -> None:
     result = _run(nndiag.Subject(CS231nBatchnormNet(0, momentum=1.0), _numpy_data(0)))
     assert result.status == "fail", result.message
     assert result.metrics["cause"] == "stale"
+    assert "bn_param['momentum'] = 1.0" in result.message
 
 
 def test_numpy_batch_statistics_in_test_mode_fail() -> None:

@@ -128,4 +128,4 @@ def test_stale_batchnorm_in_resnet18_names_every_layer() -> None:
     result = nndiag.diagnose(models.resnet18_stale_batchnorm(0), ["batchnorm"])["batchnorm"]
     assert result.status == "fail" and result.metrics["cause"] == "stale", result.summary()
     assert len(result.metrics["stale_layers"]) == result.metrics["layers"] == 20
-    assert "momentum is 0" in result.message
+    assert "momentum=0.0" in result.message

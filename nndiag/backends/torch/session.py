@@ -618,6 +618,7 @@ class TorchSession(SessionBase):
                 None if m.momentum is None else float(m.momentum),
                 tracks=m.track_running_stats and m.running_mean is not None,
                 frozen=bool(training and not modes.get(id(m), m.training)),
+                setting=f"momentum={m.momentum}",
             )
             for name, m in self._norms()
         ]

@@ -38,7 +38,6 @@ _FRACTIONS = (
     "dead_warn",
     "dead_fail",
     "batchnorm_gap_warn",
-    "batchnorm_gap_fail",
 )
 # (milder, stricter) pairs: the warn threshold must be reached before the fail one.
 _ORDERED = (
@@ -49,7 +48,6 @@ _ORDERED = (
     ("collapse_fail", "collapse_warn"),
     ("dead_warn", "dead_fail"),
     ("overfit_fitted_ratio", "overfit_partial_ratio"),
-    ("batchnorm_gap_warn", "batchnorm_gap_fail"),
 )
 # numpy's legacy seeding (CS231n dropout) takes seeds below 2**32.
 _MAX_SEED = 2**32 - 1
@@ -218,12 +216,13 @@ class Config:
     # give exactly 0 on CPU; batch statistics in eval mode move rows by 6e-2 and more,
     # our calibration in docs/calibration.md).
     batchnorm_eval_rtol: float = 1e-4
-    # Train-vs-eval loss gap of one batch, relative to the larger of the two losses, with
-    # the running statistics averaged over the stored batches: at most 2.9% on healthy
-    # models (BN MLPs and CNNs, 4 batches of 8-32; resnet18 2.1%, seeds 0-4); batches of
-    # one class 48%. Warn at ~7x the healthy maximum, fail at half the larger loss.
-    batchnorm_gap_warn: float = 0.2
-    batchnorm_gap_fail: float = 0.5
+    # Gap between the mean train-mode and eval-mode losses of the stored batches (running
+    # statistics averaged over them), relative to the larger: healthy BN MLPs/CNNs and
+    # resnet18 / mobilenet_v3_small at most 2.4% (4 batches of 8-32, seeds 0-4), but
+    # efficientnet_b0 at 32x32 reaches 47-62% with batches of 16 (1x1 late stages: 16
+    # values per channel; its large init logits amplify them); batches of one class each
+    # 48-90%. The two overlap, so a gap only warns, above half the larger loss.
+    batchnorm_gap_warn: float = 0.5
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
 

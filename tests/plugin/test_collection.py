@@ -77,7 +77,7 @@ def test_checks_option_picks_among_each_subjects_checks(project: Project) -> Non
             [],
             "[tool.nndiag]\ndead_warm = 0.2\n",
             "pyproject.toml: unknown key(s) 'dead_warm'; known keys: batchnorm_eval_rtol, "
-            "batchnorm_gap_fail,",
+            "batchnorm_gap_warn, checks,",
         ),
         (
             [],

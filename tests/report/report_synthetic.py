@@ -272,16 +272,15 @@ def batchnorm(status: str, rng: random.Random) -> dict[str, Any]:
         }
         for name in names
     ]
-    gap = {"pass": 0.01, "warn": 0.3}.get(status, 0.02)
+    gap = {"pass": 0.01, "warn": 0.6}.get(status, 0.02)
     return {
-        "evidence": {"layers": layers, "gap": gap, "gap_warn": 0.2, "gap_fail": 0.5},
+        "evidence": {"layers": layers, "gap": gap, "gap_warn": 0.5},
         "metrics": {
             "layers": len(names),
             "tracking": len(names),
             "stale_layers": names if stale else [],
             "train_eval_gap": gap,
-            "gap_warn": 0.2,
-            "gap_fail": 0.5,
+            "gap_warn": 0.5,
         },
         "cost": Cost(7, 0, 0.6),
         "message": f"running statistics of {len(names)} layers never moved in train mode"

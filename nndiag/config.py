@@ -37,6 +37,7 @@ _FRACTIONS = (
     "collapse_fail",
     "dead_warn",
     "dead_fail",
+    "batchnorm_gap_warn",
 )
 # (milder, stricter) pairs: the warn threshold must be reached before the fail one.
 _ORDERED = (
@@ -213,6 +214,19 @@ class Config:
     # this much relative to the outputs' size (bit-identical is expected on CPU).
     numerics_rows: int = 32
     numerics_eval_rtol: float = 1e-6
+
+    # batchnorm: an eval-mode output row may move by this much of its size when the other
+    # rows of its batch change, and two eval passes may differ by as much (healthy models
+    # give exactly 0 on CPU; batch statistics in eval mode move rows by 6e-2 and more,
+    # our calibration in docs/calibration.md).
+    batchnorm_eval_rtol: float = 1e-4
+    # Gap between the mean train-mode and eval-mode losses of the stored batches (running
+    # statistics averaged over them), relative to the larger: healthy BN MLPs/CNNs and
+    # resnet18 / mobilenet_v3_small at most 2.4% (4 batches of 8-32, seeds 0-4), but
+    # efficientnet_b0 at 32x32 reaches 47-62% with batches of 16 (1x1 late stages: 16
+    # values per channel; its large init logits amplify them); batches of one class each
+    # 48-90%. The two overlap, so a gap only warns, above half the larger loss.
+    batchnorm_gap_warn: float = 0.5
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
 

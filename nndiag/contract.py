@@ -30,6 +30,7 @@ __all__ = [
     "LayerRecord",
     "Mode",
     "NonFinite",
+    "NormLayer",
     "Objective",
     "Session",
     "Step",
@@ -139,6 +140,26 @@ class NonFinite:
     op: str
     count: int = 0
     total: int = 0
+
+
+@dataclass(frozen=True)
+class NormLayer:
+    """A layer that normalizes with the statistics of the batch in train mode, as the
+    user's model has it set up.
+
+    ``momentum`` is the share of a batch's statistics that one train-mode forward blends
+    into the running ones (torch's convention: CS231n's ``momentum=0.9`` is 0.1 here); 0
+    leaves them as they are, None means a cumulative average. ``tracks`` is False for a
+    layer that keeps no running statistics, so it normalizes with the batch's statistics in
+    evaluation mode too. ``frozen`` marks a layer left in evaluation mode while the rest of
+    the user's model is in training mode (frozen statistics, common when fine-tuning).
+    """
+
+    name: str
+    momentum: float | None
+    tracks: bool = True
+    frozen: bool = False
+    setting: str = ""  # the momentum in the backend's words: "momentum=0.1", ...
 
 
 @dataclass(frozen=True)
@@ -272,3 +293,21 @@ class Session(Protocol):
 
     def batch_statistics_layers(self) -> list[str]:
         """Names of layers that normalize with statistics of the batch in train mode."""
+
+    def norm_layers(self) -> list[NormLayer]:
+        """The batch-statistics layers with their settings, as the user's model has them
+        (the same layers as ``batch_statistics_layers``)."""
+
+    def stored_batches(self) -> list[Batch]:
+        """The batches of the subject's data the run holds, as the data yielded them."""
+
+    def running_statistics(self) -> dict[str, tuple[Any, Any]] | None:
+        """Per layer that tracks them, the running mean and variance now (numpy copies, of
+        nndiag's private copies); a statistic a layer has not made yet is None (CS231n
+        layers make theirs in their first train-mode forward). None when the backend keeps
+        no running statistics at all. Inside isolated()."""
+
+    def warm(self, batches: Sequence[Batch]) -> None:
+        """Running statistics reset and set to the average over one train-mode forward
+        (without gradients) per batch, each batch weighing the same whatever the layers'
+        momentum, which is put back after. Inside isolated()."""

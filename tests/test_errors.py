@@ -324,6 +324,8 @@ def test_float_targets_and_integer_arrays_from_numpy() -> None:
         ({"dead_warn": 0.8}, "Config.dead_warn: 0.8 is past dead_fail = 0.7"),
         ({"gradient_warn": 1e-3}, "Config.gradient_warn: 0.001 is past gradient_fail"),
         ({"collapse_fail": 0.2}, "Config.collapse_fail: 0.2 is past collapse_warn"),
+        ({"batchnorm_gap_warn": 2.0}, "Config.batchnorm_gap_warn: is a fraction, at most 1"),
+        ({"batchnorm_eval_rtol": -1.0}, "Config.batchnorm_eval_rtol: must be a finite number"),
     ],
 )
 def test_config_values_are_validated(options: dict[str, Any], words: str) -> None:

@@ -323,6 +323,9 @@ class SessionBase:
         counts = np.bincount(flat, minlength=classes)
         return Task("classification", classes, tuple(int(c) for c in counts))
 
+    def stored_batches(self) -> list[Batch]:
+        return list(self.batches)
+
 
 def float64_note(dtypes: Iterable[str]) -> str:
     """What a result says when parameters were promoted for the float64 check."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,7 +41,17 @@ from nndiag.backends.base import (
 )
 from nndiag.backends.capture import Accumulator
 from nndiag.backends.state import NumberSnapshot, holders, rng_guard
-from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
+from nndiag.contract import (
+    Batch,
+    Evaluation,
+    LayerRecord,
+    Mode,
+    NonFinite,
+    NormLayer,
+    Step,
+    Task,
+    Vocabulary,
+)
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["BACKEND", "NumpyBackend", "NumpySession"]
@@ -416,6 +426,62 @@ class NumpySession(SessionBase):
                 )
             stats.add(str(name), _kind(str(name), a), a, weight)
         return stats.layers()
+
+    # -- batch normalization -----------------------------------------------------------
+    def _norms(self) -> list[tuple[str, dict[str, Any]]]:
+        """The ``bn_params`` dicts of batch normalization: CS231n's carry a ``mode`` (its
+        layer normalization keeps empty dicts there, with no running statistics)."""
+        bn = getattr(self.model, "bn_params", None)
+        found = list(enumerate(bn)) if isinstance(bn, list) else []
+        named = [(f"bn_params[{i}]", p) for i, p in found]
+        if isinstance(bn, dict):
+            named = [("bn_params", bn)]
+        return [
+            (name, p)
+            for name, p in named
+            if isinstance(p, dict) and ("mode" in p or "running_mean" in p)
+        ]
+
+    def norm_layers(self) -> list[NormLayer]:
+        # CS231n's batchnorm_forward: running = momentum * running + (1 - momentum) * batch
+        return [
+            NormLayer(
+                name,
+                1.0 - float(p.get("momentum", 0.9)),
+                setting=f"bn_param['momentum'] = {p.get('momentum', 0.9)}",
+            )
+            for name, p in self._norms()
+        ]
+
+    def running_statistics(self) -> dict[str, tuple[Any, Any]] | None:
+        self.require_isolated("running_statistics")
+
+        def copied(value: Any) -> Any:
+            return None if value is None else np.array(value, dtype=np.float64)
+
+        return {
+            name: (copied(p.get("running_mean")), copied(p.get("running_var")))
+            for name, p in self._norms()
+        }
+
+    def warm(self, batches: Sequence[Batch]) -> None:
+        """The CS231n layers blend with a fixed momentum: it is set to ``1 - 1/k`` for the
+        k-th forward (the first one takes the batch's statistics, whatever they held), a
+        cumulative average."""
+        self.require_isolated("warm")
+        layers = [p for _, p in self._norms()]
+        momenta = [p.get("momentum") for p in layers]
+        try:  # the first forward's momentum of 0 drops what the statistics held
+            for k, batch in enumerate(batches, start=1):
+                for p in layers:
+                    p["momentum"] = 1.0 - 1.0 / k
+                self._loss(batch.X, batch.y, reseed=True)
+        finally:
+            for p, momentum in zip(layers, momenta):
+                if momentum is None:
+                    p.pop("momentum", None)
+                else:
+                    p["momentum"] = momentum
 
 
 class _PinnedMode(dict):

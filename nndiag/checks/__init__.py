@@ -273,6 +273,28 @@ BUILTIN: tuple[CheckSpec, ...] = (
         "two eval forwards",
         settings=("numerics_rows", "numerics_eval_rtol"),
     ),
+    CheckSpec(
+        "batchnorm",
+        "nndiag.checks.batchnorm:batchnorm",
+        "Do running statistics move in train mode and not in eval mode, is eval mode "
+        "batch-independent, and do train and eval losses agree once the statistics are warm?",
+        why="forward passes without gradients: 4, plus 3 per stored batch (warming and the "
+        "gap), 7 for one batch; skips without batch-statistics layers",
+        settings=("batchnorm_eval_rtol", "batchnorm_gap_warn"),
+        plot="plot_batchnorm",
+        tables=(
+            TableSpec(
+                "layers",
+                "batch-statistics layers",
+                (
+                    ("name", "layer"),
+                    ("momentum", "momentum"),
+                    ("train_change", "change in train mode"),
+                    ("eval_change", "change in eval mode"),
+                ),
+            ),
+        ),
+    ),
 )
 
 

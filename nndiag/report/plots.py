@@ -722,6 +722,73 @@ def plot_dead_neurons(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     return [("fraction of dead units per layer", fig)]
 
 
+def plot_batchnorm(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Per batch-statistics layer, how much one forward changed its running statistics in
+    train mode (must be above 0) and in eval mode (must be 0), as paired bars."""
+    layers = _records(evidence.get("layers"))[:_MAX_BARS]
+    if not layers:
+        return []
+    labels = [_label(layer.get("name")) for layer in layers]
+    fig = _figure(
+        5.0,
+        1.0 + 0.3 * len(layers),
+        left=_label_inches(labels, FONT - 1),
+        bottom=0.42,
+        top=0.3,
+        right=0.45,
+    )
+    ax = fig.subplots()
+    _style(ax)
+    trains = [_number(layer.get("train_change")) for layer in layers]
+    evals = [_number(layer.get("eval_change")) for layer in layers]
+    top = max(_finite([v for v in (*trains, *evals) if v is not None]), default=0.0) or 1.0
+    height = 0.38
+    for y, (train, held, layer) in enumerate(zip(trains, evals, layers)):
+        if layer.get("tracks") is False:
+            ax.text(0, y, " no running statistics", va="center", fontsize=FONT - 2, color=MUTED)
+            continue
+        ax.barh(y - height / 2, train or 0.0, height=height, color=ACCENT)
+        ax.barh(y + height / 2, held or 0.0, height=height, color=COLORS["fail"])
+        for offset, value, flagged, word in (
+            (-height / 2, train, train == 0, "never moved"),
+            (height / 2, held, bool(held), "moved"),
+        ):
+            text = f" {_short(value)}" + (f" ({word})" if flagged else "")
+            ax.text(
+                value or 0.0,
+                y + offset,
+                text,
+                va="center",
+                fontsize=FONT - 3,
+                color=COLORS["fail"] if flagged else INK,
+            )
+    ax.set_xlim(0, top * 1.25)
+    ax.set_yticks(range(len(layers)), labels)
+    ax.set_ylim(len(layers) - 0.5, -0.7)
+    ax.set_xlabel("relative change of the running statistics after one forward", fontsize=FONT - 1)
+    ax.text(
+        0.0,
+        1.0,
+        "train mode (above 0)",
+        transform=ax.transAxes,
+        ha="left",
+        va="bottom",
+        fontsize=FONT - 2,
+        color=ACCENT,
+    )
+    ax.text(
+        1.0,
+        1.0,
+        "eval mode (0)",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=FONT - 2,
+        color=COLORS["fail"],
+    )
+    return [("running-statistics change per layer in train and eval mode", fig)]
+
+
 def _plotters() -> dict[str, Plotter]:
     from nndiag.checks import BUILTIN
 

@@ -304,6 +304,16 @@ def llama_hot_head(seed: int = 0) -> nndiag.Subject:
     return nndiag.Subject(model, _next_tokens(seed), loss=token_loss, name="llama_hot_head")
 
 
+def resnet18_stale_batchnorm(seed: int = 0) -> nndiag.Subject:
+    """``momentum = 0`` on every BatchNorm: running statistics never move from their init,
+    so evaluation normalizes with mean 0 and variance 1."""
+    model = _vision("resnet18", seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.0
+    return nndiag.Subject(model, _images(seed), name="resnet18_stale_batchnorm")
+
+
 Factory = Callable[..., nndiag.Subject]
 
 HEALTHY: dict[str, Factory] = {
@@ -327,6 +337,7 @@ BUGS: dict[str, tuple[Factory, str]] = {
     "gpt2_batch_softmax": (gpt2_batch_softmax, "batch_independence"),
     "llama_hot_head": (llama_hot_head, "initial_loss"),
     "squeezenet_grad_one_percent": (squeezenet_grad_one_percent, "gradient_check"),
+    "resnet18_stale_batchnorm": (resnet18_stale_batchnorm, "batchnorm"),
 }
 
 # Caught too, but slow for the test run: gradient_check spends ~50-100 s naming the 88

@@ -28,6 +28,7 @@ TRUSTED = (
     "numerics",
     "regularization_loss",
     "gradient_check",
+    "batchnorm",
 )
 
 # Healthy models a trusted check wrongly fails, by (model, seed, check): nndiag bugs, each
@@ -115,3 +116,17 @@ def test_efficientnet_head_is_flagged_with_its_cause_and_its_gates_are_not() -> 
 def test_no_warning_where_a_healthy_model_once_got_one(name: str, seed: int, check: str) -> None:
     result = nndiag.diagnose(models.HEALTHY[name](seed), [check], nndiag.Config(seed=seed))
     assert result[check].status == "pass", result[check].summary()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "timm_resnet10t"])
+@pytest.mark.parametrize("seed", range(5))
+def test_batchnorm_is_silent_on_healthy_batchnorm_models(name: str, seed: int) -> None:
+    result = nndiag.diagnose(models.HEALTHY[name](seed), ["batchnorm"], nndiag.Config(seed=seed))
+    assert result["batchnorm"].status == "pass", result["batchnorm"].summary()
+
+
+def test_stale_batchnorm_in_resnet18_names_every_layer() -> None:
+    result = nndiag.diagnose(models.resnet18_stale_batchnorm(0), ["batchnorm"])["batchnorm"]
+    assert result.status == "fail" and result.metrics["cause"] == "stale", result.summary()
+    assert len(result.metrics["stale_layers"]) == result.metrics["layers"] == 20
+    assert "momentum=0.0" in result.message

@@ -17,7 +17,7 @@ from nndiag.config import DEFAULT_CHECKS
 from nndiag.results import STATUSES, CheckResult, Cost, Report
 
 PLOTTED = {spec.id for spec in BUILTIN if spec.plot is not None}
-# The statuses below are written for the six checks that draw plots.
+# The statuses below are written for the seven checks that draw plots.
 KNOWN_CHECKS = tuple(c for c in DEFAULT_CHECKS if c in PLOTTED)
 # Check ids without a plotter: they get a metrics table (and a counterexample when given).
 EXTRA_CHECKS = ("permutation_invariance", "loss_is_finite", "batch_independence", "lr_sweep")
@@ -258,6 +258,38 @@ def dead_neurons(status: str, rng: random.Random, names: Sequence[str] = ()) -> 
     }
 
 
+def batchnorm(status: str, rng: random.Random) -> dict[str, Any]:
+    """A ResNet-like stack of batch-norm layers; a failure has stale statistics (momentum 0)."""
+    names = [f"layer{i // 2 + 1}.{i % 2}.bn{j}" for i in range(4) for j in (1, 2)]
+    stale = status == "fail"
+    layers = [
+        {
+            "name": name,
+            "momentum": "0" if stale else "0.1",
+            "train_change": 0.0 if stale else rng.uniform(0.05, 1.0),
+            "eval_change": 0.0,
+            "tracks": True,
+        }
+        for name in names
+    ]
+    gap = {"pass": 0.01, "warn": 0.6}.get(status, 0.02)
+    return {
+        "evidence": {"layers": layers, "gap": gap, "gap_warn": 0.5},
+        "metrics": {
+            "layers": len(names),
+            "tracking": len(names),
+            "stale_layers": names if stale else [],
+            "train_eval_gap": gap,
+            "gap_warn": 0.5,
+        },
+        "cost": Cost(7, 0, 0.6),
+        "message": f"running statistics of {len(names)} layers never moved in train mode"
+        if stale
+        else f"train and eval losses of the same batch differ by {gap:.0%}",
+        "hint": "give the layers a momentum above 0" if stale else None,
+    }
+
+
 def extra(check: str, status: str, rng: random.Random) -> dict[str, Any]:
     evidence: dict[str, Any] = {}
     if status == "fail":
@@ -283,6 +315,7 @@ BUILDERS = {
     "gradient_check": gradient_check,
     "activation_stats": activation_stats,
     "dead_neurons": dead_neurons,
+    "batchnorm": batchnorm,
 }
 
 
@@ -330,9 +363,9 @@ def demo_report() -> Report:
     """Three subjects for looking at the page: healthy, broken, and a mixed one."""
     rng = random.Random(1)
     results = [result("TwoLayerNet", check, "pass", rng) for check in KNOWN_CHECKS]
-    broken = ("fail", "fail", "fail", "fail", "fail", "warn")
+    broken = ("fail", "fail", "fail", "fail", "fail", "warn", "skip")
     results += [result("DeepTanhNet (std 0.01)", c, s, rng) for c, s in zip(KNOWN_CHECKS, broken)]
-    mixed = ("warn", "pass", "pass", "warn", "warn", "skip", "fail", "error")
+    mixed = ("warn", "pass", "pass", "warn", "warn", "skip", "warn", "fail", "error")
     results += [
         result("ConvNet", c, s, rng) for c, s in zip(KNOWN_CHECKS + EXTRA_CHECKS[:2], mixed)
     ]

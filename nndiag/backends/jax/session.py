@@ -24,7 +24,17 @@ from nndiag.backends.jax.capture import JaxprRecorder, is_array, is_float, subja
 from nndiag.backends.jax.compile import jit_or_eager, untraceable
 from nndiag.backends.jax.numerics import NonFiniteSearch, nonfinite_count
 from nndiag.backends.state import NumberSnapshot, holders, rng_guard
-from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
+from nndiag.contract import (
+    Batch,
+    Evaluation,
+    LayerRecord,
+    Mode,
+    NonFinite,
+    NormLayer,
+    Step,
+    Task,
+    Vocabulary,
+)
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 try:  # jax >= 0.4.30 exposes the jaxpr types here; older versions in jax.core
@@ -463,6 +473,19 @@ class JaxSession(SessionBase):
                 recorder.run(closed, [*leaves, X])
             left -= len(batch)
         return recorder.layers()
+
+    # -- batch normalization -----------------------------------------------------------
+    def norm_layers(self) -> list[NormLayer]:
+        return []
+
+    def running_statistics(self) -> dict[str, tuple[Any, Any]] | None:
+        """None: a subject is a pure ``apply_fn(params, X)``, with no train/eval mode and
+        no mutable collection (flax's ``batch_stats``) that a forward could update."""
+        self.require_isolated("running_statistics")
+        return None
+
+    def warm(self, batches: Sequence[Batch]) -> None:
+        self.require_isolated("warm")  # no running statistics to warm
 
 
 def _float64(x: jax.Array) -> jax.Array:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, NamedTuple
@@ -19,7 +19,17 @@ from nndiag.backends.state import NumberSnapshot, holders, references, rng_guard
 from nndiag.backends.torch import inputs
 from nndiag.backends.torch.capture import Recorder
 from nndiag.backends.torch.numerics import NonFiniteWatch
-from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
+from nndiag.contract import (
+    Batch,
+    Evaluation,
+    LayerRecord,
+    Mode,
+    NonFinite,
+    NormLayer,
+    Step,
+    Task,
+    Vocabulary,
+)
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["TorchSession", "rng_devices", "torch_rng_guard"]
@@ -214,6 +224,7 @@ class TorchSession(SessionBase):
     model: nn.Module
     words = WORDS
     _classes_last = False
+    _user_modes: dict[int, bool] = {}  # noqa: RUF012  (replaced per run, never mutated)
 
     def __init__(self, subject: Any, config: Any) -> None:
         super().__init__(subject, config)
@@ -270,6 +281,8 @@ class TorchSession(SessionBase):
         knob = self.subject.regularization
         holding = NumberSnapshot(holders(self.loss_fn, knob if callable(knob) else None))
         default_dtype = torch.get_default_dtype()
+        if not self._inside:  # the user's modes, for norm_layers() inside the check
+            self._user_modes = {id(m): training for m, training in snapshot.training}
         try:
             with torch_rng_guard(self._devices, self.config.seed), torch.enable_grad():
                 self._train_mode()
@@ -615,6 +628,56 @@ class TorchSession(SessionBase):
                     self._run_model(inputs.rows(batch.X, slice(0, left)))
                 left -= len(batch)
         return recorder.layers()
+
+    # -- batch normalization -----------------------------------------------------------
+    def _norms(self) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
+        return [
+            (name or type(m).__name__, m)
+            for name, m in self.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+
+    def norm_layers(self) -> list[NormLayer]:
+        modes = self._user_modes if self._inside else {}
+        training = modes.get(id(self.model), self.model.training)
+        return [
+            NormLayer(
+                name,
+                None if m.momentum is None else float(m.momentum),
+                tracks=m.track_running_stats and m.running_mean is not None,
+                frozen=bool(training and not modes.get(id(m), m.training)),
+                setting=f"momentum={m.momentum}",
+            )
+            for name, m in self._norms()
+        ]
+
+    def running_statistics(self) -> dict[str, tuple[Any, Any]] | None:
+        self.require_isolated("running_statistics")
+        return {
+            name: (
+                None if m.running_mean is None else _numpy(m.running_mean).copy(),
+                None if m.running_var is None else _numpy(m.running_var).copy(),
+            )
+            for name, m in self._norms()
+            if m.track_running_stats and m.running_mean is not None
+        }
+
+    def warm(self, batches: Sequence[Batch]) -> None:
+        """``momentum=None`` on the private layers for the block: torch's cumulative
+        average, 1/k for the k-th forward."""
+        self.require_isolated("warm")
+        layers = [m for _, m in self._norms() if m.track_running_stats]
+        momenta = [m.momentum for m in layers]
+        try:
+            for m in layers:
+                m.reset_running_stats()  # the private clones: zeros, ones, 0 batches
+                m.momentum = None
+            for batch in batches:
+                with self._mode("train", None, "warm"), torch.no_grad():
+                    self._run_model(batch.X)
+        finally:
+            for m, momentum in zip(layers, momenta):
+                m.momentum = momentum
 
 
 class _Private(NamedTuple):

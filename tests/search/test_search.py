@@ -17,6 +17,7 @@ import pytest
 import nndiag
 from nndiag.errors import BackendUnavailable, InvalidSetting, InvalidSettingType
 from tests.search import helpers as h
+from tests.search.workers import check_shared, shared_study, start_worker, worker_script
 
 pytest.importorskip("optuna")
 
@@ -170,63 +171,6 @@ def test_two_worker_processes_split_a_study_without_duplicates(tmp_path: Path) -
     keys = [(t.stage, t.number) for t in result.trials]
     assert len(keys) == 10 == len(set(keys))
     assert len({(t.stage, t.params["lr"]) for t in result.trials}) == 10
-
-
-def worker_script(storage: str, study: str, factory: str = "regression") -> str:
-    return (
-        "import sys, nndiag\n"
-        "from tests.search import helpers as h\n"
-        "print('ready', flush=True); sys.stdin.readline()\n"
-        f"nndiag.search(h.{factory}, {{'lr': nndiag.LogUniform(1e-3, 1.0)}}, trials=[6, 6],"
-        f" stages=2, steps={h.STEPS}, validation=h.validation_data(), storage={storage!r},"
-        f" study={study!r}, seed=0)\n"
-    )
-
-
-def start_worker(script: str, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-
-def shared_study(storage: str, study: str) -> None:
-    """Two workers, started together (each waits for the word), share one study."""
-    workers = [start_worker(worker_script(storage, study)) for _ in range(2)]
-    for worker in workers:
-        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
-    for worker in workers:
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-    for worker in workers:
-        assert worker.wait(timeout=300) == 0
-    check_shared(storage, study)
-
-
-def check_shared(storage: str, study: str, stopped: int = 0) -> None:
-    """Each stage ran its 6 trials once each; ``stopped`` trials of a killed worker were
-    failed and queued again."""
-    import optuna
-
-    seen = 0
-    for stage in (0, 1):
-        trials = optuna.load_study(study_name=f"{study}.stage{stage}", storage=storage).trials
-        dead = [t for t in trials if "stopped" in str(t.user_attrs.get("reason"))]
-        seen += len(dead)
-        trials = [t for t in trials if t not in dead]
-        assert len(trials) == 6
-        assert {t.state for t in trials} <= {
-            optuna.trial.TrialState.COMPLETE,
-            optuna.trial.TrialState.PRUNED,
-        }
-        assert len({t.number for t in trials}) == 6
-        assert len({t.params["lr"] for t in trials}) == 6
-    assert seen == stopped
 
 
 def test_two_workers_on_one_sqlite_storage(tmp_path: Path) -> None:

@@ -470,23 +470,26 @@ def _work(
 ) -> None:
     """Claim and run trials, stage by stage, until every stage is finished."""
     total = sum(plan["trials"])
+    earlier: list[TrialRecord] = []  # the finished stages' trials, read once each
     for stage in range(plan["stages"]):
         study = _stage(optuna, store, plan, stage)
         space = _stage_space(study)
-        queue: list[int] = []
+        queue: list[tuple[int, int]] = []
         noted: dict[str, str] = {}
         while True:
-            trial_id = _claim(optuna, store, study, plan, queue)
-            if trial_id is not None:
-                _run(optuna, store, study, trial_id, plan, stage, space, noted)
+            claimed = _claim(optuna, store, study, plan, queue)
+            if claimed is not None:
+                _run(optuna, store, study, claimed, plan, stage, space, noted)
                 if progress is not None:
-                    progress(_progress(optuna, store, plan, stage, total, jobs))
+                    progress(_progress(optuna, study, stage, earlier, total, jobs))
                 continue
             running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
             if not running:
                 break
             _recover(optuna, store, study, running)
             time.sleep(POLL)
+        if progress is not None:
+            earlier.extend(_records(optuna, study, stage))
 
 
 @contextlib.contextmanager
@@ -508,9 +511,10 @@ def _claim_lock(url: str) -> Iterator[None]:
 
 
 def _claim(
-    optuna: Any, store: Any, study: Any, plan: Mapping[str, Any], queue: list[int]
-) -> int | None:
-    """Move one WAITING trial to RUNNING for this worker; None when none is left.
+    optuna: Any, store: Any, study: Any, plan: Mapping[str, Any], queue: list[tuple[int, int]]
+) -> tuple[int, int] | None:
+    """Move one WAITING trial to RUNNING for this worker: its id and number, or None when
+    none is left.
 
     ``queue`` holds the ids seen waiting at the last look, oldest last: a claim of one
     that another worker took meanwhile just fails, so the study is read again only when
@@ -522,13 +526,13 @@ def _claim(
                 waiting = study.get_trials(
                     deepcopy=False, states=(optuna.trial.TrialState.WAITING,)
                 )
-                queue.extend(reversed([t._trial_id for t in waiting]))
+                queue.extend(reversed([(t._trial_id, t.number) for t in waiting]))
             while queue:
-                trial_id = queue.pop()
+                trial_id, number = queue.pop()
                 try:
                     if store.set_trial_state_values(trial_id, state=_running(optuna)):
                         store.set_trial_user_attr(trial_id, "worker", _me())
-                        return int(trial_id)
+                        return int(trial_id), int(number)
                 except optuna.exceptions.UpdateFinishedTrialError:
                     continue
     return None
@@ -603,22 +607,29 @@ def _run(
     optuna: Any,
     store: Any,
     study: Any,
-    trial_id: int,
+    claimed: tuple[int, int],
     plan: Mapping[str, Any],
     stage: int,
     space: Mapping[str, Param],
     noted: dict[str, str],
 ) -> None:
-    number = store.get_trial_number_from_id(trial_id)
+    trial_id, number = claimed
     if plan["sampler"] == "tpe":
         study.sampler = _sampler(optuna, plan, stage, number)
     trial = optuna.trial.Trial(study, trial_id)
     params = {name: _suggest(trial, name, p) for name, p in space.items()}
     pruner_name = plan["pruner"]
+    view = _PrunerView(optuna, store, study, fresh=pruner_name == "halving")
+    mine = _Steps()  # what the median rule reads of this trial
 
     def should_prune(step: int, value: float) -> str | None:
+        if pruner_name == "none":
+            return None
         trial.report(value, step)
-        if not trial.should_prune():
+        mine.intermediate_values[step] = value
+        # Successive halving records this trial's rungs in the storage: read it back.
+        current = store.get_trial(trial_id) if pruner_name == "halving" else mine
+        if not study.pruner.prune(view, current):
             return None
         rule = (
             "worse than the median of earlier trials at that step"
@@ -647,6 +658,41 @@ def _run(
     _tell(optuna, store, study, trial, trial_id, outcome, noted)
 
 
+class _Steps:
+    """This trial's validation values by step, as the median rule reads them."""
+
+    def __init__(self) -> None:
+        self.intermediate_values: dict[int, float] = {}
+
+    @property
+    def last_step(self) -> int | None:
+        return max(self.intermediate_values) if self.intermediate_values else None
+
+
+class _PrunerView:
+    """The study as its pruner reads it, less the queued trials: Optuna's trial cache
+    reads every unfinished trial again on each read, and a stage queues all of its trials
+    up front, so a pruner reading the study itself would cost more than a small trial."""
+
+    def __init__(self, optuna: Any, store: Any, study: Any, *, fresh: bool) -> None:
+        self._storage = store  # successive halving writes its rungs through it
+        self._study_id = store.get_study_id_from_name(study.study_name)
+        self.direction = study.direction
+        states = optuna.trial.TrialState
+        self._states = (states.COMPLETE, states.PRUNED, states.FAIL, states.RUNNING)
+        # The median rule compares with the trials complete when this one started (read
+        # once per trial); successive halving reads the rungs as they are at each step.
+        self._fresh = fresh
+        self._read: dict[tuple[Any, ...], list[Any]] = {}
+
+    def get_trials(self, deepcopy: bool = False, states: Any = None) -> list[Any]:
+        wanted = self._states if states is None else tuple(states)
+        if self._fresh or wanted not in self._read:
+            found = self._storage.get_all_trials(self._study_id, deepcopy=False, states=wanted)
+            self._read[wanted] = list(found)
+        return self._read[wanted]
+
+
 def _suggest(trial: Any, name: str, param: Param) -> Any:
     if isinstance(param, Choice):
         return trial.suggest_categorical(name, param.options)
@@ -672,38 +718,37 @@ def _tell(
         "seconds": o.seconds,
         "value": o.value if o.value is not None and math.isfinite(o.value) else None,
     }
-    if o.reason:
-        store.set_trial_user_attr(trial_id, "reason", o.reason)
-    store.set_trial_user_attr(trial_id, "nndiag", record)  # one write for the curves
+    record["reason"] = o.reason
+    store.set_trial_user_attr(trial_id, "nndiag", record)  # one write for all of it
     for key, value in (("metric", o.metric), ("validation", o.validation)):
         if value and noted.get(key) != value:  # written once per worker and stage
             study.set_user_attr(key, value)
             noted[key] = value
+    # The storage's own call, not Study.tell: tell reads the trial back first, and the
+    # samplers offered here do nothing after a single-objective trial.
     states = optuna.trial.TrialState
     if o.state == "complete":
-        study.tell(trial, o.value)
+        store.set_trial_state_values(trial_id, states.COMPLETE, [float(o.value or 0.0)])
+    elif o.state == "pruned":
+        last = [float(o.value)] if o.value is not None and math.isfinite(o.value) else None
+        store.set_trial_state_values(trial_id, states.PRUNED, last)
     else:
-        study.tell(trial, state=states.PRUNED if o.state == "pruned" else states.FAIL)
+        store.set_trial_state_values(trial_id, states.FAIL)
 
 
 def _progress(
-    optuna: Any, store: Any, plan: Mapping[str, Any], stage: int, total: int, jobs: int
+    optuna: Any, study: Any, stage: int, earlier: list[TrialRecord], total: int, jobs: int
 ) -> Progress:
-    records = _all_records(optuna, store, plan, upto=stage)
-    done = len(records)
-    best, metric, maximize = None, "validation metric", True
-    study = _stage(optuna, store, plan, stage)
-    metric = study.user_attrs.get("metric", metric)
+    """Trials finished in every worker, the best so far and the time left at the mean
+    trial's pace."""
+    records = earlier + _records(optuna, study, stage)
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     values = [r.value for r in records if r.state == "complete" and r.value is not None]
-    if values:
-        best = max(values) if maximize else min(values)
+    best = (max(values) if maximize else min(values)) if values else None
     seconds = [r.seconds for r in records if r.seconds]
-    eta = None
-    if seconds:
-        mean = sum(seconds) / len(seconds)
-        eta = mean * max(0, total - done) / max(1, jobs)
-    return Progress(done, total, stage, best, metric, eta)
+    eta = sum(seconds) / len(seconds) * max(0, total - len(records)) / jobs if seconds else None
+    metric = str(study.user_attrs.get("metric", "validation metric"))
+    return Progress(len(records), total, stage, best, metric, eta)
 
 
 # --------------------------------------------------------------------------- results
@@ -723,8 +768,8 @@ def _records(optuna: Any, study: Any, stage: int) -> list[TrialRecord]:
     for t in trials:
         if t.state not in names or t.number in retried:
             continue
-        attrs = dict(t.user_attrs.get("nndiag", {}))
-        attrs["reason"] = t.user_attrs.get("reason", "")
+        # A retried copy carries its original's attrs: the trial's own record comes first.
+        attrs = dict(t.user_attrs.get("nndiag", {"reason": t.user_attrs.get("reason", "")}))
         value = t.value if t.state == states.COMPLETE else attrs.get("value")
         records.append(
             TrialRecord(

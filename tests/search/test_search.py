@@ -317,3 +317,16 @@ def test_import_nndiag_and_the_space_load_no_optuna() -> None:
         check=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+@pytest.mark.parametrize(("sampler", "pruner"), [("tpe", "halving"), ("random", "none")])
+def test_other_samplers_and_pruners_run_every_trial_once(
+    tmp_path: Path, sampler: str, pruner: str
+) -> None:
+    result = run(h.regression, tmp_path, trials=6, sampler=sampler, pruner=pruner,
+                 space={"lr": nndiag.LogUniform(1e-3, 2e-2)})  # fmt: skip
+    assert sorted(t.number for t in result.trials) == list(range(6))
+    assert len({t.params["lr"] for t in result.trials}) == 6
+    assert result.meta == {"seed": 0, "sampler": sampler, "pruner": pruner}
+    if pruner == "none":  # no rate here explodes: every trial runs to the end
+        assert all(t.state == "complete" and t.steps == h.STEPS for t in result.trials)

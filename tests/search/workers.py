@@ -57,7 +57,12 @@ def check_shared(storage: str, study: str, stopped: int = 0) -> set[str]:
     seen, workers = 0, set()
     for stage in (0, 1):
         trials = optuna.load_study(study_name=f"{study}.stage{stage}", storage=storage).trials
-        dead = [t for t in trials if "stopped" in str(t.user_attrs.get("reason"))]
+        dead = [
+            t
+            for t in trials
+            if t.state == optuna.trial.TrialState.FAIL
+            and "stopped" in str(t.user_attrs.get("reason"))
+        ]
         seen += len(dead)
         trials = [t for t in trials if t not in dead]
         assert len(trials) == 6

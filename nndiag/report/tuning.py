@@ -52,6 +52,7 @@ class TrialRow:
     value: str
     params: str
     steps: int
+    passes: str
     reason: str
 
 
@@ -70,6 +71,7 @@ def render_search_html(result: SearchResult) -> str:
             "" if t.value is None else f"{t.value:.4g}",
             ", ".join(f"{k}={_value(v)}" for k, v in t.params.items()),
             t.steps,
+            f"{t.passes[0]} / {t.passes[1]}",
             t.reason,
         )
         for t in trials[:TABLE_ROWS]

@@ -716,6 +716,7 @@ def _tell(
         "loss_every": o.loss_every,
         "checkpoints": [[s, v] for s, v in o.checkpoints],
         "seconds": o.seconds,
+        "passes": list(o.passes),
         "value": o.value if o.value is not None and math.isfinite(o.value) else None,
     }
     record["reason"] = o.reason
@@ -784,6 +785,7 @@ def _records(optuna: Any, study: Any, stage: int) -> list[TrialRecord]:
                 loss_every=int(attrs.get("loss_every", 1)),
                 checkpoints=[(int(s), float(v)) for s, v in attrs.get("checkpoints", [])],
                 seconds=float(attrs.get("seconds", 0.0)),
+                passes=(int(attrs.get("passes", [0, 0])[0]), int(attrs.get("passes", [0, 0])[1])),
             )
         )
     return records

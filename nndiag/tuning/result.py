@@ -26,8 +26,9 @@ class TrialRecord:
     ``value`` is the validation metric (accuracy for classification, loss for regression)
     of a complete trial, or the last one measured before a trial was pruned; ``reason``
     says why a trial was pruned or failed ("loss 3.4× its start at step 12"); ``losses``
-    is its training loss per step (every ``loss_every``-th step for long trials) and
-    ``checkpoints`` its ``(step, value)`` validation measurements.
+    is its training loss per step (every ``loss_every``-th step for long trials),
+    ``checkpoints`` its ``(step, value)`` validation measurements and ``passes`` its cost in
+    forward and backward passes of the model.
     """
 
     number: int
@@ -41,11 +42,13 @@ class TrialRecord:
     loss_every: int = 1
     checkpoints: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
+    passes: tuple[int, int] = (0, 0)  # forward and backward passes of the model
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
         values = dict(data)
         values["checkpoints"] = [(int(s), float(v)) for s, v in values.get("checkpoints", [])]
+        values["passes"] = tuple(int(n) for n in values.get("passes", (0, 0)))
         return cls(**values)
 
 

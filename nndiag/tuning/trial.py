@@ -54,6 +54,7 @@ class Outcome:
     loss_every: int = 1
     checkpoints: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
+    passes: tuple[int, int] = (0, 0)  # forward and backward passes of the model
     metric: str = ""
     validation: str = ""
 
@@ -126,6 +127,23 @@ def _train(
             "factory", f"returned {describe(subject)}", "return nndiag.Subject(model, data, ...)"
         )
     session = subject.backend.session(subject, Config(seed=seed, max_batches=MAX_BATCHES))
+    try:
+        _fit(session, subject, params, steps, validation, evals, should_prune, explode, outcome)
+    finally:
+        outcome.passes = session.passes()
+
+
+def _fit(
+    session: Session,
+    subject: Subject,
+    params: dict[str, Any],
+    steps: int,
+    validation: Any,
+    evals: int,
+    should_prune: Callable[[int, float], str | None],
+    explode: float,
+    outcome: Outcome,
+) -> None:
     classify = session.task.kind == "classification"
     outcome.metric = "validation accuracy" if classify else "validation loss"
     with session.isolated("search"):

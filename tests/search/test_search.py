@@ -264,6 +264,8 @@ def test_torch_subjects_are_searched(tmp_path: Path) -> None:
     )
     assert result.metric == "validation accuracy"
     assert all(t.state == "complete" for t in result.trials)
+    # The session's probe, 10 training steps and 4 validation checkpoints.
+    assert all(t.passes == (1 + 10 + 4, 10) for t in result.trials)
     assert result.best_value is not None and result.best_value > 0.9
 
 

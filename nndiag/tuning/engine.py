@@ -125,13 +125,13 @@ def search(
         BackendUnavailable: Optuna is not installed (``pip install 'nndiag[search]'``).
     """
     plan = _plan(factory, space, trials, stages, steps, storage, study, seed, sampler, pruner)
-    plan.update(evals=_positive("evals", evals), explode=float(explode), validation=validation)
-    if not (isinstance(explode, (int, float)) and explode > 1):
+    if isinstance(explode, bool) or not isinstance(explode, (int, float)) or not explode > 1:
         raise InvalidSetting("explode", f"must be a number above 1, got {describe(explode)}")
+    plan.update(evals=_positive("evals", evals), explode=float(explode), validation=validation)
     jobs = _positive("jobs", jobs)
     optuna = _optuna()
     store = _storage(optuna, plan["storage"])
-    direction = _stage(optuna, store, plan, 0).direction  # stage 0 exists before workers
+    _stage(optuna, store, plan, 0)  # created (tables too) before any worker process starts
     children = []
     if jobs > 1:
         import multiprocessing
@@ -146,7 +146,6 @@ def search(
     finally:
         for child in children:
             child.join()
-    del direction
     return collect(optuna, store, plan)
 
 
@@ -258,7 +257,10 @@ def _storage(optuna: Any, url: str) -> Any:
     """An RDBStorage with heartbeats, whose stale trials are queued again."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    engine = {"creator": _sqlite(url)} if url.startswith("sqlite:///") else {}
+    engine = {}
+    if url.startswith("sqlite:///"):
+        engine = {"creator": _sqlite(url)}
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), _claim_lock(url):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for attempt in range(3):  # workers that start together may race to create tables
@@ -430,20 +432,34 @@ def _ready(study: Any, name: str) -> None:
 
 def _direction(plan: Mapping[str, Any], space: Mapping[str, Param]) -> str:
     """Maximize validation accuracy for a classifier, minimize validation loss otherwise:
-    the task is read from one subject built at the centre of the space."""
+    the task is read from one subject built at the centre of the space (or, where the
+    factory raises there, at its low or high corner: failing values are trials' business).
+    """
     from nndiag.config import Config
 
-    centre = {n: _centre(p) for n, p in space.items()}
-    try:
-        subject = plan["factory"](centre)
-        task = subject.backend.session(subject, Config(seed=plan["seed"])).task
-    except Exception as exc:
-        raise InvalidSetting(
-            "factory",
-            f"factory({centre}) failed, so the task cannot be read: {type(exc).__name__}: {exc}",
-            "make the factory return nndiag.Subject(...) for every value of the space",
-        ) from None
-    return "maximize" if task.kind == "classification" else "minimize"
+    points = [{n: _centre(p) for n, p in space.items()}]
+    for end in (0, -1):
+        points.append({n: _corner(p, end) for n, p in space.items()})
+    failure = ""
+    for point in points:
+        try:
+            subject = plan["factory"](point)
+            task = subject.backend.session(subject, Config(seed=plan["seed"])).task
+        except Exception as exc:
+            failure = failure or f"factory({point}) raised {type(exc).__name__}: {exc}"
+            continue
+        return "maximize" if task.kind == "classification" else "minimize"
+    raise InvalidSetting(
+        "factory",
+        f"{failure}, and at the corners of the space too, so the task cannot be read",
+        "make the factory return nndiag.Subject(...) for the values of the space",
+    )
+
+
+def _corner(param: Param, end: int) -> Any:
+    if isinstance(param, Choice):
+        return param.options[end]
+    return param.low if end == 0 else param.high
 
 
 def _centre(param: Param) -> Any:

@@ -278,6 +278,8 @@ def test_torch_subjects_are_searched(tmp_path: Path) -> None:
         ({"trials": [3, 3], "stages": 1}, InvalidSetting, "2 values for 1 stages"),
         ({"sampler": "grid"}, InvalidSetting, "random, tpe"),
         ({"storage": "reports/x.db"}, InvalidSetting, "storage URL"),
+        ({"explode": 1}, InvalidSetting, "explode: must be a number above 1"),
+        ({"jobs": 0}, InvalidSetting, "jobs: must be at least 1"),
     ],
 )
 def test_bad_arguments_are_named(
@@ -332,3 +334,20 @@ def test_other_samplers_and_pruners_run_every_trial_once(
     assert result.meta == {"seed": 0, "sampler": sampler, "pruner": pruner}
     if pruner == "none":  # no rate here explodes: every trial runs to the end
         assert all(t.state == "complete" and t.steps == h.STEPS for t in result.trials)
+
+
+def centre_broken(params: dict[str, Any]) -> nndiag.Subject:
+    if math.isclose(params["lr"], math.sqrt(1e-3 * 1.0)):
+        raise RuntimeError("not at the centre")
+    return h.regression(params)
+
+
+def always_broken(params: dict[str, Any]) -> nndiag.Subject:
+    raise RuntimeError("never builds")
+
+
+def test_the_task_is_read_where_the_factory_builds(tmp_path: Path) -> None:
+    result = run(centre_broken, tmp_path, trials=2)
+    assert result.direction == "minimize" and len(result.trials) == 2
+    with pytest.raises(InvalidSetting, match="factory.*raised RuntimeError: never builds"):
+        run(always_broken, tmp_path / "x", trials=2)

@@ -2,6 +2,8 @@
 
 Subcommands:
     report    re-render a saved JSON report as a self-contained HTML page.
+    checks    list the check registry.
+    search    search hyperparameters, coarse to fine, on Optuna (the ``search`` extra).
 
 Exit codes: 0 success, 1 the output could not be written, 2 bad usage or bad input (a
 missing file, a file that is not an nndiag JSON report). Errors are one line on stderr.
@@ -72,7 +74,45 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_report(subparsers)
     _add_checks(subparsers)
+    _add_search(subparsers)
     return parser
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _add_search(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from nndiag.tuning.command import add_arguments
+
+    parser = subparsers.add_parser(
+        "search",
+        help="search hyperparameters in stages, coarse to fine (pip install 'nndiag[search]')",
+        description="Search hyperparameters as the lecture does: random draws, log ranges, "
+        "a coarse stage then finer ones, trials aborted once their loss passes 3x its start. "
+        "Options override [tool.nndiag.search] in pyproject.toml. N workers on N machines "
+        "run the same command with the same --storage and --study and share the trials; "
+        "running it again resumes.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(command=_search, name="search")
+
+
+def _search(args: argparse.Namespace) -> int:
+    from nndiag.errors import BackendUnavailable, InvalidSetting
+    from nndiag.tuning.command import report, run
+
+    try:
+        outcome = run(args)
+    except (InvalidSetting, BackendUnavailable) as exc:
+        raise CommandError(str(exc)) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running trial is queued again; rerun to resume", file=sys.stderr)
+        return 130
+    try:
+        report(outcome, print)
+    except OSError as exc:
+        raise CommandError(f"cannot write the result: {exc.strerror or exc}", EXIT_OUTPUT) from None
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- checks

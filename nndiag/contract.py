@@ -209,9 +209,15 @@ class Trainer(Protocol):
 
     optimizer: str  # description stated in results, e.g. "Adam(lr=0.001) (nndiag's default)"
 
-    def step(self, *, measure: bool = False) -> Step:
-        """One optimizer step. With ``measure``, the step also reports per-tensor update
-        and weight norms (a norm per tensor per step: off when not needed)."""
+    def step(self, *, measure: bool = False, batch: Batch | None = None) -> Step:
+        """One optimizer step, on ``batch`` when given (minibatches: the optimizer's state
+        carries over), else on the trainer's batch. With ``measure``, the step also
+        reports per-tensor update and weight norms (a norm per tensor per step: off when
+        not needed)."""
+
+    def evaluate(self, batch: Batch) -> Evaluation:
+        """The trained weights' loss and outputs on ``batch``, with the model in its
+        evaluation mode, without gradients (a validation pass)."""
 
     def unchanged(self) -> list[str]:
         """Names of trainable tensors whose values never changed."""

@@ -33,6 +33,7 @@ PLUGIN_KEYS: dict[str, str] = {
     "strict": "bool: warnings fail",
     "report_dir": "report directory, relative to pyproject.toml",
     "property_examples": "Hypothesis examples that shrink a batch_independence failure",
+    "search": "defaults of `nndiag search`: [tool.nndiag.search]",
 }
 # Keys of a [tool.nndiag.overrides.<subject>] table besides Config fields (checks included).
 OVERRIDE_KEYS: dict[str, str] = {

@@ -579,8 +579,9 @@ class _Trainer:
         )
         self.start = {n: v.copy() for n, v in self.params.items()}
 
-    def step(self, *, measure: bool = False) -> Step:
-        X, y = self.batch.X, self.batch.y
+    def step(self, *, measure: bool = False, batch: Batch | None = None) -> Step:
+        batch = self.batch if batch is None else batch
+        X, y = batch.X, batch.y
         before = {n: v.copy() for n, v in self.params.items()} if measure else {}
         accuracy = None
         if self.session.task.kind == "classification":
@@ -602,6 +603,10 @@ class _Trainer:
         return Step(
             loss, accuracy, updates, {n: float(np.linalg.norm(w)) for n, w in before.items()}
         )
+
+    def evaluate(self, batch: Batch) -> Evaluation:
+        # The trained arrays are the private copies in model.params.
+        return self.session.evaluate(batch, mode="eval", outputs=True)
 
     def unchanged(self) -> list[str]:
         return [n for n, v in self.params.items() if np.array_equal(v, self.start[n])]

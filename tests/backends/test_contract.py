@@ -117,6 +117,28 @@ def test_a_measured_step_reports_every_trainable_tensor(opened: tuple[Session, i
     assert all(v > 0 for v in step.weights.values()), step.weights
 
 
+def test_steps_on_given_batches_and_evaluates_the_trained_weights(
+    opened: tuple[Session, int],
+) -> None:
+    """Minibatches (``step(batch=...)``) carry the optimizer on, and ``evaluate`` sees the
+    trained weights, not the starting ones (the search's training loop)."""
+    session, _ = opened
+    batch = session.rows(32)
+    first, second = session.take(batch, range(16)), session.take(batch, range(16, 32))
+    with session.isolated("x"):
+        start = session.evaluate(batch, mode="eval", outputs=True)
+        with session.trainer(first, lr=1e-2) as trainer:
+            before = trainer.evaluate(second)
+            losses = [trainer.step(batch=b).loss for b in (second, second, second)]
+            after = trainer.evaluate(second)
+            fresh = trainer.evaluate(batch)
+    assert np.allclose(before.outputs, start.outputs[16:], atol=1e-5)
+    assert losses[0] == pytest.approx(before.loss, rel=1e-4)  # the step trains on `second`
+    assert after.loss < before.loss
+    assert isinstance(fresh.outputs, np.ndarray) and fresh.outputs.shape[0] == 32
+    assert not np.allclose(fresh.outputs, start.outputs)
+
+
 # -- torch: arrays -------------------------------------------------------------------------
 def _torch_data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(7)

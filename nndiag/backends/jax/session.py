@@ -636,10 +636,11 @@ class _Trainer:
         hits = jnp.argmax(out, axis=-1) == y if self.classify else jnp.zeros(1)
         return self.session._loss(out, y, params, strength), jnp.mean(hits)
 
-    def step(self, *, measure: bool = False) -> Step:
+    def step(self, *, measure: bool = False, batch: Batch | None = None) -> Step:
+        batch = self.batch if batch is None else batch
         before = list(self.params)
         self.session.count(forward=1)
-        (loss, hits), grads = self._grad(self.params, self.batch.X, self.batch.y, self.strength)
+        (loss, hits), grads = self._grad(self.params, batch.X, batch.y, self.strength)
         value = float(loss)
         accuracy = float(hits) if self.classify else None
         if math.isfinite(value):
@@ -663,6 +664,18 @@ class _Trainer:
         }
         weights = {n: float(np.linalg.norm(w)) for n, w in zip(names, old)}
         return Step(value, accuracy, updates_norm, weights)
+
+    def evaluate(self, batch: Batch) -> Evaluation:
+        # The trained leaves live here, not in the session: assemble them into the pytree.
+        session = self.session
+        session.count(forward=1)
+        params = session._assemble(self.params)
+        out = session._apply(params, batch.X)
+        loss = float(session._loss(out, batch.y, params, self.strength))
+        shown = np.asarray(out, dtype=np.float64)
+        if session.task.kind == "classification" and shown.ndim > 2:
+            shown = np.moveaxis(shown, -1, 1)  # classes on axis 1 across the seam
+        return Evaluation(loss, shown)
 
     def unchanged(self) -> list[str]:
         return [

@@ -834,14 +834,15 @@ class _Trainer:
         self.start = {n: p.detach().clone() for n, p in self.params.items()}
         self.classify = session.task.kind == "classification"
 
-    def step(self, *, measure: bool = False) -> Step:
+    def step(self, *, measure: bool = False, batch: Batch | None = None) -> Step:
+        batch = self.batch if batch is None else batch
         before = {n: p.detach().clone() for n, p in self.params.items()} if measure else {}
         self.opt.zero_grad(set_to_none=True)
-        out = self.session._run_model(self.batch.X)
-        loss = self.session._run_loss(out, self.batch.y)
+        out = self.session._run_model(batch.X)
+        loss = self.session._run_loss(out, batch.y)
         accuracy = None
         if self.classify:
-            y = self.batch.y
+            y = batch.y
             axis = -1 if self.session._classes_last else 1
             kept = y != _IGNORE
             hits = out.detach().argmax(axis) == y
@@ -856,6 +857,10 @@ class _Trainer:
         updates = {n: float((p.detach() - before[n]).norm()) for n, p in self.params.items()}
         weights = {n: float(w.norm()) for n, w in before.items()}
         return Step(value, accuracy, updates, weights)
+
+    def evaluate(self, batch: Batch) -> Evaluation:
+        # The trained tensors are the private copies in the model's slots.
+        return self.session.evaluate(batch, mode="eval", outputs=True)
 
     def unchanged(self) -> list[str]:
         return [n for n, p in self.params.items() if torch.equal(p.detach(), self.start[n])]

@@ -31,6 +31,7 @@ __all__ = [
     "Mode",
     "NonFinite",
     "Objective",
+    "Ownership",
     "Session",
     "Step",
     "Task",
@@ -117,12 +118,14 @@ class Evaluation:
 @dataclass(frozen=True)
 class Step:
     """One optimizer step: the loss and accuracy measured before it, and (when measured)
-    per trainable tensor the norm of the update it applied and of the weights before it."""
+    per trainable tensor the norm of the update it applied, of the weights before it and
+    of the gradient the step used (None where no gradient reached the tensor)."""
 
     loss: float
     accuracy: float | None
     updates: Mapping[str, float] = field(default_factory=dict)
     weights: Mapping[str, float] = field(default_factory=dict)
+    grads: Mapping[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,21 @@ class Vocabulary:
     eval_mode: str  # what evaluation mode means for this backend
     he_init: str  # a call that draws He-initialized weights
     xavier_init: str  # a call that draws Xavier-initialized weights
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Which trainable tensors the subject's own optimizer holds.
+
+    ``unowned`` are trainable tensors (in the backend's naming) it does not hold: they get
+    gradients that no step applies. ``stale`` are the shapes of tensors it holds that are
+    not the model's (a layer replaced after the optimizer was built leaves its old tensors
+    there).
+    """
+
+    optimizer: str  # description, e.g. "SGD instance (the subject's optimizer)"
+    unowned: tuple[str, ...] = ()
+    stale: tuple[tuple[int, ...], ...] = ()
 
 
 class Objective(Protocol):
@@ -194,6 +212,11 @@ class Trainer(Protocol):
 
     def unchanged(self) -> list[str]:
         """Names of trainable tensors whose values never changed."""
+
+    def frozen_changed(self) -> list[str]:
+        """Names of the tensors no optimizer should change (parameters that take no
+        gradient, buffers other than batch statistics) whose values changed since the
+        trainer was opened; empty where the backend has no such tensors."""
 
 
 class Session(Protocol):
@@ -272,3 +295,8 @@ class Session(Protocol):
 
     def batch_statistics_layers(self) -> list[str]:
         """Names of layers that normalize with statistics of the batch in train mode."""
+
+    def ownership(self) -> Ownership | None:
+        """Which trainable tensors the subject's own optimizer holds (an optimizer factory
+        is called on the private copies), or None when nndiag's default optimizer or a
+        per-tensor update rule steps every trainable tensor. Inside isolated()."""

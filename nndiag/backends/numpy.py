@@ -40,7 +40,17 @@ from nndiag.backends.base import (
 )
 from nndiag.backends.capture import Accumulator
 from nndiag.backends.state import NumberSnapshot, holders, rng_guard
-from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
+from nndiag.contract import (
+    Batch,
+    Evaluation,
+    LayerRecord,
+    Mode,
+    NonFinite,
+    Ownership,
+    Step,
+    Task,
+    Vocabulary,
+)
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["BACKEND", "NumpyBackend", "NumpySession"]
@@ -397,6 +407,10 @@ class NumpySession(SessionBase):
             stats.add(str(name), _kind(str(name), a), a, weight)
         return stats.layers()
 
+    def ownership(self) -> Ownership | None:
+        self.require_isolated("ownership")
+        return None  # the update rule is applied to every entry of model.params
+
 
 class _PinnedMode(dict):
     """A copy of ``dropout_param`` whose ``mode`` stays put: assignment-style losses set
@@ -513,9 +527,20 @@ class _Trainer:
         if not measure:
             return Step(loss, accuracy)
         updates = {n: float(np.linalg.norm(v - before[n])) for n, v in self.params.items()}
+        norms = {  # None: loss() returned no gradient for the parameter
+            n: None if grads.get(n) is None else float(np.linalg.norm(np.asarray(grads[n])))
+            for n in self.params
+        }
         return Step(
-            loss, accuracy, updates, {n: float(np.linalg.norm(w)) for n, w in before.items()}
+            loss,
+            accuracy,
+            updates,
+            {n: float(np.linalg.norm(w)) for n, w in before.items()},
+            norms,
         )
 
     def unchanged(self) -> list[str]:
         return [n for n, v in self.params.items() if np.array_equal(v, self.start[n])]
+
+    def frozen_changed(self) -> list[str]:
+        return []  # every entry of model.params is trained

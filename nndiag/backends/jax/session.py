@@ -18,7 +18,17 @@ from nndiag.backends.jax.capture import JaxprRecorder, is_array, is_float, subja
 from nndiag.backends.jax.compile import jit_or_eager, untraceable
 from nndiag.backends.jax.numerics import NonFiniteSearch, nonfinite_count
 from nndiag.backends.state import NumberSnapshot, holders, rng_guard
-from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
+from nndiag.contract import (
+    Batch,
+    Evaluation,
+    LayerRecord,
+    Mode,
+    NonFinite,
+    Ownership,
+    Step,
+    Task,
+    Vocabulary,
+)
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 try:  # jax >= 0.4.30 exposes the jaxpr types here; older versions in jax.core
@@ -456,6 +466,10 @@ class JaxSession(SessionBase):
             left -= len(batch)
         return recorder.layers()
 
+    def ownership(self) -> Ownership | None:
+        self.require_isolated("ownership")
+        return None  # optax transforms the whole pytree of trainable leaves
+
 
 def _float64(x: jax.Array) -> jax.Array:
     return jnp.asarray(np.asarray(x, dtype=np.float64)) if is_float(x) else x
@@ -631,7 +645,10 @@ class _Trainer:
             for n, p, w in zip(names, self.params, old)
         }
         weights = {n: float(np.linalg.norm(w)) for n, w in zip(names, old)}
-        return Step(value, accuracy, updates_norm, weights)
+        grad_norms: dict[str, float | None] = {
+            n: float(np.linalg.norm(np.asarray(g, dtype=np.float64))) for n, g in zip(names, grads)
+        }
+        return Step(value, accuracy, updates_norm, weights, grad_norms)
 
     def unchanged(self) -> list[str]:
         return [
@@ -639,3 +656,6 @@ class _Trainer:
             for n, p, s in zip(self.session.names, self.params, self.start)
             if np.array_equal(np.asarray(p), s)
         ]
+
+    def frozen_changed(self) -> list[str]:
+        return []  # only floating leaves are stepped; the others are passed through as is

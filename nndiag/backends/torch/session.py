@@ -19,7 +19,17 @@ from nndiag.backends.state import NumberSnapshot, holders, references, rng_guard
 from nndiag.backends.torch import inputs
 from nndiag.backends.torch.capture import Recorder
 from nndiag.backends.torch.numerics import NonFiniteWatch
-from nndiag.contract import Batch, Evaluation, LayerRecord, Mode, NonFinite, Step, Task, Vocabulary
+from nndiag.contract import (
+    Batch,
+    Evaluation,
+    LayerRecord,
+    Mode,
+    NonFinite,
+    Ownership,
+    Step,
+    Task,
+    Vocabulary,
+)
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["TorchSession", "rng_devices", "torch_rng_guard"]
@@ -315,6 +325,7 @@ class TorchSession(SessionBase):
             yield _Private(
                 {n: made[id(p)] for n, p in trainable},  # type: ignore[misc]
                 list(made.values()),
+                made,
             )
         finally:
             for owner, name, original in reversed(swapped):
@@ -588,12 +599,49 @@ class TorchSession(SessionBase):
                 left -= len(batch)
         return recorder.layers()
 
+    # -- optimizer ownership -----------------------------------------------------------
+    def ownership(self) -> Ownership | None:
+        """An optimizer instance is compared with the user's own tensors (identity), a
+        factory's optimizer with the private copies it was given or reached through the
+        model."""
+        self.require_isolated("ownership")
+        given = self.subject.optimizer
+        if given is None:
+            return None
+        private = self._private
+        if isinstance(given, torch.optim.Optimizer):
+            held_by = given
+            described = f"{type(given).__name__} instance (the subject's optimizer)"
+        else:
+            held_by, described = self._subject_optimizer(list(private.trainable.values()), 0.0)
+        clones = {id(c): c for c in private.sources.values()}
+        owned: set[int] = set()
+        stale: list[tuple[int, ...]] = []
+        for group in held_by.param_groups:
+            for t in group["params"]:
+                clone = clones.get(id(t))
+                if clone is None:  # the user's own tensor (an instance built on the model)
+                    clone = private.sources.get(id(t))
+                if clone is None:
+                    stale.append(tuple(t.shape))
+                else:
+                    owned.add(id(clone))
+        unowned = tuple(n for n, p in private.trainable.items() if id(p) not in owned)
+        return Ownership(described, unowned, tuple(stale))
+
+
+def _statistics(module: nn.Module) -> bool:
+    """A module whose buffers are estimates refreshed in training mode, not weights: batch
+    statistics (BatchNorm's running mean and variance) and spectral norm's power iterates."""
+    return isinstance(module, nn.modules.batchnorm._NormBase) or _power_iterates(module)
+
 
 class _Private(NamedTuple):
     """The clones swapped into the model during a check."""
 
     trainable: dict[str, nn.Parameter]  # by parameter name
     tensors: list[torch.Tensor]  # every cloned parameter and buffer
+    sources: dict[int, torch.Tensor]  # id of the user's tensor -> its clone
 
 
 class _Objective:
@@ -724,6 +772,17 @@ class _Trainer:
         self.batch = batch
         self.start = {n: p.detach().clone() for n, p in self.params.items()}
         self.classify = session.task.kind == "classification"
+        # Tensors no step may change: parameters without gradients, and buffers that are
+        # not statistics (each counted once: tied tensors share a name).
+        model = session.model
+        fixed = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+        for prefix, module in model.named_modules():
+            if not _statistics(module):
+                fixed += [
+                    (f"{prefix}.{n}" if prefix else n, b)
+                    for n, b in module.named_buffers(recurse=False)
+                ]
+        self.fixed = {n: (t, t.detach().clone()) for n, t in fixed if t is not None}
 
     def step(self, *, measure: bool = False) -> Step:
         before = {n: p.detach().clone() for n, p in self.params.items()} if measure else {}
@@ -746,7 +805,18 @@ class _Trainer:
             return Step(value, accuracy)
         updates = {n: float((p.detach() - before[n]).norm()) for n, p in self.params.items()}
         weights = {n: float(w.norm()) for n, w in before.items()}
-        return Step(value, accuracy, updates, weights)
+        grads = {  # float64: the norm of a tiny float32 gradient must not underflow to 0
+            n: None if p.grad is None else float(p.grad.detach().double().norm())
+            for n, p in self.params.items()
+        }
+        return Step(value, accuracy, updates, weights, grads)
 
     def unchanged(self) -> list[str]:
         return [n for n, p in self.params.items() if torch.equal(p.detach(), self.start[n])]
+
+    def frozen_changed(self) -> list[str]:
+        return [
+            n
+            for n, (t, start) in self.fixed.items()
+            if t.shape != start.shape or not torch.equal(t.detach(), start)
+        ]

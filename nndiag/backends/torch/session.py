@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -571,8 +572,12 @@ class TorchSession(SessionBase):
                 if k in ("lr", "momentum", "betas", "eps", "nesterov", "alpha")
             }
             shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+            # Only the settings the class takes: AdamW's defaults hold a
+            # decoupled_weight_decay that its constructor does not accept.
+            accepted = inspect.signature(type(given).__init__).parameters
+            copied = {k: v for k, v in given.defaults.items() if k in accepted}
             return (
-                type(given)(params, **given.defaults),
+                type(given)(params, **copied),
                 f"{type(given).__name__}({shown}) (the subject's optimizer settings)",
             )
         with self.calling("optimizer", "optimizer(params)"):

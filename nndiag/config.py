@@ -47,6 +47,7 @@ _ORDERED = (
     ("collapse_fail", "collapse_warn"),
     ("dead_warn", "dead_fail"),
     ("overfit_fitted_ratio", "overfit_partial_ratio"),
+    ("param_update_ratio_low", "param_update_ratio_high"),
 )
 # numpy's legacy seeding (CS231n dropout) takes seeds below 2**32.
 _MAX_SEED = 2**32 - 1
@@ -209,6 +210,21 @@ class Config:
     # this much relative to the outputs' size (bit-identical is expected on CPU).
     numerics_rows: int = 32
     numerics_eval_rtol: float = 1e-6
+
+    # param_updates: optimizer steps measured (the subject's optimizer, else Adam at
+    # overfit_lr) on this many rows: three steps, so that Adam's sign-like first step is not
+    # the only one, at the cost of three forward+backward passes.
+    param_update_steps: int = 3
+    param_update_rows: int = 64
+    # Band of the median over tensors of update/weight norm per step (notes: "somewhere
+    # around 1e-3"; lower: LR too low, higher: too high). Adam moves each entry by ~lr, so
+    # the ratio is ~lr / rms(w): 0.0033-0.046 under Adam 1e-3 on every tests/real_models
+    # HEALTHY model at seeds 0-4 (GPT-2/Llama/BERT weights of std 0.02 at the top), SGD
+    # 0.01-0.1 with momentum 1.9e-5-0.023 (our calibration, docs/calibration.md). Too
+    # high: Adam 0.1 gives 0.33-2.0; too low: SGD 1e-6 gives 1.7e-10-2.8e-7. The band sits
+    # 4x above the healthy maximum and 19x below the healthy minimum.
+    param_update_ratio_low: float = 1e-6
+    param_update_ratio_high: float = 0.2
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
 

@@ -37,6 +37,7 @@ _FRACTIONS = (
     "collapse_fail",
     "dead_warn",
     "dead_fail",
+    "param_update_negligible",
 )
 # (milder, stricter) pairs: the warn threshold must be reached before the fail one.
 _ORDERED = (
@@ -225,6 +226,11 @@ class Config:
     # 4x above the healthy maximum and 19x below the healthy minimum.
     param_update_ratio_low: float = 1e-6
     param_update_ratio_high: float = 0.2
+    # A gradient below this fraction of the median tensor's is rounding left of one that
+    # cancels (a conv bias right before BatchNorm: 1e-7-1e-6 of the median in
+    # tests/models.py's BatchNorm CNNs, our calibration); a tensor with one that SGD cannot
+    # move is not "never updated". 10x above the largest such case.
+    param_update_negligible: float = 1e-5
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
 

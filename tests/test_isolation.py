@@ -182,3 +182,26 @@ def test_inputs_that_require_grad_get_no_grad() -> None:
     y = torch.randint(0, 3, (32,))
     nndiag.diagnose(nndiag.Subject(model, (X, y)))
     assert X.grad is None and X.requires_grad
+
+
+@pytest.mark.parametrize("replace_head", [False, True], ids=["owned", "head_replaced"])
+def test_param_updates_leaves_model_optimizer_and_rng_bit_identical(replace_head: bool) -> None:
+    # Both paths: a pass, and a fail that reads the optimizer's ownership (the user's
+    # instance, with state from a real step) and confirms a finding with another trainer.
+    torch.manual_seed(0)
+    model = Everything()
+    X, y = torch.randn(48, 3, 16, 16), torch.randint(0, CLASSES, (48,))
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9
+    )
+    F.cross_entropy(model(X), y).backward()
+    optimizer.step()
+    if replace_head:
+        model.head = nn.Linear(32, CLASSES)
+    torch.manual_seed(123)
+    np.random.seed(7)
+    before = _state(model, optimizer)
+    subject = nndiag.Subject(model, (X, y), optimizer=optimizer)
+    result = nndiag.diagnose(subject, ["param_updates"])["param_updates"]
+    assert result.status == ("fail" if replace_head else "pass"), result.summary()
+    _assert_same(before, _state(model, optimizer))

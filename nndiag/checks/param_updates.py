@@ -12,7 +12,9 @@ cause (the first that applies to a tensor):
 - ``no_gradient``: no gradient reaches it (a cut graph, a branch the forward never uses);
 - ``zero_gradient``: its gradient is exactly zero at every step (a dead path);
 - ``not_updated``: it gets a gradient, yet the optimizer never changes it (a learning rate
-  of 0, a masked update);
+  of 0, a masked update); not for a gradient below ``param_update_negligible`` of the
+  median tensor's, which rounding leaves of one that cancels (a bias right before a batch
+  normalization): such a tensor does nothing, the pass message says so;
 - ``frozen_changed``: a tensor that takes no gradient (a frozen parameter, a buffer that is
   not a batch statistic) changed during the steps: something writes into it outside the
   optimizer.
@@ -75,12 +77,27 @@ def _gradient_causes(names: Sequence[str], steps: Sequence[Step]) -> dict[str, s
     return found
 
 
+def _negligible(names: Sequence[str], steps: Sequence[Step], fraction: float) -> list[str]:
+    """Tensors whose largest gradient norm is non-zero but below ``fraction`` of the median
+    tensor's: a gradient that cancels in the forward pass up to rounding (a bias right
+    before a batch normalization, which subtracts it), too small to move float weights."""
+    largest = {
+        n: max((g for s in steps if (g := s.grads.get(n)) is not None), default=0.0) for n in names
+    }
+    reached = [g for g in largest.values() if g > 0]
+    if not reached:
+        return []
+    typical = statistics.median(reached)
+    return [n for n, g in largest.items() if 0 < g < fraction * typical]
+
+
 def _causes(
     names: Sequence[str],
     steps: Sequence[Step],
     unchanged: Sequence[str],
     frozen: Sequence[str],
     ownership: Ownership | None,
+    negligible: Sequence[str],
 ) -> dict[str, str]:
     """Each failing tensor's cause (see the module docstring)."""
     unowned = set(ownership.unowned) if ownership is not None else set()
@@ -91,7 +108,7 @@ def _causes(
             found[name] = "not_owned"
         elif name in gradient:
             found[name] = gradient[name]
-        elif name in unchanged:
+        elif name in unchanged and name not in negligible:
             found[name] = "not_updated"
     for name in frozen:
         found[name] = "frozen_changed"
@@ -209,12 +226,15 @@ def param_updates(session: Session, config: Config) -> CheckResult:
         )
     finite = [s for s in steps if math.isfinite(s.loss)]
     names = list(steps[0].updates)
-    causes = _causes(names, finite, unchanged, frozen, ownership)
+    negligible = _negligible(names, finite, config.param_update_negligible)
+    causes = _causes(names, finite, unchanged, frozen, ownership, negligible)
     confirmed = _confirmed(session, other, config, causes) if causes else {}
     ratios = _ratios(names, finite)
     # A tensor with a finding moves by nothing (or by what no optimizer should apply): it
     # says nothing about the learning rate.
-    judged = [r for n, r in ratios.items() if r is not None and n not in causes]
+    judged = [
+        r for n, r in ratios.items() if r is not None and n not in causes and n not in negligible
+    ]
     median = statistics.median(judged) if judged else None
 
     records = []
@@ -230,6 +250,7 @@ def param_updates(session: Session, config: Config) -> CheckResult:
                 "grad_norm": max(seen) if seen else None,
                 "ratio": ratios[name],
                 "cause": confirmed.get(name) or causes.get(name, ""),
+                "note": "negligible gradient" if name in negligible else "",
             }
         )
     for name in frozen:
@@ -242,6 +263,7 @@ def param_updates(session: Session, config: Config) -> CheckResult:
                 "grad_norm": None,
                 "ratio": None,
                 "cause": "frozen_changed",
+                "note": "",
             }
         )
     records.sort(key=lambda r: (not r["cause"], r["order"]))  # findings first in the table
@@ -253,6 +275,7 @@ def param_updates(session: Session, config: Config) -> CheckResult:
             "min_ratio": min(judged) if judged else None,
             "max_ratio": max(judged) if judged else None,
             "from_zero": sum(1 for r in ratios.values() if r is None),
+            "negligible_gradient": len(negligible),
             **counts,
             "stale": len(ownership.stale) if ownership is not None else 0,
             "unconfirmed": len(causes) - len(confirmed),
@@ -353,11 +376,19 @@ def param_updates(session: Session, config: Config) -> CheckResult:
         )
     zero = metrics["from_zero"]
     started = f"; {zero} tensor(s) start at zero (no ratio)" if zero else ""
+    idle = [n for n in negligible if n in unchanged]
+    moved = f"{len(names) - len(idle)} of {len(names)}" if idle else f"All {len(names)}"
+    if negligible:  # true, and harmless: such a tensor does nothing
+        started += (
+            f"; {len(negligible)} get(s) a gradient below {config.param_update_negligible:g} "
+            f"of the median tensor's ({_names(negligible)}): it cancels in the forward pass, "
+            "as a bias right before a batch normalization does, so the tensor has no effect"
+        )
     return CheckResult(
         CHECK,
         "pass",
-        f"All {len(names)} trainable tensors change in {len(finite)} steps of {optimizer}"
-        f", and nothing frozen does; {ratio_text}{started}.",
+        f"{moved} trainable tensors change in {len(finite)} steps of {optimizer}, and "
+        f"nothing frozen does; {ratio_text}{started}.",
         metrics,
         evidence,
     )

@@ -227,10 +227,13 @@ class Config:
     param_update_ratio_low: float = 1e-6
     param_update_ratio_high: float = 0.2
     # A gradient below this fraction of the median tensor's is rounding left of one that
-    # cancels (a conv bias right before BatchNorm: 1e-7-1e-6 of the median in
-    # tests/models.py's BatchNorm CNNs, our calibration); a tensor with one that SGD cannot
-    # move is not "never updated". 10x above the largest such case.
-    param_update_negligible: float = 1e-5
+    # cancels in the forward pass, and a tensor SGD then cannot move is not "never updated"
+    # (our calibration, seeds 0-4): conv biases before BatchNorm up to 2.6e-6 (tests/models
+    # cnn_batchnorm under SGD), mobilenet_v3_small's BN biases that reach the next BN through
+    # a conv up to 8.3e-7, BERT's attention key biases (softmax-invariant) 1e-9; the
+    # smallest real gradient among the healthy models is 6.3e-4 (BERT). 11x above the
+    # first, 21x below the last.
+    param_update_negligible: float = 3e-5
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
 

@@ -13,8 +13,9 @@ cause (the first that applies to a tensor):
 - ``zero_gradient``: its gradient is exactly zero at every step (a dead path);
 - ``not_updated``: it gets a gradient, yet the optimizer never changes it (a learning rate
   of 0, a masked update); not for a gradient below ``param_update_negligible`` of the
-  median tensor's, which rounding leaves of one that cancels (a bias right before a batch
-  normalization): such a tensor does nothing, the pass message says so;
+  median tensor's, which rounding leaves of one that cancels (a bias that reaches a batch
+  normalization through linear layers only, an attention key bias under the softmax):
+  such a tensor does nothing, and the pass message says so;
 - ``frozen_changed``: a tensor that takes no gradient (a frozen parameter, a buffer that is
   not a batch statistic) changed during the steps: something writes into it outside the
   optimizer.
@@ -380,9 +381,11 @@ def param_updates(session: Session, config: Config) -> CheckResult:
     moved = f"{len(names) - len(idle)} of {len(names)}" if idle else f"All {len(names)}"
     if negligible:  # true, and harmless: such a tensor does nothing
         started += (
-            f"; {len(negligible)} get(s) a gradient below {config.param_update_negligible:g} "
-            f"of the median tensor's ({_names(negligible)}): it cancels in the forward pass, "
-            "as a bias right before a batch normalization does, so the tensor has no effect"
+            f"; {len(negligible)} tensor(s) get a gradient below "
+            f"{config.param_update_negligible:g} of the median tensor's "
+            f"({_names(negligible)}): it cancels in the forward pass (a bias that reaches a "
+            "batch normalization through linear layers only, an attention key bias under "
+            "the softmax), so the tensor has no effect"
         )
     return CheckResult(
         CHECK,

@@ -243,6 +243,24 @@ def test_numpy_a_tiny_update_rule_warns_too_low() -> None:
     assert result.status == "warn" and result.metrics["cause"] == "lr_too_low"
 
 
+def test_a_tiny_gradient_is_not_taken_for_a_zero_one() -> None:
+    # Entries of ~1e-23: their float32 squares underflow, so a float32 norm says 0.
+    class Faint(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(T.IN, T.CLASSES)
+            self.faint = nn.Linear(T.IN, T.CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x) + 1e-22 * self.faint(x)
+
+    torch.manual_seed(0)
+    result = _run(nndiag.Subject(Faint(), T._classification(0)))
+    assert result.status == "pass", result.summary()
+    faint = [r for r in result.evidence["tensors"] if r["name"].startswith("faint")]
+    assert all(0 < r["grad_norm"] < 1e-20 and r["note"] for r in faint), faint
+
+
 def test_a_bias_before_batchnorm_is_noted_not_failed_under_sgd() -> None:
     # BatchNorm subtracts the conv bias: its gradient is rounding (~1e-7 of the others'),
     # and SGD steps may leave it bit-identical. True, harmless: a pass that says so.

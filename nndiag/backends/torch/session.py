@@ -743,6 +743,13 @@ def _power_iterates(module: nn.Module) -> bool:
     return any(isinstance(hook, SpectralNorm) for hook in module._forward_pre_hooks.values())
 
 
+def _norm(t: torch.Tensor) -> float:
+    """The 2-norm, again in float64 where float32 squares underflowed to 0 (entries below
+    ~1e-19 that are not all zero)."""
+    norm = float(t.detach().norm())
+    return float(t.detach().double().norm()) if norm == 0 and bool(t.any()) else norm
+
+
 def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
@@ -810,10 +817,7 @@ class _Trainer:
             return Step(value, accuracy)
         updates = {n: float((p.detach() - before[n]).norm()) for n, p in self.params.items()}
         weights = {n: float(w.norm()) for n, w in before.items()}
-        grads = {  # float64: the norm of a tiny float32 gradient must not underflow to 0
-            n: None if p.grad is None else float(p.grad.detach().double().norm())
-            for n, p in self.params.items()
-        }
+        grads = {n: None if p.grad is None else _norm(p.grad) for n, p in self.params.items()}
         return Step(value, accuracy, updates, weights, grads)
 
     def unchanged(self) -> list[str]:

@@ -250,7 +250,8 @@ def param_updates(session: Session, config: Config) -> CheckResult:
                 "update_norm": sum(s.updates.get(name, 0.0) for s in finite) / len(finite),
                 "grad_norm": max(seen) if seen else None,
                 "ratio": ratios[name],
-                "cause": confirmed.get(name) or causes.get(name, ""),
+                "cause": confirmed.get(name)
+                or (f"{causes[name]} (not confirmed)" if name in causes else ""),
                 "note": "negligible gradient" if name in negligible else "",
             }
         )

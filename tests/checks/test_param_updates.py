@@ -205,6 +205,10 @@ def test_a_gradient_seen_on_one_batch_only_is_a_warning() -> None:
     result = _run(nndiag.Subject(Gated(), (X, y)))
     assert result.status == "warn" and result.metrics["cause"] == "unconfirmed"
     assert result.metrics["unconfirmed"] == 2 and "branch.weight" in result.message
+    assert _bad(result) == {
+        "branch.weight": "no_gradient (not confirmed)",
+        "branch.bias": "no_gradient (not confirmed)",
+    }
 
 
 def test_the_plot_renders_from_real_evidence() -> None:

@@ -38,6 +38,7 @@ SHORT = {
     "dead_neurons": "dead",
     "batch_independence": "batch",
     "numerics": "num",
+    "param_updates": "upd",
 }
 
 

@@ -38,6 +38,7 @@ _FRACTIONS = (
     "dead_warn",
     "dead_fail",
     "batchnorm_gap_warn",
+    "param_update_negligible",
 )
 # (milder, stricter) pairs: the warn threshold must be reached before the fail one.
 _ORDERED = (
@@ -48,6 +49,7 @@ _ORDERED = (
     ("collapse_fail", "collapse_warn"),
     ("dead_warn", "dead_fail"),
     ("overfit_fitted_ratio", "overfit_partial_ratio"),
+    ("param_update_ratio_low", "param_update_ratio_high"),
 )
 # numpy's legacy seeding (CS231n dropout) takes seeds below 2**32.
 _MAX_SEED = 2**32 - 1
@@ -227,6 +229,28 @@ class Config:
     # values per channel; its large init logits amplify them); batches of one class each
     # 48-90%. The two overlap, so a gap only warns, above half the larger loss.
     batchnorm_gap_warn: float = 0.5
+    # param_updates: optimizer steps measured (the subject's optimizer, else Adam at
+    # overfit_lr) on this many rows: three steps, so that Adam's sign-like first step is not
+    # the only one, at the cost of three forward+backward passes.
+    param_update_steps: int = 3
+    param_update_rows: int = 64
+    # Band of the median over tensors of update/weight norm per step (notes: "somewhere
+    # around 1e-3"; lower: LR too low, higher: too high). Adam moves each entry by ~lr, so
+    # the ratio is ~lr / rms(w): 0.0033-0.046 under Adam 1e-3 on every tests/real_models
+    # HEALTHY model at seeds 0-4 (GPT-2/Llama/BERT weights of std 0.02 at the top), SGD
+    # 0.01-0.1 with momentum 1.9e-5-0.023 (our calibration, docs/calibration.md). Too
+    # high: Adam 0.1 gives 0.33-2.0; too low: SGD 1e-6 gives 1.7e-10-2.8e-7. The band sits
+    # 4x above the healthy maximum and 19x below the healthy minimum.
+    param_update_ratio_low: float = 1e-6
+    param_update_ratio_high: float = 0.2
+    # A gradient below this fraction of the median tensor's is rounding left of one that
+    # cancels in the forward pass, and a tensor SGD then cannot move is not "never updated"
+    # (our calibration, seeds 0-4): conv biases before BatchNorm up to 2.6e-6 (tests/models
+    # cnn_batchnorm under SGD), mobilenet_v3_small's BN biases that reach the next BN through
+    # a conv up to 8.3e-7, BERT's attention key biases (softmax-invariant) 1e-9; the
+    # smallest real gradient among the healthy models is 6.3e-4 (BERT). 11x above the
+    # first, 21x below the last.
+    param_update_negligible: float = 3e-5
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
 

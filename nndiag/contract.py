@@ -32,6 +32,7 @@ __all__ = [
     "NonFinite",
     "NormLayer",
     "Objective",
+    "Ownership",
     "Session",
     "Step",
     "Task",
@@ -118,12 +119,14 @@ class Evaluation:
 @dataclass(frozen=True)
 class Step:
     """One optimizer step: the loss and accuracy measured before it, and (when measured)
-    per trainable tensor the norm of the update it applied and of the weights before it."""
+    per trainable tensor the norm of the update it applied, of the weights before it and
+    of the gradient the step used (None where no gradient reached the tensor)."""
 
     loss: float
     accuracy: float | None
     updates: Mapping[str, float] = field(default_factory=dict)
     weights: Mapping[str, float] = field(default_factory=dict)
+    grads: Mapping[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,21 @@ class Vocabulary:
     xavier_init: str  # a call that draws Xavier-initialized weights
 
 
+@dataclass(frozen=True)
+class Ownership:
+    """Which trainable tensors the subject's own optimizer holds.
+
+    ``unowned`` are trainable tensors (in the backend's naming) it does not hold: they get
+    gradients that no step applies. ``stale`` are the shapes of tensors it holds that are
+    not the model's (a layer replaced after the optimizer was built leaves its old tensors
+    there).
+    """
+
+    optimizer: str  # description, e.g. "SGD instance (the subject's optimizer)"
+    unowned: tuple[str, ...] = ()
+    stale: tuple[tuple[int, ...], ...] = ()
+
+
 class Objective(Protocol):
     """The subject's loss on one batch as a function of its trainable tensors, in the
     dtype the objective was opened with (float64 for the gradient check)."""
@@ -221,6 +239,11 @@ class Trainer(Protocol):
 
     def unchanged(self) -> list[str]:
         """Names of trainable tensors whose values never changed."""
+
+    def frozen_changed(self) -> list[str]:
+        """Names of the tensors no optimizer should change (parameters that take no
+        gradient, buffers other than batch statistics) whose values changed since the
+        trainer was opened; empty where the backend has no such tensors."""
 
 
 class Session(Protocol):
@@ -317,3 +340,8 @@ class Session(Protocol):
         """Running statistics reset and set to the average over one train-mode forward
         (without gradients) per batch, each batch weighing the same whatever the layers'
         momentum, which is put back after. Inside isolated()."""
+
+    def ownership(self) -> Ownership | None:
+        """Which trainable tensors the subject's own optimizer holds (an optimizer factory
+        is called on the private copies), or None when nndiag's default optimizer or a
+        per-tensor update rule steps every trainable tensor. Inside isolated()."""

@@ -210,3 +210,26 @@ def test_a_check_past_its_budget_is_an_error_and_the_run_goes_on() -> None:
     assert report["initial_loss"].status == "pass"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and model.fc.weight.grad is None
+
+
+@pytest.mark.parametrize("replace_head", [False, True], ids=["owned", "head_replaced"])
+def test_param_updates_leaves_model_optimizer_and_rng_bit_identical(replace_head: bool) -> None:
+    # Both paths: a pass, and a fail that reads the optimizer's ownership (the user's
+    # instance, with state from a real step) and confirms a finding with another trainer.
+    torch.manual_seed(0)
+    model = Everything()
+    X, y = torch.randn(48, 3, 16, 16), torch.randint(0, CLASSES, (48,))
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9
+    )
+    F.cross_entropy(model(X), y).backward()
+    optimizer.step()
+    if replace_head:
+        model.head = nn.Linear(32, CLASSES)
+    torch.manual_seed(123)
+    np.random.seed(7)
+    before = _state(model, optimizer)
+    subject = nndiag.Subject(model, (X, y), optimizer=optimizer)
+    result = nndiag.diagnose(subject, ["param_updates"])["param_updates"]
+    assert result.status == ("fail" if replace_head else "pass"), result.summary()
+    _assert_same(before, _state(model, optimizer))

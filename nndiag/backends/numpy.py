@@ -48,6 +48,7 @@ from nndiag.contract import (
     Mode,
     NonFinite,
     NormLayer,
+    Ownership,
     Step,
     Task,
     Vocabulary,
@@ -483,6 +484,10 @@ class NumpySession(SessionBase):
                 else:
                     p["momentum"] = momentum
 
+    def ownership(self) -> Ownership | None:
+        self.require_isolated("ownership")
+        return None  # the update rule is applied to every entry of model.params
+
 
 class _PinnedMode(dict):
     """A copy of ``dropout_param`` whose ``mode`` stays put: assignment-style losses set
@@ -600,8 +605,16 @@ class _Trainer:
         if not measure:
             return Step(loss, accuracy)
         updates = {n: float(np.linalg.norm(v - before[n])) for n, v in self.params.items()}
+        norms = {  # None: loss() returned no gradient for the parameter
+            n: None if grads.get(n) is None else float(np.linalg.norm(np.asarray(grads[n])))
+            for n in self.params
+        }
         return Step(
-            loss, accuracy, updates, {n: float(np.linalg.norm(w)) for n, w in before.items()}
+            loss,
+            accuracy,
+            updates,
+            {n: float(np.linalg.norm(w)) for n, w in before.items()},
+            norms,
         )
 
     def evaluate(self, batch: Batch) -> Evaluation:
@@ -610,3 +623,6 @@ class _Trainer:
 
     def unchanged(self) -> list[str]:
         return [n for n, v in self.params.items() if np.array_equal(v, self.start[n])]
+
+    def frozen_changed(self) -> list[str]:
+        return []  # every entry of model.params is trained

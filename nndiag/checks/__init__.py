@@ -295,6 +295,38 @@ BUILTIN: tuple[CheckSpec, ...] = (
             ),
         ),
     ),
+    CheckSpec(
+        "param_updates",
+        "nndiag.checks.param_updates:param_updates",
+        "Do a few optimizer steps change every trainable tensor (held by the optimizer, with "
+        "a gradient) and no frozen one, by an update/weight ratio near the notes' ~1e-3?",
+        why="param_update_steps (3) forward+backward passes; one more only to confirm a "
+        "tensor without gradient",
+        settings=(
+            "param_update_steps",
+            "param_update_rows",
+            "param_update_ratio_low",
+            "param_update_ratio_high",
+            "param_update_negligible",
+            "overfit_lr",
+        ),
+        plot="plot_param_updates",
+        tables=(
+            TableSpec(
+                "tensors",
+                "tensors (findings first, then in the model's order)",
+                (
+                    ("name", "tensor"),
+                    ("weight_norm", "||w||"),
+                    ("update_norm", "||update|| per step"),
+                    ("grad_norm", "||grad||"),
+                    ("ratio", "update/weight"),
+                    ("cause", "finding"),
+                    ("note", "note"),
+                ),
+            ),
+        ),
+    ),
 )
 
 

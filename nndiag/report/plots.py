@@ -789,6 +789,86 @@ def plot_batchnorm(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     return [("running-statistics change per layer in train and eval mode", fig)]
 
 
+def plot_param_updates(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Update/weight ratio per tensor (log scale, the model's order) with the band shaded,
+    the notes' 1e-3 and the median; tensors with a finding are marked on the bottom edge,
+    tensors that start at zero (no ratio) in grey on the top edge."""
+    records = sorted(
+        _records(evidence.get("tensors")), key=lambda r: _number(r.get("order")) or 0.0
+    )
+    if not records:
+        return []
+    band = _pair(evidence.get("band"))
+    median = _number(evidence.get("median"))
+    reference = _number(evidence.get("reference"))
+    xs = list(range(len(records)))
+    ratios = [_number(r.get("ratio")) for r in records]
+    positive = [v for v in ratios if v is not None and v > 0]
+    values = positive + [v for v in (*(band or ()), median, reference) if v and v > 0]
+    low = min(values) / 3 if values else 1e-6
+    high = max(values) * 3 if values else 1.0
+    fig = _figure(6.8, 2.6, left=0.7, bottom=0.45, top=0.28, right=0.2)
+    ax = fig.subplots()
+    _style(ax)
+    _log_scale(ax.yaxis)
+    ax.set_ylim(low, high)
+    if band is not None and band[0] > 0:
+        ax.axhspan(band[0], band[1], color=TINT["pass"], zorder=0)
+    if reference is not None and reference > 0:
+        ax.axhline(reference, color=MUTED, ls=":", lw=1)
+        ax.text(0, reference, " notes ~1e-3", va="bottom", fontsize=FONT - 2, color=MUTED)
+    if median is not None and median > 0:
+        ax.axhline(median, color=ACCENT, ls="--", lw=1)
+        ax.text(
+            len(records) - 1,
+            median,
+            f"median {_short(median)} ",
+            ha="right",
+            va="bottom",
+            fontsize=FONT - 2,
+            color=ACCENT,
+        )
+    good = [(x, v) for x, v in zip(xs, ratios) if v is not None and v > 0]
+    colors = [
+        COLORS["pass"] if band is None or band[0] <= v <= band[1] else COLORS["warn"]
+        for _, v in good
+    ]
+    if good:
+        ax.scatter([x for x, _ in good], [v for _, v in good], s=9, c=colors, zorder=3)
+    flagged = [x for x, r in zip(xs, records) if r.get("cause")]
+    if flagged:
+        ax.scatter(
+            flagged,
+            [low * 1.15] * len(flagged),
+            marker="v",
+            s=22,
+            c=COLORS["fail"],
+            zorder=4,
+            clip_on=False,
+            label="finding",
+        )
+    zero = [x for x, v, r in zip(xs, ratios, records) if v is None and not r.get("cause")]
+    if zero:
+        ax.scatter(
+            zero,
+            [high / 1.15] * len(zero),
+            marker="o",
+            s=9,
+            c=COLORS["skip"],
+            zorder=3,
+            clip_on=False,
+            label="starts at 0",
+        )
+    if flagged or zero:
+        ax.legend(
+            fontsize=FONT - 2, loc="upper left", bbox_to_anchor=(0, 1.16), ncol=2, frameon=False
+        )
+    ax.set_xlim(-1, len(records))
+    ax.set_xlabel("tensor (the model's order)", fontsize=FONT - 1)
+    ax.set_ylabel("||update|| / ||w||", fontsize=FONT - 1)
+    return [("update/weight ratio per tensor", fig)]
+
+
 def _plotters() -> dict[str, Plotter]:
     from nndiag.checks import BUILTIN
 

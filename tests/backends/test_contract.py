@@ -269,3 +269,40 @@ def test_jax_penalty_errors_name_the_penalty_call() -> None:
     with pytest.raises(ModelError) as info:
         _open(nndiag.Subject(model, jax_models.classification(0), regularization=penalty))
     assert info.value.call == "regularization(params)" and info.value.check == "validation"
+
+
+def test_a_measured_step_reports_each_gradient_and_nothing_frozen_changes(
+    opened: tuple[Session, int],
+) -> None:
+    session, trainable = opened
+    batch = session.rows(32)
+    with pytest.raises(RuntimeError, match="ownership"):
+        session.ownership()
+    with session.isolated("x"):
+        assert session.ownership() is None  # nndiag's default optimizer holds every tensor
+        with session.trainer(batch, default_lr=1e-3) as trainer:
+            step = trainer.step(measure=True)
+            assert trainer.frozen_changed() == []
+    assert set(step.grads) == set(step.updates) and len(step.grads) == trainable
+    assert all(g is not None and g > 0 for g in step.grads.values()), step.grads
+    assert trainer.step().grads == {}  # unmeasured: no norms
+
+
+def test_torch_ownership_of_an_instance_and_of_a_factory() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model[2] = nn.Linear(8, 3)  # replaced after the optimizer was built
+    session = _open(nndiag.Subject(model, _torch_data(), optimizer=optimizer))
+    with session.isolated("x"):
+        owned = session.ownership()
+    assert owned is not None and owned.unowned == ("2.weight", "2.bias")
+    assert owned.stale == ((3, 8), (3,))
+    session = _open(
+        nndiag.Subject(
+            model, _torch_data(), optimizer=lambda p: torch.optim.SGD(model[0].parameters(), 0.1)
+        )
+    )
+    with session.isolated("x"):
+        owned = session.ownership()
+    assert owned is not None and owned.unowned == ("2.weight", "2.bias") and owned.stale == ()

@@ -314,6 +314,39 @@ def resnet18_stale_batchnorm(seed: int = 0) -> nndiag.Subject:
     return nndiag.Subject(model, _images(seed), name="resnet18_stale_batchnorm")
 
 
+def resnet18_fc_after_optimizer(seed: int = 0) -> nndiag.Subject:
+    """The fine-tuning slip: the optimizer is built over ``model.parameters()``, then the
+    classifier is replaced; the new ``fc`` is not in the optimizer, the old one still is."""
+    model = _vision("resnet18", seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.fc = nn.Linear(model.fc.in_features, CLASSES)
+    return nndiag.Subject(model, _images(seed), optimizer=optimizer, name="resnet18_fc_after_opt")
+
+
+def mobilenet_features_only_optimizer(seed: int = 0) -> nndiag.Subject:
+    """An optimizer factory that reaches for ``model.features.parameters()`` instead of the
+    parameters it is given: the classifier head is never trained."""
+    model = _vision("mobilenet_v3_small", seed)
+    return nndiag.Subject(
+        model,
+        _images(seed),
+        optimizer=lambda params: torch.optim.Adam(model.features.parameters(), lr=1e-3),
+        name="mobilenet_features_only_optimizer",
+    )
+
+
+def bert_frozen_max_norm_embeddings(seed: int = 0) -> nndiag.Subject:
+    """The word embeddings are frozen (``requires_grad=False``) but keep ``max_norm``:
+    ``nn.Embedding`` renormalizes the rows it looks up in place on every forward pass, so
+    the "frozen" table changes during training."""
+    subject = bert(seed)
+    embeddings = subject.model.model.bert.embeddings.word_embeddings
+    embeddings.weight.requires_grad_(False)
+    embeddings.max_norm = 0.1  # the rows' norms at init are ~0.16
+    batch = subject.batches[0]
+    return nndiag.Subject(subject.model, (batch.X, batch.y), name="bert_frozen_max_norm")
+
+
 Factory = Callable[..., nndiag.Subject]
 
 HEALTHY: dict[str, Factory] = {
@@ -338,6 +371,10 @@ BUGS: dict[str, tuple[Factory, str]] = {
     "llama_hot_head": (llama_hot_head, "initial_loss"),
     "squeezenet_grad_one_percent": (squeezenet_grad_one_percent, "gradient_check"),
     "resnet18_stale_batchnorm": (resnet18_stale_batchnorm, "batchnorm"),
+    "resnet18_fc_after_optimizer": (resnet18_fc_after_optimizer, "param_updates"),
+    "mobilenet_features_only_optimizer": (mobilenet_features_only_optimizer, "param_updates"),
+    "squeezenet_detached_no_gradient": (squeezenet_detached, "param_updates"),
+    "bert_frozen_max_norm_embeddings": (bert_frozen_max_norm_embeddings, "param_updates"),
 }
 
 # Caught too, but slow for the test run: gradient_check spends ~50-100 s naming the 88

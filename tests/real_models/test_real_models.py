@@ -29,6 +29,7 @@ TRUSTED = (
     "regularization_loss",
     "gradient_check",
     "batchnorm",
+    "param_updates",
 )
 
 # Healthy models a trusted check wrongly fails, by (model, seed, check): nndiag bugs, each
@@ -130,3 +131,59 @@ def test_stale_batchnorm_in_resnet18_names_every_layer() -> None:
     assert result.status == "fail" and result.metrics["cause"] == "stale", result.summary()
     assert len(result.metrics["stale_layers"]) == result.metrics["layers"] == 20
     assert "momentum=0.0" in result.message
+
+
+# planted bug -> (cause, tensors it must name)
+PARAM_UPDATE_CAUSES = {
+    "resnet18_fc_after_optimizer": ("not_owned", {"fc.weight", "fc.bias"}),
+    "mobilenet_features_only_optimizer": (
+        "not_owned",
+        {"classifier.0.weight", "classifier.3.bias"},
+    ),
+    "squeezenet_detached_no_gradient": (
+        "no_gradient",
+        {"features.0.weight", "features.6.expand3x3.bias"},
+    ),
+    "bert_frozen_max_norm_embeddings": (
+        "frozen_changed",
+        {"model.bert.embeddings.word_embeddings.weight"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_UPDATE_CAUSES))
+def test_param_updates_names_the_cause_of_a_planted_bug(name: str) -> None:
+    factory, check = models.BUGS[name]
+    assert check == "param_updates"
+    cause, tensors = PARAM_UPDATE_CAUSES[name]
+    result = nndiag.diagnose(factory(1), [check], nndiag.Config(seed=1))[check]
+    assert result.status == "fail" and result.metrics["cause"] == cause, result.summary()
+    named = {r["name"] for r in result.evidence["tensors"] if r["cause"] == cause}
+    assert tensors <= named, named
+    if name == "squeezenet_detached_no_gradient":  # the 20 tensors below the cut, no other
+        assert len(named) == 20 and named == {
+            n
+            for n in named
+            if n.startswith(("features.0.", "features.3.", "features.4.", "features.6."))
+        }
+    if name == "resnet18_fc_after_optimizer":
+        assert result.metrics["stale"] == 2 and "(10, 512), (10,)" in result.hint
+
+
+def test_param_updates_is_silent_on_zero_init_residual_and_sgd() -> None:
+    # resnet18 with zero_init_residual starts its last BN gains at 0 (no ratio, no warn);
+    # SGD with momentum at 0.1 is the torchvision recipe.
+    import torchvision.models
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(
+        weights=None, num_classes=models.CLASSES, zero_init_residual=True
+    )
+    subject = nndiag.Subject(
+        model,
+        models._images(0),
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4),
+    )
+    result = nndiag.diagnose(subject, ["param_updates"])["param_updates"]
+    assert result.status == "pass", result.summary()
+    assert result.metrics["from_zero"] >= 8 + 20  # 8 zero-init BN gains, the BN biases

@@ -17,7 +17,7 @@ from nndiag.config import DEFAULT_CHECKS
 from nndiag.results import STATUSES, CheckResult, Cost, Report
 
 PLOTTED = {spec.id for spec in BUILTIN if spec.plot is not None}
-# The statuses below are written for the seven checks that draw plots.
+# The statuses below are written for the checks that draw plots (the first six).
 KNOWN_CHECKS = tuple(c for c in DEFAULT_CHECKS if c in PLOTTED)
 # Check ids without a plotter: they get a metrics table (and a counterexample when given).
 EXTRA_CHECKS = ("permutation_invariance", "loss_is_finite", "batch_independence", "lr_sweep")
@@ -308,6 +308,43 @@ def extra(check: str, status: str, rng: random.Random) -> dict[str, Any]:
     }
 
 
+def param_updates(status: str, rng: random.Random) -> dict[str, Any]:
+    names = [f"fc{i}.{kind}" for i in range(1, 5) for kind in ("weight", "bias")]
+    scale = {"pass": 5e-3, "warn": 0.8, "fail": 5e-3}.get(status, 5e-3)
+    records = []
+    for order, name in enumerate(names):
+        zero = name.endswith("bias") and order < 2
+        cause = "no_gradient" if status == "fail" and order < 4 else ""
+        weight = 0.0 if zero else rng.uniform(2.0, 9.0)
+        ratio = None if zero or cause else scale * rng.uniform(0.5, 2.0)
+        records.append(
+            {
+                "name": name,
+                "order": order,
+                "weight_norm": weight,
+                "update_norm": 0.0 if cause else (ratio or 0.01) * (weight or 1.0),
+                "grad_norm": None if cause else rng.uniform(0.01, 1.0),
+                "ratio": ratio,
+                "cause": cause,
+            }
+        )
+    ratios = sorted(r["ratio"] for r in records if r["ratio"] is not None)
+    median = ratios[len(ratios) // 2] if ratios else None
+    return {
+        "evidence": {
+            "tensors": records,
+            "band": [1e-6, 0.2],
+            "median": median,
+            "reference": 1e-3,
+            "optimizer": "Adam(lr=0.001) (nndiag's default)",
+        },
+        "metrics": {"tensors": len(records), "median_ratio": median, "steps": 3},
+        "cost": Cost(3, 3, 0.05),
+        "message": f"median update/weight ratio {median:.2g}" if median else "no ratio",
+        "hint": None if status == "pass" else "lower the learning rate",
+    }
+
+
 BUILDERS = {
     "initial_loss": initial_loss,
     "regularization_loss": regularization_loss,
@@ -316,6 +353,7 @@ BUILDERS = {
     "activation_stats": activation_stats,
     "dead_neurons": dead_neurons,
     "batchnorm": batchnorm,
+    "param_updates": param_updates,
 }
 
 
@@ -363,9 +401,12 @@ def demo_report() -> Report:
     """Three subjects for looking at the page: healthy, broken, and a mixed one."""
     rng = random.Random(1)
     results = [result("TwoLayerNet", check, "pass", rng) for check in KNOWN_CHECKS]
-    broken = ("fail", "fail", "fail", "fail", "fail", "warn", "skip")
+    # Every plotted check for each subject (checks past the first six: fail / pass), and
+    # two extra checks for ConvNet only.
+    more = len(KNOWN_CHECKS) - 6
+    broken = ("fail", "fail", "fail", "fail", "fail", "warn") + ("fail",) * more
     results += [result("DeepTanhNet (std 0.01)", c, s, rng) for c, s in zip(KNOWN_CHECKS, broken)]
-    mixed = ("warn", "pass", "pass", "warn", "warn", "skip", "warn", "fail", "error")
+    mixed = ("warn", "pass", "pass", "warn", "warn", "skip") + ("pass",) * more + ("fail", "error")
     results += [
         result("ConvNet", c, s, rng) for c, s in zip(KNOWN_CHECKS + EXTRA_CHECKS[:2], mixed)
     ]

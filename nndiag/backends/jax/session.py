@@ -31,6 +31,7 @@ from nndiag.contract import (
     Mode,
     NonFinite,
     NormLayer,
+    Ownership,
     Step,
     Task,
     Vocabulary,
@@ -487,6 +488,10 @@ class JaxSession(SessionBase):
     def warm(self, batches: Sequence[Batch]) -> None:
         self.require_isolated("warm")  # no running statistics to warm
 
+    def ownership(self) -> Ownership | None:
+        self.require_isolated("ownership")
+        return None  # optax transforms the whole pytree of trainable leaves
+
 
 def _float64(x: jax.Array) -> jax.Array:
     return jnp.asarray(np.asarray(x, dtype=np.float64)) if is_float(x) else x
@@ -663,7 +668,10 @@ class _Trainer:
             for n, p, w in zip(names, self.params, old)
         }
         weights = {n: float(np.linalg.norm(w)) for n, w in zip(names, old)}
-        return Step(value, accuracy, updates_norm, weights)
+        grad_norms: dict[str, float | None] = {
+            n: float(np.linalg.norm(np.asarray(g, dtype=np.float64))) for n, g in zip(names, grads)
+        }
+        return Step(value, accuracy, updates_norm, weights, grad_norms)
 
     def evaluate(self, batch: Batch) -> Evaluation:
         # The trained leaves live here, not in the session: assemble them into the pytree.
@@ -683,3 +691,6 @@ class _Trainer:
             for n, p, s in zip(self.session.names, self.params, self.start)
             if np.array_equal(np.asarray(p), s)
         ]
+
+    def frozen_changed(self) -> list[str]:
+        return []  # only floating leaves are stepped; the others are passed through as is

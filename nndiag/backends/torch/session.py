@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from nndiag.contract import (
     Mode,
     NonFinite,
     NormLayer,
+    Ownership,
     Step,
     Task,
     Vocabulary,
@@ -332,6 +334,7 @@ class TorchSession(SessionBase):
             yield _Private(
                 {n: made[id(p)] for n, p in trainable},  # type: ignore[misc]
                 list(made.values()),
+                made,
             )
         finally:
             for owner, name, original in reversed(swapped):
@@ -595,8 +598,12 @@ class TorchSession(SessionBase):
                 if k in ("lr", "momentum", "betas", "eps", "nesterov", "alpha")
             }
             shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+            # Only the settings the class takes: AdamW's defaults hold a
+            # decoupled_weight_decay that its constructor does not accept.
+            accepted = inspect.signature(type(given).__init__).parameters
+            copied = {k: v for k, v in given.defaults.items() if k in accepted}
             try:
-                made = type(given)(params, **given.defaults)
+                made = type(given)(params, **copied)
             except TypeError as exc:  # a subclass whose constructor takes other arguments
                 raise InvalidSubject(
                     "optimizer",
@@ -679,12 +686,49 @@ class TorchSession(SessionBase):
             for m, momentum in zip(layers, momenta):
                 m.momentum = momentum
 
+    # -- optimizer ownership -----------------------------------------------------------
+    def ownership(self) -> Ownership | None:
+        """An optimizer instance is compared with the user's own tensors (identity), a
+        factory's optimizer with the private copies it was given or reached through the
+        model."""
+        self.require_isolated("ownership")
+        given = self.subject.optimizer
+        if given is None:
+            return None
+        private = self._private
+        if isinstance(given, torch.optim.Optimizer):
+            held_by = given
+            described = f"{type(given).__name__} instance (the subject's optimizer)"
+        else:
+            held_by, described = self._subject_optimizer(list(private.trainable.values()), 0.0)
+        clones = {id(c): c for c in private.sources.values()}
+        owned: set[int] = set()
+        stale: list[tuple[int, ...]] = []
+        for group in held_by.param_groups:
+            for t in group["params"]:
+                clone = clones.get(id(t))
+                if clone is None:  # the user's own tensor (an instance built on the model)
+                    clone = private.sources.get(id(t))
+                if clone is None:
+                    stale.append(tuple(t.shape))
+                else:
+                    owned.add(id(clone))
+        unowned = tuple(n for n, p in private.trainable.items() if id(p) not in owned)
+        return Ownership(described, unowned, tuple(stale))
+
+
+def _statistics(module: nn.Module) -> bool:
+    """A module whose buffers are estimates refreshed in training mode, not weights: batch
+    statistics (BatchNorm's running mean and variance) and spectral norm's power iterates."""
+    return isinstance(module, nn.modules.batchnorm._NormBase) or _power_iterates(module)
+
 
 class _Private(NamedTuple):
     """The clones swapped into the model during a check."""
 
     trainable: dict[str, nn.Parameter]  # by parameter name
     tensors: list[torch.Tensor]  # every cloned parameter and buffer
+    sources: dict[int, torch.Tensor]  # id of the user's tensor -> its clone
 
 
 class _Objective:
@@ -781,6 +825,13 @@ def _power_iterates(module: nn.Module) -> bool:
     return any(isinstance(hook, SpectralNorm) for hook in module._forward_pre_hooks.values())
 
 
+def _norm(t: torch.Tensor) -> float:
+    """The 2-norm, again in float64 where float32 squares underflowed to 0 (entries below
+    ~1e-19 that are not all zero)."""
+    norm = float(t.detach().norm())
+    return float(t.detach().double().norm()) if norm == 0 and bool(t.any()) else norm
+
+
 def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
@@ -833,6 +884,17 @@ class _Trainer:
         self.batch = batch
         self.start = {n: p.detach().clone() for n, p in self.params.items()}
         self.classify = session.task.kind == "classification"
+        # Tensors no step may change: parameters without gradients, and buffers that are
+        # not statistics (each counted once: tied tensors share a name).
+        model = session.model
+        fixed = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+        for prefix, module in model.named_modules():
+            if not _statistics(module):
+                fixed += [
+                    (f"{prefix}.{n}" if prefix else n, b)
+                    for n, b in module.named_buffers(recurse=False)
+                ]
+        self.fixed = {n: (t, t.detach().clone()) for n, t in fixed if t is not None}
 
     def step(self, *, measure: bool = False, batch: Batch | None = None) -> Step:
         batch = self.batch if batch is None else batch
@@ -856,7 +918,8 @@ class _Trainer:
             return Step(value, accuracy)
         updates = {n: float((p.detach() - before[n]).norm()) for n, p in self.params.items()}
         weights = {n: float(w.norm()) for n, w in before.items()}
-        return Step(value, accuracy, updates, weights)
+        grads = {n: None if p.grad is None else _norm(p.grad) for n, p in self.params.items()}
+        return Step(value, accuracy, updates, weights, grads)
 
     def evaluate(self, batch: Batch) -> Evaluation:
         # The trained tensors are the private copies in the model's slots.
@@ -864,3 +927,10 @@ class _Trainer:
 
     def unchanged(self) -> list[str]:
         return [n for n, p in self.params.items() if torch.equal(p.detach(), self.start[n])]
+
+    def frozen_changed(self) -> list[str]:
+        return [
+            n
+            for n, (t, start) in self.fixed.items()
+            if t.shape != start.shape or not torch.equal(t.detach(), start)
+        ]

@@ -37,6 +37,7 @@ _FRACTIONS = (
     "collapse_fail",
     "dead_warn",
     "dead_fail",
+    "input_imbalance_p",
 )
 # (milder, stricter) pairs: the warn threshold must be reached before the fail one.
 _ORDERED = (
@@ -47,6 +48,7 @@ _ORDERED = (
     ("collapse_fail", "collapse_warn"),
     ("dead_warn", "dead_fail"),
     ("overfit_fitted_ratio", "overfit_partial_ratio"),
+    ("input_std_low", "input_std_high"),
 )
 # numpy's legacy seeding (CS231n dropout) takes seeds below 2**32.
 _MAX_SEED = 2**32 - 1
@@ -211,6 +213,22 @@ class Config:
     numerics_eval_rtol: float = 1e-6
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
+
+    # input_stats (lecture: zero-centre, per channel for images, and normalize). Warns when
+    # a channel's |mean| exceeds input_center_warn std plus input_center_sigmas standard
+    # errors of a zero mean over the rows read (our choice: torchvision's ToTensor output,
+    # mean 0.5 std 0.25, sits at 2 std; an indicator feature at 10% at 0.33 std; standard
+    # normal data at 0.02 - 0.3 on tests/models.py and tests/real_models, seeds 0-4).
+    input_center_warn: float = 0.5
+    input_center_sigmas: float = 3.0
+    # ... and when a channel's std is outside [low, high] (a decade either side of 1).
+    input_std_low: float = 0.1
+    input_std_high: float = 10.0
+    # Labels: the largest class would be this unlikely under uniform labels (union bound
+    # C * P(Binomial(n, 1/C) >= count); 1e-3 is rarer than 1 run in 1000) and holds at
+    # least this many times its uniform share (a large batch alone is no imbalance).
+    input_imbalance_p: float = 1e-3
+    input_imbalance_share: float = 1.5
 
     def __post_init__(self) -> None:
         defaults = Config.__dataclass_fields__

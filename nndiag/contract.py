@@ -153,6 +153,10 @@ class Vocabulary:
     eval_mode: str  # what evaluation mode means for this backend
     he_init: str  # a call that draws He-initialized weights
     xavier_init: str  # a call that draws Xavier-initialized weights
+    # input_stats' fixes: standardizing inputs with the measured statistics ({mean} and
+    # {std} are filled in), and evening out imbalanced labels.
+    standardize: str = "X = (X - {mean}) / {std}"
+    rebalance: str = "weight the loss by inverse class frequency, or resample the classes"
 
 
 class Objective(Protocol):

@@ -182,3 +182,20 @@ def test_inputs_that_require_grad_get_no_grad() -> None:
     y = torch.randint(0, 3, (32,))
     nndiag.diagnose(nndiag.Subject(model, (X, y)))
     assert X.grad is None and X.requires_grad
+
+
+@pytest.mark.parametrize("check", ["input_stats"])
+def test_data_and_weight_checks_leave_model_optimizer_and_rng_bit_identical(check: str) -> None:
+    torch.manual_seed(0)
+    model = Everything()
+    X, y = torch.rand(48, 3, 16, 16) * 255, torch.randint(0, CLASSES, (48,))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    nn.functional.cross_entropy(model(X), y).backward()
+    optimizer.step()
+    data = (X.clone(), y.clone())
+    before = _state(model, optimizer)
+    subject = nndiag.Subject(model, (X, y), optimizer=optimizer)
+    result = nndiag.diagnose(subject, [check])[check]
+    assert result.status in ("pass", "warn", "fail"), result.summary()
+    _assert_same(before, _state(model, optimizer))
+    assert torch.equal(X, data[0]) and torch.equal(y, data[1])

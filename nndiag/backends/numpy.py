@@ -122,6 +122,9 @@ WORDS = Vocabulary(
     eval_mode="test mode (loss(X) without y)",
     he_init="np.sqrt(2 / fan_in) * np.random.randn(fan_in, fan_out)",
     xavier_init="np.random.randn(fan_in, fan_out) / np.sqrt(fan_in)",
+    standardize="X = (X - mean) / std with the training set's mean {mean} and std {std} "
+    "(for (N, D) data: X -= X.mean(axis=0); X /= X.std(axis=0))",
+    rebalance="resample the classes, or weight each sample's loss by 1 / its class frequency",
 )
 
 

@@ -273,6 +273,22 @@ BUILTIN: tuple[CheckSpec, ...] = (
         "two eval forwards",
         settings=("numerics_rows", "numerics_eval_rtol"),
     ),
+    CheckSpec(
+        "input_stats",
+        "nndiag.checks.input_stats:input_stats",
+        "Are the inputs zero-centred and normalized (per channel for images), free of raw "
+        "0-255 pixels and constant features, and the labels balanced?",
+        why="data only: no forward pass",
+        settings=(
+            "input_center_warn",
+            "input_center_sigmas",
+            "input_std_low",
+            "input_std_high",
+            "input_imbalance_p",
+            "input_imbalance_share",
+        ),
+        plot="plot_input_stats",
+    ),
 )
 
 

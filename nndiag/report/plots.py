@@ -722,6 +722,52 @@ def plot_dead_neurons(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     return [("fraction of dead units per layer", fig)]
 
 
+def plot_input_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Per-channel (or per-feature) mean and std as bars, with the 0 and 1 references and
+    the band the mean may stay in; the label counts beside them when there are labels."""
+    channels = _records(evidence.get("channels"))[:_MAX_BARS]
+    counts = _series(evidence.get("label_counts"))[:_MAX_BARS]
+    if not channels and not counts:
+        return []
+    panels = int(bool(channels)) * 2 + int(bool(counts))
+    fig = _figure(2.4 * panels + 0.6, 2.3, left=0.5, bottom=0.5, top=0.28, wspace=0.45)
+    axes = list(fig.subplots(1, panels, squeeze=False)[0])
+    unit = _label(evidence.get("unit") or "channel", 12)
+    if channels:
+        xs = list(range(len(channels)))
+        means = [_number(c.get("mean")) for c in channels]
+        stds = [_number(c.get("std")) for c in channels]
+        center = _number(evidence.get("center_warn"))
+        for ax, values, reference, title in (
+            (axes[0], means, 0.0, "mean"),
+            (axes[1], stds, 1.0, "std"),
+        ):
+            _style(ax)
+            ax.bar(xs, [v or 0.0 for v in values], color=ACCENT, width=0.7)
+            ax.axhline(reference, color=COLORS["pass"], ls="--", lw=1)
+            ax.set_title(f"{title} per {unit} (target {reference:g})", fontsize=FONT, color=INK)
+            ax.set_xlabel(unit, fontsize=FONT - 1)
+        if center is not None:  # |mean| within center_warn std passes (before noise)
+            band = [center * (s or 0.0) for s in stds]
+            axes[0].plot(xs, band, color=COLORS["warn"], ls=":", lw=1, marker="_")
+            axes[0].plot(xs, [-b for b in band], color=COLORS["warn"], ls=":", lw=1, marker="_")
+        for key, status in (("std_low", "warn"), ("std_high", "warn")):
+            value = _number(evidence.get(key))
+            finite = _finite(v for v in (s for s in stds if s is not None))
+            if value is not None and finite and value <= 3 * max(finite):
+                axes[1].axhline(value, color=COLORS[status], ls=":", lw=1)
+    if counts:
+        ax = axes[-1]
+        _style(ax)
+        ax.bar(range(len(counts)), [0.0 if math.isnan(c) else c for c in counts], color=MUTED)
+        total = sum(c for c in counts if not math.isnan(c))
+        if total:
+            ax.axhline(total / len(counts), color=COLORS["pass"], ls="--", lw=1)
+        ax.set_title("label counts (line: uniform)", fontsize=FONT, color=INK)
+        ax.set_xlabel("class", fontsize=FONT - 1)
+    return [(f"input mean and std per {unit}, and label counts", fig)]
+
+
 def _plotters() -> dict[str, Plotter]:
     from nndiag.checks import BUILTIN
 

@@ -37,6 +37,8 @@ WORDS = Vocabulary(
     "flags yourself)",
     he_init="jax.nn.initializers.he_normal()",
     xavier_init="jax.nn.initializers.glorot_normal()",
+    standardize="X = (X - jnp.array({mean})) / jnp.array({std}) (the training set's mean and std)",
+    rebalance="weight each sample's loss by 1 / its class frequency, or resample the classes",
 )
 
 

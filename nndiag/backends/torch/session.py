@@ -201,6 +201,10 @@ WORDS = Vocabulary(
     eval_mode="eval mode (model.eval())",
     he_init="nn.init.kaiming_normal_(w, nonlinearity='relu')",
     xavier_init="nn.init.xavier_normal_(w)",
+    standardize="transforms.Normalize(mean={mean}, std={std}) (torchvision; on tensors: X = (X - "
+    "mean) / std)",
+    rebalance="nn.CrossEntropyLoss(weight=...) with inverse class frequencies, or a "
+    "WeightedRandomSampler",
 )
 
 

@@ -49,6 +49,7 @@ _ORDERED = (
     ("dead_warn", "dead_fail"),
     ("overfit_fitted_ratio", "overfit_partial_ratio"),
     ("input_std_low", "input_std_high"),
+    ("init_scale_warn", "init_scale_fail"),
 )
 # numpy's legacy seeding (CS231n dropout) takes seeds below 2**32.
 _MAX_SEED = 2**32 - 1
@@ -229,6 +230,16 @@ class Config:
     # least this many times its uniform share (a large batch alone is no imbalance).
     input_imbalance_p: float = 1e-3
     input_imbalance_share: float = 1.5
+
+    # init_scale: a layer's weight std over He sqrt(2/fan_in) (ReLU family next) or Xavier
+    # 1/sqrt(fan_in) (otherwise) beyond this factor either way warns. PyTorch's default
+    # (kaiming_uniform, a=sqrt(5): std 1/sqrt(3 fan_in)) is 0.41x He and 0.58x Xavier, and
+    # healthy (calibrated: tests/models.py, tests/real_models, seeds 0-4); the lecture's
+    # std 0.01 at fan_in 500 is 0.22x Xavier.
+    init_scale_warn: float = 3.0
+    # ... and consecutive such layers whose ratios multiply beyond this factor fail (one
+    # layer 10x off on its own, or the lecture's 0.22x compounding to 1e-6 over 10 layers).
+    init_scale_fail: float = 10.0
 
     def __post_init__(self) -> None:
         defaults = Config.__dataclass_fields__

@@ -86,6 +86,10 @@ class LayerRecord:
     weight_layer: str | None = None
     fan_in: int | None = None
     weight_std: float | None = None
+    # Whether a normalization (batch, layer, group, instance or RMS norm) ran since the
+    # previous activation (or the input): the scale of the weights before it does not
+    # compound through it.
+    normalized: bool = False
 
     @property
     def mean(self) -> float:
@@ -276,3 +280,13 @@ class Session(Protocol):
 
     def batch_statistics_layers(self) -> list[str]:
         """Names of layers that normalize with statistics of the batch in train mode."""
+
+    def weights(self) -> dict[str, Any]:
+        """The weight matrix of every layer that multiplies its input by trainable weights
+        (dense and convolution layers; embedding tables are left out), keyed by the name
+        :class:`LayerRecord` ``weight_layer`` gives it, as a read-only numpy array of shape
+        ``(units, fan_in)``: one row per output unit (a convolution's output channel, its
+        kernel flattened), whatever the backend's own layout. In the order the backend
+        lists its layers, the output layer last. The user's current values; may be called
+        at any time (the JAX backend learns how each weight is applied from the capture
+        pass, running one of a single row when none ran yet)."""

@@ -184,7 +184,7 @@ def test_inputs_that_require_grad_get_no_grad() -> None:
     assert X.grad is None and X.requires_grad
 
 
-@pytest.mark.parametrize("check", ["input_stats"])
+@pytest.mark.parametrize("check", ["input_stats", "init_scale"])
 def test_data_and_weight_checks_leave_model_optimizer_and_rng_bit_identical(check: str) -> None:
     torch.manual_seed(0)
     model = Everything()

@@ -397,8 +397,25 @@ class NumpySession(SessionBase):
                     int(np.prod(w.shape[:-1]) if w.ndim == 2 else np.prod(w.shape[1:])),
                     float(w.std()),
                 )
-            stats.add(str(name), _kind(str(name), a), a, weight)
+            stats.add(str(name), _kind(str(name), a), a, weight, normalized=self._normalizes())
         return stats.layers()
+
+    def _normalizes(self) -> bool:
+        """Batch or layer normalization between the layers (the assignments'
+        ``normalization`` setting, or batch-norm state kept on the model)."""
+        setting = getattr(self.model, "normalization", None)
+        return bool(self.batch_statistics_layers()) or setting in ("batchnorm", "layernorm")
+
+    def weights(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, value in self.model.params.items():
+            if value.ndim < 2:
+                continue
+            # CS231n layouts: affine (fan_in, units), convolution (F, C, HH, WW)
+            matrix = value.T.view() if value.ndim == 2 else value.reshape(len(value), -1).view()
+            matrix.flags.writeable = False
+            found[name] = matrix
+        return found
 
 
 class _PinnedMode(dict):

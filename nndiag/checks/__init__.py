@@ -289,6 +289,33 @@ BUILTIN: tuple[CheckSpec, ...] = (
         ),
         plot="plot_input_stats",
     ),
+    CheckSpec(
+        "init_scale",
+        "nndiag.checks.init_scale:init_scale",
+        "Is each layer's weight std near He/Xavier for the activation that follows, and are "
+        "no units initialized identically?",
+        why="reads the weights; shares activation_stats' forward pass",
+        settings=("init_scale_warn", "init_scale_fail", "histogram_bins"),
+        plot="plot_init_scale",
+        tables=(
+            TableSpec(
+                "layers",
+                "layers (depth order)",
+                (
+                    ("name", "weights"),
+                    ("activation", "activation"),
+                    ("fan_in", "fan_in"),
+                    ("std", "std"),
+                    ("rule", "rule"),
+                    ("target", "target std"),
+                    ("ratio", "std / target"),
+                    ("not_judged", "not judged"),
+                    ("status", "status"),
+                ),
+                sort_by="depth",
+            ),
+        ),
+    ),
 )
 
 

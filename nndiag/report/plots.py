@@ -768,6 +768,48 @@ def plot_input_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     return [(f"input mean and std per {unit}, and label counts", fig)]
 
 
+def plot_init_scale(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Weight std per layer in depth order against its He/Xavier target (log y), with the
+    warn band; layers not judged (normalized, output) drawn hollow."""
+    layers = _ordered_layers(evidence)[:_MAX_BARS]
+    if not layers:
+        return []
+    fig = _figure(max(3.6, 0.9 + 0.28 * len(layers)), 2.6, left=0.6, bottom=0.75, top=0.28)
+    ax = fig.subplots()
+    _style(ax)
+    warn = _number(evidence.get("warn"))
+    xs = list(range(len(layers)))
+    stds = [_number(layer.get("std")) for layer in layers]
+    targets = [_number(layer.get("target")) for layer in layers]
+    positive = [v if v is not None and v > 0 else math.nan for v in stds]
+    goal = [v if v is not None and v > 0 else math.nan for v in targets]
+    if warn is not None and warn > 1:
+        ax.fill_between(
+            xs,
+            [g / warn for g in goal],
+            [g * warn for g in goal],
+            color=TINT["pass"],
+            step="mid",
+            lw=0,
+        )
+    ax.step(xs, goal, where="mid", color=COLORS["pass"], ls="--", lw=1, label="He/Xavier target")
+    for x, value, layer in zip(xs, positive, layers):
+        status = str(layer.get("status"))
+        color = COLORS.get(status, MUTED)
+        judged = bool(layer.get("judged"))
+        ax.plot([x], [value], marker="o", ms=5, color=color, mfc=color if judged else "white")
+    finite = _finite(positive + goal)
+    if finite:
+        _log_scale(ax.yaxis)
+        ax.set_ylim(min(finite) / 3, max(finite) * 3)
+    labels = [_label(layer.get("name"), 16) for layer in layers]
+    ax.set_xticks(xs, labels, rotation=60, ha="right", fontsize=FONT - 2)
+    ax.set_ylabel("weight std", fontsize=FONT - 1)
+    ax.set_title("weight std per layer (hollow: not judged)", fontsize=FONT, color=INK)
+    ax.legend(fontsize=FONT - 2, frameon=False, loc="best")
+    return [("weight std per layer against the He/Xavier target", fig)]
+
+
 def _plotters() -> dict[str, Plotter]:
     from nndiag.checks import BUILTIN
 

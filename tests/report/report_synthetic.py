@@ -300,6 +300,38 @@ def input_stats(status: str, rng: random.Random) -> dict[str, Any]:
     }
 
 
+def init_scale(status: str, rng: random.Random, names: Sequence[str] = ()) -> dict[str, Any]:
+    names = list(names) or [f"fc{i}" for i in range(1, 6)]
+    ratio = {"pass": 1.0, "warn": 0.25, "fail": 0.1}.get(status, 1.0)
+    layers = []
+    for depth, name in enumerate(names):
+        target = (2 / 100) ** 0.5
+        std = target * (ratio if depth else 1.0) * rng.uniform(0.95, 1.05)
+        layers.append(
+            {
+                "name": name,
+                "activation": f"{name}.relu",
+                "kind": "relu",
+                "depth": depth,
+                "fan_in": 100,
+                "std": std,
+                "target": target,
+                "rule": "He",
+                "ratio": std / target,
+                "judged": depth < len(names) - 1,
+                "not_judged": None if depth < len(names) - 1 else "normalized",
+                "status": status if depth and depth < len(names) - 1 else "pass",
+            }
+        )
+    return {
+        "evidence": {"layers": layers, "symmetric": [], "warn": 3.0, "fail": 10.0},
+        "metrics": {"judged": len(names) - 1, "min_ratio": ratio, "max_ratio": 1.0},
+        "cost": Cost(0, 0, 0.004),
+        "message": f"weight std {ratio:g}x He",
+        "hint": None if status == "pass" else "nn.init.kaiming_normal_(w)",
+    }
+
+
 BUILDERS = {
     "initial_loss": initial_loss,
     "regularization_loss": regularization_loss,
@@ -308,6 +340,7 @@ BUILDERS = {
     "activation_stats": activation_stats,
     "dead_neurons": dead_neurons,
     "input_stats": input_stats,
+    "init_scale": init_scale,
 }
 
 
@@ -378,6 +411,7 @@ def hostile_report() -> Report:
         ),
         result(bad_img, "activation_stats", "warn", names=[bad_script, bad_img, "a$b"]),
         result(bad_img, "dead_neurons", "fail", names=[bad_img, bad_script]),
+        result(bad_img, "init_scale", "fail", names=[bad_script, bad_img, "a$b"]),
         CheckResult(
             bad_script,
             "fail",

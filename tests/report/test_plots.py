@@ -69,6 +69,7 @@ EVIDENCE_KEYS = [
     "center_warn",
     "std_low",
     "std_high",
+    "symmetric",
 ]
 
 

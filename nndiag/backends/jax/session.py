@@ -456,7 +456,18 @@ class JaxSession(SessionBase):
             with self.calling("model", "apply_fn(params, X)"):
                 recorder.run(closed, [*leaves, X])
             left -= len(batch)
+        self._matrices = recorder.matrices
         return recorder.layers()
+
+    _matrices: dict[str, Any] | None = None
+
+    def weights(self) -> dict[str, Any]:
+        """Learned from the capture pass (how each leaf is multiplied in); one pass of a
+        single row when no capture ran yet. Leaves only a gather reads (embeddings) are
+        not weight matrices."""
+        if self._matrices is None:
+            self.capture(rows=1, bins=2)
+        return dict(self._matrices or {})
 
 
 def _float64(x: jax.Array) -> jax.Array:

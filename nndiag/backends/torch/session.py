@@ -592,6 +592,24 @@ class TorchSession(SessionBase):
                 left -= len(batch)
         return recorder.layers()
 
+    def weights(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, module in self.model.named_modules():
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+                continue  # rows are tokens, not units
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.ndim < 2 or not weight.requires_grad:
+                continue
+            w = weight.detach()
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                w = w.transpose(0, 1)  # (in, out, ...): units on axis 1
+            elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+                w = w.t()  # transformers' GPT-2 layer stores (in, out)
+            matrix = _numpy(w.reshape(w.shape[0], -1))
+            matrix.setflags(write=False)  # a view of the user's tensor
+            found[name] = matrix
+        return found
+
 
 class _Private(NamedTuple):
     """The clones swapped into the model during a check."""

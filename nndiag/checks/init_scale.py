@@ -131,12 +131,15 @@ def init_scale(session: Session, config: Config) -> CheckResult:
         if len(run) == 1 and last is not None and run[0][0] is last:
             by_name[last.weight_layer or ""]["status"] = "pass"
             by_name[last.weight_layer or ""]["not_judged"] = "feeds only the output layer"
+            by_name[last.weight_layer or ""]["judged"] = False
             run.clear()
             return
         product = math.prod(r for _, r in run)
         small = product < 1
         far = product < 1 / config.init_scale_fail or product > config.init_scale_fail
         status: Status = "fail" if far else "warn"
+        for member, _ in run:  # a failing run fails each of its layers
+            by_name[member.weight_layer or ""]["status"] = status
         # the worst layer (a zero ratio, all-zero weights, is the worst of all)
         first, ratio = max(run, key=lambda item: abs(math.log(max(item[1], 1e-300))))
         names = ", ".join(_name(x.weight_layer or "") for x, _ in run[:4])
@@ -174,11 +177,6 @@ def init_scale(session: Session, config: Config) -> CheckResult:
         if run and (run[-1][1] < 1) != (ratio < 1):
             close()
         run.append((layer, ratio))
-        by_name[layer.weight_layer]["status"] = (
-            "fail"
-            if ratio < 1 / config.init_scale_fail or ratio > config.init_scale_fail
-            else "warn"
-        )
     close()
 
     symmetric: list[dict[str, Any]] = []

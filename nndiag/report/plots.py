@@ -747,6 +747,7 @@ def plot_input_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
             ax.axhline(reference, color=COLORS["pass"], ls="--", lw=1)
             ax.set_title(f"{title} per {unit} (target {reference:g})", fontsize=FONT, color=INK)
             ax.set_xlabel(unit, fontsize=FONT - 1)
+            ax.set_xticks(xs if len(xs) <= 12 else xs[:: math.ceil(len(xs) / 12)])
         if center is not None:  # |mean| within center_warn std passes (before noise)
             band = [center * (s or 0.0) for s in stds]
             axes[0].plot(xs, band, color=COLORS["warn"], ls=":", lw=1, marker="_")
@@ -764,6 +765,8 @@ def plot_input_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
         if total:
             ax.axhline(total / len(counts), color=COLORS["pass"], ls="--", lw=1)
         ax.set_title("label counts (line: uniform)", fontsize=FONT, color=INK)
+        ticks = list(range(len(counts)))
+        ax.set_xticks(ticks if len(ticks) <= 12 else ticks[:: math.ceil(len(ticks) / 12)])
         ax.set_xlabel("class", fontsize=FONT - 1)
     return [(f"input mean and std per {unit}, and label counts", fig)]
 

@@ -181,9 +181,7 @@ def input_stats(session: Session, config: Config) -> CheckResult:
                     "raw_pixels",
                     f"the inputs are raw pixel values: integers from {low:g} to {high:g}",
                     "Scale them to [0, 1] (X / 255), then standardize per channel: "
-                    + words.standardize.format(
-                        mean=_numbers(mean / 255), std=_numbers(np.maximum(std, 1e-12) / 255)
-                    )
+                    + words.standardize.format(mean=_numbers(mean / 255), std=_numbers(std / 255))
                     + ".",
                 )
             )

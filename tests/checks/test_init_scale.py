@@ -223,3 +223,28 @@ def test_the_plot_draws_from_real_evidence() -> None:
     result = _run("torch", "tanh", _layers(lambda fan_in: 0.01, 5, 100, 0))
     (plot,) = plots.plots_for(result)
     assert plot.uri and plot.note is None and "He/Xavier" in plot.alt
+
+
+def test_jax_layers_normalized_by_an_rsqrt_are_not_judged_on_scale() -> None:
+    pytest.importorskip("jax")
+    import jax
+    import jax.numpy as jnp
+
+    from tests.backends import jax_models
+
+    def layer_norm(x: jax.Array) -> jax.Array:
+        centered = x - x.mean(-1, keepdims=True)
+        return centered * jax.lax.rsqrt((centered**2).mean(-1, keepdims=True) + 1e-5)
+
+    def apply(params: jax_models.Params, x: jax.Array) -> jax.Array:
+        *hidden, last = params["layers"]
+        for layer in hidden:
+            x = jax.nn.relu(layer_norm(x @ layer["W"]))
+        return x @ last["W"]
+
+    layers = _layers(lambda fan_in: 0.001, 4, 64, 0)
+    params = {"layers": [{"W": jnp.asarray(w, jnp.float32)} for w in layers]}
+    subject = nndiag.Subject((apply, params), jax_models.classification(0))
+    result = nndiag.diagnose(subject, ["init_scale"])["init_scale"]
+    assert result.status == "pass", result.summary()
+    assert result.metrics["normalized_left_out"] == 3 and result.metrics["judged"] == 0

@@ -23,6 +23,8 @@ ALL = [
     "dead_neurons",
     "batch_independence",
     "numerics",
+    "input_stats",
+    "init_scale",
 ]
 
 
@@ -35,8 +37,8 @@ def test_one_item_per_subject_and_check_selectable_with_k_and_m(project: Project
     assert everything.ret == pytest.ExitCode.OK
     ids = _collected(everything)
     assert ids[0] == "test_ordinary.py::test_ordinary"
-    assert ids[1:9] == [f"nndiag::mlp::{check}" for check in ALL]
-    assert "nndiag::plain::numerics" in ids and len(ids) == 19
+    assert ids[1 : 1 + len(ALL)] == [f"nndiag::mlp::{check}" for check in ALL]
+    assert "nndiag::plain::numerics" in ids and len(ids) == 21
 
     by_check = project.run("--nndiag", "--collect-only", "-q", "-k", "dead_neurons")
     assert _collected(by_check) == ["nndiag::mlp::dead_neurons", "nndiag::warns::dead_neurons"]

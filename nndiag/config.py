@@ -39,6 +39,7 @@ _FRACTIONS = (
     "dead_fail",
     "batchnorm_gap_warn",
     "param_update_negligible",
+    "input_imbalance_p",
 )
 # (milder, stricter) pairs: the warn threshold must be reached before the fail one.
 _ORDERED = (
@@ -50,6 +51,8 @@ _ORDERED = (
     ("dead_warn", "dead_fail"),
     ("overfit_fitted_ratio", "overfit_partial_ratio"),
     ("param_update_ratio_low", "param_update_ratio_high"),
+    ("input_std_low", "input_std_high"),
+    ("init_scale_warn", "init_scale_fail"),
 )
 # numpy's legacy seeding (CS231n dropout) takes seeds below 2**32.
 _MAX_SEED = 2**32 - 1
@@ -253,6 +256,32 @@ class Config:
     param_update_negligible: float = 3e-5
 
     checks: tuple[str, ...] = DEFAULT_CHECKS
+
+    # input_stats (lecture: zero-centre, per channel for images, and normalize). Warns when
+    # a channel's |mean| exceeds input_center_warn std plus input_center_sigmas standard
+    # errors of a zero mean over the rows read (our choice: torchvision's ToTensor output,
+    # mean 0.5 std 0.25, sits at 2 std; an indicator feature at 10% at 0.33 std; standard
+    # normal data at 0.02 - 0.3 on tests/models.py and tests/real_models, seeds 0-4).
+    input_center_warn: float = 0.5
+    input_center_sigmas: float = 3.0
+    # ... and when a channel's std is outside [low, high] (a decade either side of 1).
+    input_std_low: float = 0.1
+    input_std_high: float = 10.0
+    # Labels: the largest class would be this unlikely under uniform labels (union bound
+    # C * P(Binomial(n, 1/C) >= count); 1e-3 is rarer than 1 run in 1000) and holds at
+    # least this many times its uniform share (a large batch alone is no imbalance).
+    input_imbalance_p: float = 1e-3
+    input_imbalance_share: float = 1.5
+
+    # init_scale: a layer's weight std over He sqrt(2/fan_in) (ReLU family next) or Xavier
+    # 1/sqrt(fan_in) (otherwise) beyond this factor either way warns. PyTorch's default
+    # (kaiming_uniform, a=sqrt(5): std 1/sqrt(3 fan_in)) is 0.41x He and 0.58x Xavier, and
+    # healthy (calibrated: tests/models.py, tests/real_models, seeds 0-4); the lecture's
+    # std 0.01 at fan_in 500 is 0.22x Xavier.
+    init_scale_warn: float = 3.0
+    # ... and consecutive such layers whose ratios multiply beyond this factor fail (one
+    # layer 10x off on its own, or the lecture's 0.22x compounding to 1e-6 over 10 layers).
+    init_scale_fail: float = 10.0
 
     def __post_init__(self) -> None:
         defaults = Config.__dataclass_fields__

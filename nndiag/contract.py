@@ -88,6 +88,10 @@ class LayerRecord:
     weight_layer: str | None = None
     fan_in: int | None = None
     weight_std: float | None = None
+    # Whether a normalization (batch, layer, group, instance or RMS norm) ran since the
+    # previous activation (or the input): the scale of the weights before it does not
+    # compound through it.
+    normalized: bool = False
 
     @property
     def mean(self) -> float:
@@ -177,6 +181,10 @@ class Vocabulary:
     eval_mode: str  # what evaluation mode means for this backend
     he_init: str  # a call that draws He-initialized weights
     xavier_init: str  # a call that draws Xavier-initialized weights
+    # input_stats' fixes: standardizing inputs with the measured statistics ({mean} and
+    # {std} are filled in), and evening out imbalanced labels.
+    standardize: str = "X = (X - {mean}) / {std}"
+    rebalance: str = "weight the loss by inverse class frequency, or resample the classes"
 
 
 @dataclass(frozen=True)
@@ -345,3 +353,13 @@ class Session(Protocol):
         """Which trainable tensors the subject's own optimizer holds (an optimizer factory
         is called on the private copies), or None when nndiag's default optimizer or a
         per-tensor update rule steps every trainable tensor. Inside isolated()."""
+
+    def weights(self) -> dict[str, Any]:
+        """The weight matrix of every layer that multiplies its input by trainable weights
+        (dense and convolution layers; embedding tables are left out), keyed by the name
+        :class:`LayerRecord` ``weight_layer`` gives it, as a read-only numpy array of shape
+        ``(units, fan_in)``: one row per output unit (a convolution's output channel, its
+        kernel flattened), whatever the backend's own layout. In the order the backend
+        lists its layers, the output layer last. The user's current values; may be called
+        at any time (the JAX backend learns how each weight is applied from the capture
+        pass, running one of a single row when none ran yet)."""

@@ -233,3 +233,20 @@ def test_param_updates_leaves_model_optimizer_and_rng_bit_identical(replace_head
     result = nndiag.diagnose(subject, ["param_updates"])["param_updates"]
     assert result.status == ("fail" if replace_head else "pass"), result.summary()
     _assert_same(before, _state(model, optimizer))
+
+
+@pytest.mark.parametrize("check", ["input_stats", "init_scale"])
+def test_data_and_weight_checks_leave_model_optimizer_and_rng_bit_identical(check: str) -> None:
+    torch.manual_seed(0)
+    model = Everything()
+    X, y = torch.rand(48, 3, 16, 16) * 255, torch.randint(0, CLASSES, (48,))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    nn.functional.cross_entropy(model(X), y).backward()
+    optimizer.step()
+    data = (X.clone(), y.clone())
+    before = _state(model, optimizer)
+    subject = nndiag.Subject(model, (X, y), optimizer=optimizer)
+    result = nndiag.diagnose(subject, [check])[check]
+    assert result.status in ("pass", "warn", "fail"), result.summary()
+    _assert_same(before, _state(model, optimizer))
+    assert torch.equal(X, data[0]) and torch.equal(y, data[1])

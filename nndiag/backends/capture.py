@@ -24,15 +24,22 @@ class Accumulator:
         self.records: dict[str, LayerRecord] = {}
 
     def add(
-        self, name: str, kind: str, x: np.ndarray, weight: tuple[str, int, float] | None = None
+        self,
+        name: str,
+        kind: str,
+        x: np.ndarray,
+        weight: tuple[str, int, float] | None = None,
+        normalized: bool = False,
     ) -> None:
         """Fold one ``(rows, units)`` output of layer ``name`` into its statistics.
 
-        ``weight`` is the (name, fan-in, std) of the weight layer feeding it, if known.
+        ``weight`` is the (name, fan-in, std) of the weight layer feeding it, if known;
+        ``normalized`` whether a normalization ran since the previous activation.
         """
         record = self.records.get(name)
         if record is None:
             record = self.records[name] = self._new(name, kind, x, weight)
+            record.normalized = normalized
         elif record.units != x.shape[1]:
             return  # a layer whose width changes between calls: keep the first shape
         x = np.ascontiguousarray(x, dtype=np.float32)

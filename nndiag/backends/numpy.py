@@ -143,6 +143,9 @@ WORDS = Vocabulary(
     eval_mode="test mode (loss(X) without y)",
     he_init="np.sqrt(2 / fan_in) * np.random.randn(fan_in, fan_out)",
     xavier_init="np.random.randn(fan_in, fan_out) / np.sqrt(fan_in)",
+    standardize="X = (X - mean) / std with the training set's mean {mean} and std {std} "
+    "(for (N, D) data: X -= X.mean(axis=0); X /= X.std(axis=0))",
+    rebalance="resample the classes, or weight each sample's loss by 1 / its class frequency",
 )
 
 
@@ -425,7 +428,7 @@ class NumpySession(SessionBase):
                     int(np.prod(w.shape[:-1]) if w.ndim == 2 else np.prod(w.shape[1:])),
                     float(w.std()),
                 )
-            stats.add(str(name), _kind(str(name), a), a, weight)
+            stats.add(str(name), _kind(str(name), a), a, weight, normalized=self._normalizes())
         return stats.layers()
 
     # -- batch normalization -----------------------------------------------------------
@@ -487,6 +490,23 @@ class NumpySession(SessionBase):
     def ownership(self) -> Ownership | None:
         self.require_isolated("ownership")
         return None  # the update rule is applied to every entry of model.params
+
+    def _normalizes(self) -> bool:
+        """Batch or layer normalization between the layers (the assignments'
+        ``normalization`` setting, or batch-norm state kept on the model)."""
+        setting = getattr(self.model, "normalization", None)
+        return bool(self.batch_statistics_layers()) or setting in ("batchnorm", "layernorm")
+
+    def weights(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, value in self.model.params.items():
+            if value.ndim < 2:
+                continue
+            # CS231n layouts: affine (fan_in, units), convolution (F, C, HH, WW)
+            matrix = value.T.view() if value.ndim == 2 else value.reshape(len(value), -1).view()
+            matrix.flags.writeable = False
+            found[name] = matrix
+        return found
 
 
 class _PinnedMode(dict):

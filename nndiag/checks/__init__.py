@@ -327,6 +327,49 @@ BUILTIN: tuple[CheckSpec, ...] = (
             ),
         ),
     ),
+    CheckSpec(
+        "input_stats",
+        "nndiag.checks.input_stats:input_stats",
+        "Are the inputs zero-centred and normalized (per channel for images), free of raw "
+        "0-255 pixels and constant features, and the labels balanced?",
+        why="data only: no forward pass",
+        settings=(
+            "input_center_warn",
+            "input_center_sigmas",
+            "input_std_low",
+            "input_std_high",
+            "input_imbalance_p",
+            "input_imbalance_share",
+        ),
+        plot="plot_input_stats",
+    ),
+    CheckSpec(
+        "init_scale",
+        "nndiag.checks.init_scale:init_scale",
+        "Is each layer's weight std near He/Xavier for the activation that follows, and are "
+        "no units initialized identically?",
+        why="reads the weights; shares activation_stats' forward pass",
+        settings=("init_scale_warn", "init_scale_fail", "histogram_bins"),
+        plot="plot_init_scale",
+        tables=(
+            TableSpec(
+                "layers",
+                "layers (depth order)",
+                (
+                    ("name", "weights"),
+                    ("activation", "activation"),
+                    ("fan_in", "fan_in"),
+                    ("std", "std"),
+                    ("rule", "rule"),
+                    ("target", "target std"),
+                    ("ratio", "std / target"),
+                    ("not_judged", "not judged"),
+                    ("status", "status"),
+                ),
+                sort_by="depth",
+            ),
+        ),
+    ),
 )
 
 

@@ -869,6 +869,97 @@ def plot_param_updates(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     return [("update/weight ratio per tensor", fig)]
 
 
+def plot_input_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Per-channel (or per-feature) mean and std as bars, with the 0 and 1 references and
+    the band the mean may stay in; the label counts beside them when there are labels."""
+    channels = _records(evidence.get("channels"))[:_MAX_BARS]
+    counts = _series(evidence.get("label_counts"))[:_MAX_BARS]
+    if not channels and not counts:
+        return []
+    panels = int(bool(channels)) * 2 + int(bool(counts))
+    fig = _figure(2.4 * panels + 0.6, 2.3, left=0.5, bottom=0.5, top=0.28, wspace=0.45)
+    axes = list(fig.subplots(1, panels, squeeze=False)[0])
+    unit = _label(evidence.get("unit") or "channel", 12)
+    if channels:
+        xs = list(range(len(channels)))
+        means = [_number(c.get("mean")) for c in channels]
+        stds = [_number(c.get("std")) for c in channels]
+        center = _number(evidence.get("center_warn"))
+        for ax, values, reference, title in (
+            (axes[0], means, 0.0, "mean"),
+            (axes[1], stds, 1.0, "std"),
+        ):
+            _style(ax)
+            ax.bar(xs, [v or 0.0 for v in values], color=ACCENT, width=0.7)
+            ax.axhline(reference, color=COLORS["pass"], ls="--", lw=1)
+            ax.set_title(f"{title} per {unit} (target {reference:g})", fontsize=FONT, color=INK)
+            ax.set_xlabel(unit, fontsize=FONT - 1)
+            ax.set_xticks(xs if len(xs) <= 12 else xs[:: math.ceil(len(xs) / 12)])
+        if center is not None:  # |mean| within center_warn std passes (before noise)
+            band = [center * (s or 0.0) for s in stds]
+            axes[0].plot(xs, band, color=COLORS["warn"], ls=":", lw=1, marker="_")
+            axes[0].plot(xs, [-b for b in band], color=COLORS["warn"], ls=":", lw=1, marker="_")
+        for key, status in (("std_low", "warn"), ("std_high", "warn")):
+            value = _number(evidence.get(key))
+            finite = _finite(v for v in (s for s in stds if s is not None))
+            if value is not None and finite and value <= 3 * max(finite):
+                axes[1].axhline(value, color=COLORS[status], ls=":", lw=1)
+    if counts:
+        ax = axes[-1]
+        _style(ax)
+        ax.bar(range(len(counts)), [0.0 if math.isnan(c) else c for c in counts], color=MUTED)
+        total = sum(c for c in counts if not math.isnan(c))
+        if total:
+            ax.axhline(total / len(counts), color=COLORS["pass"], ls="--", lw=1)
+        ax.set_title("label counts (line: uniform)", fontsize=FONT, color=INK)
+        ticks = list(range(len(counts)))
+        ax.set_xticks(ticks if len(ticks) <= 12 else ticks[:: math.ceil(len(ticks) / 12)])
+        ax.set_xlabel("class", fontsize=FONT - 1)
+    return [(f"input mean and std per {unit}, and label counts", fig)]
+
+
+def plot_init_scale(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Weight std per layer in depth order against its He/Xavier target (log y), with the
+    warn band; layers not judged (normalized, output) drawn hollow."""
+    layers = _ordered_layers(evidence)[:_MAX_BARS]
+    if not layers:
+        return []
+    fig = _figure(max(3.6, 0.9 + 0.28 * len(layers)), 2.6, left=0.6, bottom=0.75, top=0.28)
+    ax = fig.subplots()
+    _style(ax)
+    warn = _number(evidence.get("warn"))
+    xs = list(range(len(layers)))
+    stds = [_number(layer.get("std")) for layer in layers]
+    targets = [_number(layer.get("target")) for layer in layers]
+    positive = [v if v is not None and v > 0 else math.nan for v in stds]
+    goal = [v if v is not None and v > 0 else math.nan for v in targets]
+    if warn is not None and warn > 1:
+        ax.fill_between(
+            xs,
+            [g / warn for g in goal],
+            [g * warn for g in goal],
+            color=TINT["pass"],
+            step="mid",
+            lw=0,
+        )
+    ax.step(xs, goal, where="mid", color=COLORS["pass"], ls="--", lw=1, label="He/Xavier target")
+    for x, value, layer in zip(xs, positive, layers):
+        status = str(layer.get("status"))
+        color = COLORS.get(status, MUTED)
+        judged = bool(layer.get("judged"))
+        ax.plot([x], [value], marker="o", ms=5, color=color, mfc=color if judged else "white")
+    finite = _finite(positive + goal)
+    if finite:
+        _log_scale(ax.yaxis)
+        ax.set_ylim(min(finite) / 3, max(finite) * 3)
+    labels = [_label(layer.get("name"), 16) for layer in layers]
+    ax.set_xticks(xs, labels, rotation=60, ha="right", fontsize=FONT - 2)
+    ax.set_ylabel("weight std", fontsize=FONT - 1)
+    ax.set_title("weight std per layer (hollow: not judged)", fontsize=FONT, color=INK)
+    ax.legend(fontsize=FONT - 2, frameon=False, loc="best")
+    return [("weight std per layer against the He/Xavier target", fig)]
+
+
 def _plotters() -> dict[str, Plotter]:
     from nndiag.checks import BUILTIN
 

@@ -25,6 +25,8 @@ ALL = [
     "numerics",
     "batchnorm",
     "param_updates",
+    "input_stats",
+    "init_scale",
 ]
 
 
@@ -38,7 +40,7 @@ def test_one_item_per_subject_and_check_selectable_with_k_and_m(project: Project
     ids = _collected(everything)
     assert ids[0] == "test_ordinary.py::test_ordinary"
     assert ids[1 : 1 + len(ALL)] == [f"nndiag::mlp::{check}" for check in ALL]
-    assert "nndiag::plain::numerics" in ids and len(ids) == 1 + 2 * len(ALL)
+    assert "nndiag::plain::numerics" in ids and len(ids) == 1 + len(ALL) + 10  # 10: own lists
 
     by_check = project.run("--nndiag", "--collect-only", "-q", "-k", "dead_neurons")
     assert _collected(by_check) == ["nndiag::mlp::dead_neurons", "nndiag::warns::dead_neurons"]

@@ -27,6 +27,8 @@ EXPECTED = {
     ("mlp", "numerics"): "pass",
     ("mlp", "batchnorm"): "skip",
     ("mlp", "param_updates"): "pass",
+    ("mlp", "input_stats"): "pass",
+    ("mlp", "init_scale"): "pass",
     ("huge_init", "initial_loss"): "fail",
     ("huge_init", "gradient_check"): "pass",
     ("warns", "dead_neurons"): "warn",
@@ -53,7 +55,7 @@ def test_each_status_becomes_its_pytest_outcome(project: Project) -> None:
 
     # A failed check fails the run (the CI gate); xfail, warn and skip do not.
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.assert_outcomes(passed=15, failed=1, skipped=2, xfailed=1, errors=2, warnings=1)
+    result.assert_outcomes(passed=17, failed=1, skipped=2, xfailed=1, errors=2, warnings=1)
     result.stdout.fnmatch_lines(["nndiag: seed 7 (--nndiag-seed; rerun with --nndiag-seed 7)*"])
 
     # fail: the check's summary and hint, and no traceback through nndiag.
@@ -88,7 +90,7 @@ def test_each_status_becomes_its_pytest_outcome(project: Project) -> None:
     assert re.search(r"^check +mlp +huge_init +warns +mixer +broken_factory +plain$", summary, re.M)
     assert re.search(r"^initial_loss +pass +xfail +- +- +ERROR +pass$", summary, re.M)
     assert re.search(r"^dead_neurons +pass +- +WARN +- +- +-$", summary, re.M)
-    assert "20 results: 13 pass, 1 warn, 2 fail, 2 skip, 2 error" in summary
+    assert "22 results: 15 pass, 1 warn, 2 fail, 2 skip, 2 error" in summary
     assert "nndiag report: reports/nndiag.json" in summary
     assert ("nndiag report: reports/nndiag.html" in summary) is HTML
 
@@ -249,7 +251,7 @@ def test_the_example_project_passes_and_writes_its_reports(
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     result = pytester.runpytest_subprocess("--nndiag", "examples/")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    result.assert_outcomes(passed=34, skipped=5, xfailed=7)
+    result.assert_outcomes(passed=40, skipped=5, xfailed=7)
     report = Project(pytester).report()
     failed = {(r["subject"], r["check"]) for r in report["results"] if r["status"] == "fail"}
     assert failed == {

@@ -347,6 +347,56 @@ def bert_frozen_max_norm_embeddings(seed: int = 0) -> nndiag.Subject:
     return nndiag.Subject(subject.model, (batch.X, batch.y), name="bert_frozen_max_norm")
 
 
+def _pixels(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``transforms.ToTensor()`` gives without ``Normalize``: values in [0, 1] with
+    ImageNet's per-channel means and stds."""
+    x, y = _images(seed)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1), y
+
+
+def resnet18_raw_pixels(seed: int = 0) -> nndiag.Subject:
+    """Images fed as raw 0-255 values (no ``ToTensor`` scaling, no ``Normalize``)."""
+    x, y = _pixels(seed)
+    return nndiag.Subject(_vision("resnet18", seed), ((x * 255).round(), y), name="raw_pixels")
+
+
+def resnet18_unnormalized(seed: int = 0) -> nndiag.Subject:
+    """``ToTensor`` output without ``Normalize``: mean ~0.45, std ~0.22 per channel."""
+    return nndiag.Subject(_vision("resnet18", seed), _pixels(seed), name="unnormalized")
+
+
+def bert_one_class(seed: int = 0) -> nndiag.Subject:
+    """Every label of the batch is class 3 (a batch read from a dataset sorted by label)."""
+    subject = bert(seed)
+    ids, _ = subject.batches[0].X, subject.batches[0].y
+    return nndiag.Subject(subject.model, (ids, torch.full((TEXT_BATCH,), 3)), name="one_class")
+
+
+def squeezenet_small_init(seed: int = 0) -> nndiag.Subject:
+    """Every convolution but the classifier's drawn at 0.05x torchvision's He init (there is
+    no batch norm in SqueezeNet to re-set the scale)."""
+    model = _vision("squeezenet1_1", seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Conv2d) and not name.startswith("classifier"):
+                module.weight.mul_(0.05)
+    return nndiag.Subject(model, _images(seed), name="squeezenet_small_init")
+
+
+def gpt2_symmetric_mlp(seed: int = 0) -> nndiag.Subject:
+    """The first block's MLP input layer gives every unit the same weights (transformers'
+    Conv1D stores (in, out): each unit is a column)."""
+    model = _gpt2(seed)
+    with torch.no_grad():
+        w = model.transformer.h[0].mlp.c_fc.weight
+        w.copy_(w[:, :1].expand_as(w))
+    return nndiag.Subject(
+        Logits(model), _next_tokens(seed), loss=token_loss, name="gpt2_symmetric_mlp"
+    )
+
+
 Factory = Callable[..., nndiag.Subject]
 
 HEALTHY: dict[str, Factory] = {
@@ -375,6 +425,15 @@ BUGS: dict[str, tuple[Factory, str]] = {
     "mobilenet_features_only_optimizer": (mobilenet_features_only_optimizer, "param_updates"),
     "squeezenet_detached_no_gradient": (squeezenet_detached, "param_updates"),
     "bert_frozen_max_norm_embeddings": (bert_frozen_max_norm_embeddings, "param_updates"),
+    "squeezenet_small_init": (squeezenet_small_init, "init_scale"),
+    "gpt2_symmetric_mlp": (gpt2_symmetric_mlp, "init_scale"),
+}
+
+# Planted data problems input_stats warns about (it never fails): name -> (factory, cause)
+DATA_BUGS: dict[str, tuple[Factory, str]] = {
+    "resnet18_raw_pixels": (resnet18_raw_pixels, "raw_pixels"),
+    "resnet18_unnormalized": (resnet18_unnormalized, "not_centered"),
+    "bert_one_class": (bert_one_class, "imbalance"),
 }
 
 # Caught too, but slow for the test run: gradient_check spends ~50-100 s naming the 88

@@ -63,6 +63,13 @@ EVIDENCE_KEYS = [
     "bands",
     "coordinates",
     "layers",
+    "channels",
+    "label_counts",
+    "unit",
+    "center_warn",
+    "std_low",
+    "std_high",
+    "symmetric",
 ]
 
 

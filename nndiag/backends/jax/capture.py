@@ -188,11 +188,16 @@ class JaxprRecorder:
         self.seen: dict[str, int] = {}
         self.weight: _Weight | None = None
         self._worth: dict[int, bool] = {}
+        self._normalizing: dict[int, bool] = {}
+        self.normalized = False  # a normalization ran since the last activation
+        # Each weight leaf as (units, fan_in), learned from how forward applies it.
+        self.matrices: dict[str, np.ndarray] = {}
 
     def run(self, closed: Any, args: list[jax.Array]) -> None:
         """Evaluate ``closed`` (from ``jax.make_jaxpr``) on its flat ``args``, recording
         every activation on the way."""
         self.seen, self.weight = {}, None  # names count from the start of each pass
+        self.normalized = False
         jaxpr = closed.jaxpr
         params = {v: n for v, n in zip(jaxpr.invars, self.leaf_names)}
         zeros = {v for v, c in zip(jaxpr.constvars, closed.consts) if not np.any(np.asarray(c))}
@@ -233,6 +238,19 @@ class JaxprRecorder:
                     break
             self._worth[key] = found
         return self._worth[key]
+
+    def _normalizes(self, jaxpr: Any) -> bool:
+        """Whether a sub-jaxpr divides by an ``rsqrt``: what layer, RMS and batch norms
+        (flax's, ``jax.nn.standardize``) do."""
+        key = id(jaxpr)
+        if key not in self._normalizing:
+            self._normalizing[key] = False  # recursion guard
+            self._normalizing[key] = any(
+                eqn.primitive.name == "rsqrt"
+                or ((sub := subjaxpr(eqn)) is not None and self._normalizes(sub[0]))
+                for eqn in jaxpr.eqns
+            )
+        return self._normalizing[key]
 
     def _eval(
         self,
@@ -277,6 +295,8 @@ class JaxprRecorder:
                 )
             else:
                 outs = _bind(eqn, invals)
+                if eqn.primitive.name == "rsqrt" or (sub is not None and self._normalizes(sub[0])):
+                    self.normalized = True
             env.update(zip(eqn.outvars, outs))
             origin = _origin(eqn)
             inline = _INLINE_KINDS.get(origin.function or "")
@@ -327,6 +347,10 @@ class JaxprRecorder:
                 if isinstance(atom, Var) and atom in params and np.ndim(value) >= 2:
                     fan_in = int(np.prod([value.shape[d] for d in dims]))
                     self.weight = self._weight(params[atom], fan_in, None)
+                    if params[atom] not in self.matrices:  # contracted axes last: (units, fan_in)
+                        a = np.asarray(value)
+                        a = np.moveaxis(a, list(dims), list(range(a.ndim - len(dims), a.ndim)))
+                        self._matrix(params[atom], a.reshape(-1, fan_in))
                     break
         elif name == "conv_general_dilated":
             atom, value = eqn.invars[1], invals[1]
@@ -334,6 +358,14 @@ class JaxprRecorder:
                 numbers = eqn.params["dimension_numbers"]
                 fan_in = int(np.prod(value.shape) // value.shape[numbers.rhs_spec[0]])
                 self.weight = self._weight(params[atom], fan_in, numbers.out_spec[1])
+                if params[atom] not in self.matrices:  # output channels first
+                    a = np.moveaxis(np.asarray(value), numbers.rhs_spec[0], 0)
+                    self._matrix(params[atom], a.reshape(len(a), -1))
+
+    def _matrix(self, name: str, matrix: np.ndarray) -> None:
+        matrix = np.array(matrix, dtype=np.float32 if matrix.dtype.itemsize < 4 else None)
+        matrix.setflags(write=False)
+        self.matrices[name] = matrix
 
     def _weight(self, name: str, fan_in: int, channel_axis: int | None) -> _Weight:
         return _Weight(name, fan_in, _std(self.values[name]), channel_axis)
@@ -355,7 +387,8 @@ class JaxprRecorder:
         weight = None
         if self.weight is not None:
             weight = (self.weight.name, self.weight.fan_in, self.weight.std)
-        self.stats.add(name, kind, x, weight)
+        self.stats.add(name, kind, x, weight, normalized=self.normalized)
+        self.normalized = False
 
 
 def _std(value: Any) -> float:

@@ -54,6 +54,8 @@ WORDS = Vocabulary(
     "flags yourself)",
     he_init="jax.nn.initializers.he_normal()",
     xavier_init="jax.nn.initializers.glorot_normal()",
+    standardize="X = (X - jnp.array({mean})) / jnp.array({std}) (the training set's mean and std)",
+    rebalance="weight each sample's loss by 1 / its class frequency, or resample the classes",
 )
 
 
@@ -473,6 +475,7 @@ class JaxSession(SessionBase):
             with self.calling("model", "apply_fn(params, X)"):
                 recorder.run(closed, [*leaves, X])
             left -= len(batch)
+        self._matrices = recorder.matrices
         return recorder.layers()
 
     # -- batch normalization -----------------------------------------------------------
@@ -491,6 +494,16 @@ class JaxSession(SessionBase):
     def ownership(self) -> Ownership | None:
         self.require_isolated("ownership")
         return None  # optax transforms the whole pytree of trainable leaves
+
+    _matrices: dict[str, Any] | None = None
+
+    def weights(self) -> dict[str, Any]:
+        """Learned from the capture pass (how each leaf is multiplied in); one pass of a
+        single row when no capture ran yet. Leaves only a gather reads (embeddings) are
+        not weight matrices."""
+        if self._matrices is None:
+            self.capture(rows=1, bins=2)
+        return dict(self._matrices or {})
 
 
 def _float64(x: jax.Array) -> jax.Array:

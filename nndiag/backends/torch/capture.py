@@ -69,6 +69,19 @@ _ACTIVATION_MODULES = tuple(
 )
 
 
+def _normalizing() -> frozenset[Any]:
+    """Functions that normalize their input: the norm layers' functional forms, and the
+    ``rsqrt`` that hand-written RMS/layer norms (transformers' Llama and T5) divide by."""
+    F = nn.functional
+    names = ("batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm")
+    found: set[Any] = {getattr(F, n) for n in names if hasattr(F, n)}
+    found |= {torch.rsqrt, torch.Tensor.rsqrt, torch.Tensor.rsqrt_}
+    return frozenset(found)
+
+
+_NORMALIZING = _normalizing()
+
+
 def _hardtanh_floor(args: Any, kwargs: Any) -> float:
     if len(args) > 1:
         return float(args[1])
@@ -90,10 +103,12 @@ class Recorder(ModuleMode):
         self.feeds: dict[str, tuple[str, nn.Module]] = {}  # layer -> weight layer feeding it
         self.weight: tuple[str, nn.Module] | None = None
         self.seen: dict[str, int] = {}
+        self.normalized = False  # a normalization ran since the last activation
 
     def __enter__(self) -> Recorder:
         self.seen = {}
         self.weight = None
+        self.normalized = False
         return super().__enter__()
 
     def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -104,6 +119,8 @@ class Recorder(ModuleMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        if func in _NORMALIZING:
+            self.normalized = True
         kind = _KINDS.get(func)
         if kind == "hardtanh" and _hardtanh_floor(args, kwargs) == 0.0:
             kind = "relu"  # nn.ReLU6 runs as hardtanh(x, 0, 6): a ReLU-family unit
@@ -133,7 +150,8 @@ class Recorder(ModuleMode):
             x = x.reshape(-1, 1)
         if self.weight is not None and name not in self.stats.records:
             self.feeds[name] = self.weight
-        self.stats.add(name, kind, x.float().cpu().numpy())
+        self.stats.add(name, kind, x.float().cpu().numpy(), normalized=self.normalized)
+        self.normalized = False
 
     def layers(self) -> list[LayerRecord]:
         layers = self.stats.layers()

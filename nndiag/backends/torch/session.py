@@ -214,6 +214,10 @@ WORDS = Vocabulary(
     eval_mode="eval mode (model.eval())",
     he_init="nn.init.kaiming_normal_(w, nonlinearity='relu')",
     xavier_init="nn.init.xavier_normal_(w)",
+    standardize="transforms.Normalize(mean={mean}, std={std}) (torchvision; on tensors: X = (X - "
+    "mean) / std)",
+    rebalance="nn.CrossEntropyLoss(weight=...) with inverse class frequencies, or a "
+    "WeightedRandomSampler",
 )
 
 
@@ -715,6 +719,24 @@ class TorchSession(SessionBase):
                     owned.add(id(clone))
         unowned = tuple(n for n, p in private.trainable.items() if id(p) not in owned)
         return Ownership(described, unowned, tuple(stale))
+
+    def weights(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, module in self.model.named_modules():
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+                continue  # rows are tokens, not units
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.ndim < 2 or not weight.requires_grad:
+                continue
+            w = weight.detach()
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                w = w.transpose(0, 1)  # (in, out, ...): units on axis 1
+            elif type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+                w = w.t()  # transformers' GPT-2 layer stores (in, out)
+            matrix = _numpy(w.reshape(w.shape[0], -1))
+            matrix.setflags(write=False)  # a view of the user's tensor
+            found[name] = matrix
+        return found
 
 
 def _statistics(module: nn.Module) -> bool:

@@ -182,3 +182,24 @@ def test_inputs_that_require_grad_get_no_grad() -> None:
     y = torch.randint(0, 3, (32,))
     nndiag.diagnose(nndiag.Subject(model, (X, y)))
     assert X.grad is None and X.requires_grad
+
+
+@pytest.mark.parametrize("lr", [0.05, 10.0], ids=["healthy", "diverging"])
+def test_learning_rate_range_test_leaves_model_optimizer_and_rng_bit_identical(lr: float) -> None:
+    # Opt-in, so not in the full diagnosis above: seven trainers, each restoring the
+    # private copies (BatchNorm buffers too), and a re-measurement when it diverges.
+    torch.manual_seed(0)
+    model = Everything()
+    X, y = torch.randn(48, 3, 16, 16), torch.randint(0, CLASSES, (48,))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9)
+    F.cross_entropy(model(X), y).backward()
+    optimizer.step()
+    torch.manual_seed(123)
+    np.random.seed(7)
+    random.seed(5)
+    before = _state(model, optimizer)
+    subject = nndiag.Subject(model, (X, y), optimizer=optimizer, regularization="l2")
+    result = nndiag.diagnose(subject, ["learning_rate"])["learning_rate"]
+    assert result.status == ("fail" if lr == 10.0 else "pass"), result.summary()
+    _assert_same(before, _state(model, optimizer))

@@ -273,6 +273,45 @@ BUILTIN: tuple[CheckSpec, ...] = (
         "two eval forwards",
         settings=("numerics_rows", "numerics_eval_rtol"),
     ),
+    CheckSpec(
+        "learning_rate",
+        "nndiag.checks.learning_rate:learning_rate",
+        "Does the configured learning rate make the loss fall without diverging or killing "
+        "ReLU units, and which range of rates works?",
+        default=False,
+        why="opt-in, a range test: (lr_steps + 1) training steps at each of the 7 rates "
+        "(42 forward+backward passes at the defaults; resnet18 on 16 images ~40 passes, "
+        "~8 s on one CPU thread), two activation captures, and a re-measurement of "
+        "lr_confirm_steps steps only before a failure",
+        settings=(
+            "lr_factors",
+            "lr_steps",
+            "lr_flat_fall",
+            "lr_confirm_steps",
+            "lr_died_fail",
+            "lr_extra_decades",
+            "overfit_samples",
+            "overfit_lr",
+            "overfit_diverge_factor",
+            "max_samples",
+            "histogram_bins",
+        ),
+        plot="plot_learning_rate",
+        tables=(
+            TableSpec(
+                "layers",
+                "ReLU layers before and after the run at the configured rate",
+                (
+                    ("name", "layer"),
+                    ("units", "units"),
+                    ("dead_before", "dead before"),
+                    ("dead_after", "dead after"),
+                    ("died", "died"),
+                ),
+                sort_by="depth",
+            ),
+        ),
+    ),
 )
 
 

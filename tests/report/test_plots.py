@@ -38,6 +38,9 @@ values = st.recursive(
                     "dead",
                     "kind",
                     "saturated",
+                    "dead_before_fraction",
+                    "dead_after_fraction",
+                    "died",
                 ]
             ),
             inner,
@@ -63,6 +66,11 @@ EVIDENCE_KEYS = [
     "bands",
     "coordinates",
     "layers",
+    "lrs",
+    "final",
+    "start",
+    "configured",
+    "works",
 ]
 
 

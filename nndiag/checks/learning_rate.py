@@ -167,8 +167,10 @@ def _range_text(works: list[_Run]) -> str:
 
 
 def _fmt_fall(run: _Run) -> str:
-    if run.outcome == "diverged" and not math.isfinite(run.last):
+    if not math.isfinite(run.last):
         return f"{run.start:.4g} -> {run.last}"
+    if run.fall < -1.0:  # more than doubled: a factor reads better than a percentage
+        return f"{run.start:.4g} -> {run.last:.4g} ({1 - run.fall:.3g}x its start)"
     return f"{run.start:.4g} -> {run.last:.4g} ({-run.fall:+.1%})"
 
 

@@ -304,6 +304,17 @@ def llama_hot_head(seed: int = 0) -> nndiag.Subject:
     return nndiag.Subject(model, _next_tokens(seed), loss=token_loss, name="llama_hot_head")
 
 
+def squeezenet_lr_10(seed: int = 0) -> nndiag.Subject:
+    """Stock SqueezeNet with an SGD optimizer at learning rate 10 (100x a usual 0.1)."""
+    model = _vision("squeezenet1_1", seed)
+    return nndiag.Subject(
+        model,
+        _images(seed),
+        optimizer=lambda p: torch.optim.SGD(p, lr=10.0),
+        name="squeezenet_lr_10",
+    )
+
+
 Factory = Callable[..., nndiag.Subject]
 
 HEALTHY: dict[str, Factory] = {
@@ -327,6 +338,7 @@ BUGS: dict[str, tuple[Factory, str]] = {
     "gpt2_batch_softmax": (gpt2_batch_softmax, "batch_independence"),
     "llama_hot_head": (llama_hot_head, "initial_loss"),
     "squeezenet_grad_one_percent": (squeezenet_grad_one_percent, "gradient_check"),
+    "squeezenet_lr_10": (squeezenet_lr_10, "learning_rate"),
 }
 
 # Caught too, but slow for the test run: gradient_check spends ~50-100 s naming the 88

@@ -114,3 +114,22 @@ def test_efficientnet_head_is_flagged_with_its_cause_and_its_gates_are_not() -> 
 def test_no_warning_where_a_healthy_model_once_got_one(name: str, seed: int, check: str) -> None:
     result = nndiag.diagnose(models.HEALTHY[name](seed), [check], nndiag.Config(seed=seed))
     assert result[check].status == "pass", result[check].summary()
+
+
+@pytest.mark.parametrize(
+    ("name", "seed"), [("resnet18", 0), ("mobilenet_v3_small", 0), ("mobilenet_v3_small", 1)]
+)
+def test_learning_rate_passes_at_the_default_rate(name: str, seed: int) -> None:
+    # Opt-in (a range test), so not in TRUSTED: Adam 1e-3 lies inside the range that works.
+    config = nndiag.Config(seed=seed)
+    result = nndiag.diagnose(models.HEALTHY[name](seed), ["learning_rate"], config)
+    check = result["learning_rate"]
+    assert check.status == "pass", check.summary()
+    assert check.metrics["works_low"] <= 1e-3 <= check.metrics["works_high"]
+    assert check.cost.backward <= 60
+
+
+def test_learning_rate_10_diverges_on_a_real_model() -> None:
+    result = nndiag.diagnose(models.squeezenet_lr_10(0), ["learning_rate"])["learning_rate"]
+    assert result.status == "fail" and result.metrics["cause"] == "diverged", result.summary()
+    assert result.metrics["works_high"] < 10.0 and "too high" in result.hint

@@ -279,10 +279,10 @@ BUILTIN: tuple[CheckSpec, ...] = (
         "Does the configured learning rate make the loss fall without diverging or killing "
         "ReLU units, and which range of rates works?",
         default=False,
-        why="opt-in, a range test: (lr_steps + 1) training steps at each of the 7 rates "
-        "(42 forward+backward passes at the defaults; resnet18 on 16 images ~40 passes, "
-        "~8 s on one CPU thread), two activation captures, and a re-measurement of "
-        "lr_confirm_steps steps only before a failure",
+        why="opt-in, a range test: lr_steps + 1 training steps at each of 7 rates from the "
+        "same weights and two activation captures (42 forward+backward passes and 2 "
+        "forwards, ~43x one forward+backward: resnet18 on 16 images ~8 s on one thread), "
+        "plus lr_confirm_steps steps only to re-measure a failure",
         settings=(
             "lr_factors",
             "lr_steps",

@@ -299,3 +299,29 @@ def test_real_evidence_draws_both_plots_and_renders_in_the_page() -> None:
     html = render_html(nndiag.Report([died, diverged]))
     assert html.count("loss after a short run against the learning rate") >= 2
     assert "dead before" in html and "units_died" in html
+
+
+def test_a_spike_that_recovers_in_the_re_measurement_is_not_divergence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nndiag.checks import learning_rate as module
+
+    real = module._train
+
+    def spiking(session: Any, batch: Any, lr: Any, steps: int, config: Any, rows: Any = None):
+        run, rate = real(session, batch, lr, steps, config, rows)
+        if lr is None:  # the configured rate: above 3x its start after 5 updates ...
+            start = run.losses[0]
+            curve = [start, 40 * start, 9 * start, 5 * start, 4 * start, 3.5 * start]
+            if steps == config.lr_confirm_steps:  # ... and back under it 20 updates on
+                curve += [start * 0.9**k for k in range(steps + 1 - len(curve))]
+            run.losses = curve
+            run.outcome = module._judge(run, config)
+        return run, rate
+
+    monkeypatch.setattr(module, "_train", spiking)
+    result = _run(_torch(None))
+    assert result.status == "pass", result.summary()
+    assert result.metrics["configured_outcome"] == "diverged"
+    assert result.metrics["remeasured_final"] < result.metrics["configured_start"]
+    assert "transient, not divergence" in result.message

@@ -40,6 +40,8 @@ _FRACTIONS = (
     "batchnorm_gap_warn",
     "param_update_negligible",
     "input_imbalance_p",
+    "lr_flat_fall",
+    "lr_died_fail",
 )
 # (milder, stricter) pairs: the warn threshold must be reached before the fail one.
 _ORDERED = (
@@ -56,7 +58,7 @@ _ORDERED = (
 )
 # numpy's legacy seeding (CS231n dropout) takes seeds below 2**32.
 _MAX_SEED = 2**32 - 1
-_ZERO_OK = ("seed", "gradient_coordinates")
+_ZERO_OK = ("seed", "gradient_coordinates", "lr_extra_decades")
 
 
 def _check_tuple(where: str, value: Any, strings: bool, positive: bool) -> None:
@@ -282,6 +284,37 @@ class Config:
     # ... and consecutive such layers whose ratios multiply beyond this factor fail (one
     # layer 10x off on its own, or the lecture's 0.22x compounding to 1e-6 over 10 layers).
     init_scale_fail: float = 10.0
+    # learning_rate (lecture 5, babysitting the learning process): a range test around the
+    # configured rate (the subject's optimizer's, else overfit_lr) on the overfit_samples
+    # batch, regularization off, every rate from the same initial weights. Factors of the
+    # configured rate: powers of ten, as the lecture's coarse search steps (1e-6 barely
+    # moves, 1e6 gives NaN, 3e-3 explodes; the range that works lies between).
+    lr_factors: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
+    # Updates per rate (7 rates x 6 forward+backward passes: 42 on resnet18, within the
+    # opt-in budget of 60).
+    lr_steps: int = 5
+    # "Barely moves" (lecture: "loss barely changing: learning rate probably too low"): the
+    # loss fell by less than this fraction of its start over lr_steps updates; at that
+    # pace 300 steps (overfit_steps) would not take 6% off it. Our calibration
+    # (docs/calibration.md): healthy models at Adam 1e-3 fall by 1.7% or more in 5
+    # updates (17x this); at 1e-6 by 0.06% or less, and SGD at 1e-7 by ~1e-5.
+    lr_flat_fall: float = 0.001
+    # A failure is re-measured by a longer run at the configured rate (on the next rows
+    # when the data holds them): a spike that recovers within it is not divergence (the
+    # vgg11_bn spike of overfit_diverge_steps lasts 5 steps; 20 is 4x that).
+    lr_confirm_steps: int = 20
+    # Lecture: "if 10-20% of the units have died after a round of training, the learning
+    # rate is too high": fail at the upper end, as the share of the network's ReLU units
+    # that fired before the short run at the configured rate and never after it, and again
+    # after the re-measurement. Our calibration (docs/calibration.md): healthy models lose
+    # at most 1.7% (default-init MLP), SqueezeNet under Adam 1e-3 up to 11.5% in the short
+    # run and 8.6% re-measured (seeds 0-9: the lower end would fail it); 5-layer ReLU MLPs
+    # under Adam 0.1 lose 30-53% (torch, numpy, JAX, seeds 0-4).
+    lr_died_fail: float = 0.2
+    # When the configured rate barely moves and no larger rate of the range moves the loss,
+    # further decades above it are tried, up to this many (SGD at 1e-7 on the 5-layer MLP
+    # moves the loss only from 1e-3 on, 1e4 x; our calibration).
+    lr_extra_decades: int = 4
 
     def __post_init__(self) -> None:
         defaults = Config.__dataclass_fields__
@@ -292,7 +325,7 @@ class Config:
                     f"Config.{f.name}",
                     value,
                     strings=f.name == "checks",
-                    positive=f.name == "gradient_steps",
+                    positive=f.name in ("gradient_steps", "lr_factors"),
                 )
             else:
                 _check_number(f.name, value, default)

@@ -235,6 +235,12 @@ class Trainer(Protocol):
 
     optimizer: str  # description stated in results, e.g. "Adam(lr=0.001) (nndiag's default)"
 
+    @property
+    def lr(self) -> float | None:
+        """The learning rate it steps with (the first parameter group's), or None where the
+        backend can neither read nor set it (an optax optimizer built without
+        ``optax.inject_hyperparams``): a rate asked for and not applied is None too."""
+
     def step(self, *, measure: bool = False, batch: Batch | None = None) -> Step:
         """One optimizer step, on ``batch`` when given (minibatches: the optimizer's state
         carries over), else on the trainer's batch. With ``measure``, the step also
@@ -252,6 +258,11 @@ class Trainer(Protocol):
         """Names of the tensors no optimizer should change (parameters that take no
         gradient, buffers other than batch statistics) whose values changed since the
         trainer was opened; empty where the backend has no such tensors."""
+
+    def capture(self, batch: Batch, *, bins: int) -> list[LayerRecord]:
+        """Activation statistics of every activation function over ``batch`` at the
+        trainer's current weights (after the steps taken so far; never cached, unlike
+        :meth:`Session.capture`), with ``bins``-bin histograms. One forward pass."""
 
 
 class Session(Protocol):
@@ -310,10 +321,20 @@ class Session(Protocol):
         Inside isolated()."""
 
     def trainer(
-        self, batch: Batch, *, lr: float | None = None, default_lr: float = 1e-3
+        self,
+        batch: Batch,
+        *,
+        lr: float | None = None,
+        default_lr: float = 1e-3,
+        restore: bool = False,
     ) -> AbstractContextManager[Trainer]:
         """An optimizer on ``batch``: the subject's own (with its learning rate replaced by
-        ``lr`` when given), else Adam at ``lr`` or ``default_lr``. Inside isolated()."""
+        ``lr`` when given), else Adam at ``lr`` or ``default_lr``. It starts from the
+        private copies as they are; with ``restore``, they are put back as they were
+        (parameters and buffers, e.g. batch-norm running statistics) when the block ends,
+        and random draws start from the run's seed, so that several trainers opened one
+        after another all start from the same weights and see the same randomness.
+        Inside isolated()."""
 
     def capture(self, *, rows: int, bins: int) -> list[LayerRecord]:
         """Activation statistics of every activation function over the first ``rows``

@@ -31,9 +31,11 @@ class Subject:
             the first batches are read once and kept.
         loss: ``loss(output, y) -> scalar``. Default: cross-entropy for integer labels,
             mean squared error for float targets.
-        optimizer: ``optimizer(params) -> Optimizer`` used by ``overfit_small``, or an
-            optimizer instance whose class and settings are copied (never stepped).
-            Default: Adam at ``Config.overfit_lr``.
+        optimizer: ``optimizer(params) -> Optimizer`` used by ``overfit_small`` and
+            ``learning_rate``, or an optimizer instance whose class and settings are
+            copied (never stepped); for numpy models a CS231n update rule, or
+            ``(rule, optim_config)`` with its ``learning_rate``; for JAX an optax
+            optimizer. Default: Adam at ``Config.overfit_lr``.
         regularization: ``regularization(model, strength)`` that sets the strength the loss
             uses, or the name of a numeric model attribute holding it; for JAX also
             ``penalty(params) -> scalar``, added as ``strength * penalty``.

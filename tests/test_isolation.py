@@ -250,3 +250,24 @@ def test_data_and_weight_checks_leave_model_optimizer_and_rng_bit_identical(chec
     assert result.status in ("pass", "warn", "fail"), result.summary()
     _assert_same(before, _state(model, optimizer))
     assert torch.equal(X, data[0]) and torch.equal(y, data[1])
+
+
+@pytest.mark.parametrize("lr", [0.05, 10.0], ids=["healthy", "diverging"])
+def test_learning_rate_range_test_leaves_model_optimizer_and_rng_bit_identical(lr: float) -> None:
+    # Opt-in, so not in the full diagnosis above: seven trainers, each restoring the
+    # private copies (BatchNorm buffers too), and a re-measurement when it diverges.
+    torch.manual_seed(0)
+    model = Everything()
+    X, y = torch.randn(48, 3, 16, 16), torch.randint(0, CLASSES, (48,))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=lr, momentum=0.9)
+    F.cross_entropy(model(X), y).backward()
+    optimizer.step()
+    torch.manual_seed(123)
+    np.random.seed(7)
+    random.seed(5)
+    before = _state(model, optimizer)
+    subject = nndiag.Subject(model, (X, y), optimizer=optimizer, regularization="l2")
+    result = nndiag.diagnose(subject, ["learning_rate"])["learning_rate"]
+    assert result.status == ("fail" if lr == 10.0 else "pass"), result.summary()
+    _assert_same(before, _state(model, optimizer))

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from nndiag._pytest.settings import ALL_CHECKS, Settings, check_ids, config_options
-from nndiag.checks import registry
+from nndiag._pytest.settings import Settings, check_ids, config_options
+from nndiag.checks import default_checks, registry
 from nndiag.config import Config
 from nndiag.errors import describe
 from nndiag.subject import SubjectFactory
@@ -132,12 +132,15 @@ def plan_for(settings: Settings, spec: SubjectSpec) -> Plan:
     if declared is None and factory is not None:
         declared = check_ids(factory.checks, "@nndiag.subject(checks=...)")
     if declared is None:
-        declared = settings.global_checks if settings.global_checks is not None else ALL_CHECKS
-    checks = (
-        declared
-        if settings.cli_checks is None
-        else tuple(c for c in settings.cli_checks if c in declared)
-    )
+        declared = settings.global_checks
+    if declared is None:  # undeclared: the default checks, or any the command line names
+        checks = default_checks() if settings.cli_checks is None else settings.cli_checks
+    else:
+        checks = (
+            declared
+            if settings.cli_checks is None
+            else tuple(c for c in settings.cli_checks if c in declared)
+        )
     config = dataclasses.replace(config, checks=tuple(c for c in checks if c in registry()))
     xfail = frozenset(check_ids(override.get("xfail", []), "xfail") or ())
     examples = (

@@ -90,11 +90,13 @@ class NumpyBackend:
                     f"store it as floats: model.params[{name!r}] = "
                     f"model.params[{name!r}].astype(np.float64)",
                 )
-        if optimizer is not None and not callable(optimizer):
+        if optimizer is not None and not callable(optimizer) and _rule_config(optimizer) is None:
             raise InvalidSubject(
                 "optimizer",
-                f"expected an update rule, got {describe(optimizer)}",
-                "pass a CS231n-style rule: optimizer=optim.sgd_momentum",
+                f"expected an update rule or (rule, optim_config), got {describe(optimizer)}",
+                "pass a CS231n-style rule: optimizer=optim.sgd_momentum, or with its "
+                "settings as the Solver takes them: optimizer=(optim.sgd_momentum, "
+                "{'learning_rate': 1e-2})",
             )
         if regularization not in (None, "reg") and not callable(regularization):
             raise InvalidSubject(
@@ -398,20 +400,44 @@ class NumpySession(SessionBase):
     # -- training ----------------------------------------------------------------------
     @contextmanager
     def trainer(
-        self, batch: Batch, *, lr: float | None = None, default_lr: float = 1e-3
+        self,
+        batch: Batch,
+        *,
+        lr: float | None = None,
+        default_lr: float = 1e-3,
+        restore: bool = False,
     ) -> Iterator[_Trainer]:
         self.require_isolated("trainer")
-        yield _Trainer(self, batch, default_lr if lr is None else lr)
+        params = self.model.params
+        saved = {k: v.copy() for k, v in params.items()} if restore else {}
+        state = {}  # batch-norm running statistics the steps update
+        if restore and hasattr(self.model, "bn_params"):
+            state["bn_params"] = copy.deepcopy(self.model.bn_params)
+        if restore:  # each run sees the same random draws (dropout the model applies)
+            np.random.seed(self.config.seed)
+        try:
+            yield _Trainer(self, batch, lr, default_lr)
+        finally:
+            for name, value in saved.items():  # the private arrays themselves
+                if params.get(name) is not None and params[name].shape == value.shape:
+                    np.copyto(params[name], value)
+                else:
+                    params[name] = value
+            for attribute, kept in state.items():
+                _restore_in_place(self.model, attribute, kept)
 
     # -- activations -------------------------------------------------------------------
     def _capture_layers(self, rows: int, bins: int) -> list[LayerRecord]:
+        return self._activations_of(self.rows(rows).X, bins)
+
+    def _activations_of(self, X: np.ndarray, bins: int) -> list[LayerRecord]:
+        """Statistics of ``model.activations(X)`` at the current ``params``."""
         activations: Callable[[np.ndarray], Mapping[str, Any]] | None = getattr(
             self.model, "activations", None
         )
         if not callable(activations):
             return []  # the activation checks skip, saying why
         stats = Accumulator(bins)
-        X = self.rows(rows).X
         self._forward += 1
         with self.calling("model", "model.activations(X)"):
             found = activations(X)
@@ -509,6 +535,21 @@ class NumpySession(SessionBase):
         return found
 
 
+def _rule_config(optimizer: Any) -> tuple[Any, dict[str, Any]] | None:
+    """``(rule, optim_config)`` of an optimizer given as the CS231n Solver takes them (an
+    update rule and its settings dict, e.g. a ``learning_rate``), else None."""
+    if (
+        isinstance(optimizer, tuple)
+        and len(optimizer) == 2
+        and callable(optimizer[0])
+        and isinstance(optimizer[1], dict)
+    ):
+        rate = optimizer[1].get("learning_rate", 1.0)
+        if isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0:
+            return optimizer[0], dict(optimizer[1])
+    return None
+
+
 class _PinnedMode(dict):
     """A copy of ``dropout_param`` whose ``mode`` stays put: assignment-style losses set
     ``mode = 'train'`` on every call with labels."""
@@ -590,12 +631,23 @@ class _Objective:
 class _Trainer:
     """Steps ``model.params`` (private copies) with a CS231n-style update rule."""
 
-    def __init__(self, session: NumpySession, batch: Batch, lr: float) -> None:
+    def __init__(
+        self, session: NumpySession, batch: Batch, lr: float | None, default_lr: float
+    ) -> None:
         self.session = session
         self.batch = batch
         self.params = session.model.params
-        self.rule = session.subject.optimizer or _adam
-        self.configs: dict[str, dict[str, Any]] = {n: {"learning_rate": lr} for n in self.params}
+        rule, settings = _rule_config(session.subject.optimizer) or (
+            session.subject.optimizer,
+            {},
+        )
+        self.rule = rule or _adam
+        if lr is None:  # the subject's optim_config rate, else the check's default
+            lr = float(settings.get("learning_rate", default_lr))
+        self._lr = float(lr)
+        self.configs: dict[str, dict[str, Any]] = {
+            n: {**copy.deepcopy(settings), "learning_rate": lr} for n in self.params
+        }
         name = getattr(self.rule, "__name__", type(self.rule).__name__)
         self.optimizer = (
             f"adam(learning_rate={lr:g}) (nndiag's default)"
@@ -646,3 +698,10 @@ class _Trainer:
 
     def frozen_changed(self) -> list[str]:
         return []  # every entry of model.params is trained
+
+    @property
+    def lr(self) -> float | None:
+        return self._lr
+
+    def capture(self, batch: Batch, *, bins: int) -> list[LayerRecord]:
+        return self.session._activations_of(batch.X, bins)  # params hold the trained copies

@@ -960,6 +960,93 @@ def plot_init_scale(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     return [("weight std per layer against the He/Xavier target", fig)]
 
 
+def plot_learning_rate(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
+    """Loss after the short run against the learning rate (log x, as LR finders draw it):
+    the configured rate marked, the range that works shaded, the start and divergence
+    lines; and, when captured, dead ReLU units per layer before and after the run."""
+    lrs = _series(evidence.get("lrs"))
+    final = _series(evidence.get("final"))
+    start = _series(evidence.get("start"))
+    points = [(x, v) for x, v in zip(lrs, final) if math.isfinite(x) and x > 0]
+    if not points:
+        return []
+    plots: list[tuple[str, Figure]] = []
+    fig = _figure(4.6, 2.5, left=0.62, bottom=0.45, top=0.2)
+    ax = fig.subplots()
+    _style(ax)
+    _log_scale(ax.xaxis)
+    finite = [(x, v) for x, v in points if math.isfinite(v)]
+    base = _finite(start)
+    reference = base[0] if base else None
+    factor = _number(evidence.get("diverge_factor"))
+    values = [v for _, v in finite] + ([reference] if reference is not None else [])
+    if values and min(values) > 0 and max(values) / min(values) > 20:
+        _log_scale(ax.yaxis)
+    works = _pair(evidence.get("works"))
+    if works is not None:
+        low, high = works
+        ax.axvspan(low / 1.5, high * 1.5, color=TINT["pass"], lw=0, label="works")
+    if finite:
+        xs, ys = zip(*finite)
+        ax.plot(xs, ys, marker="o", ms=4, color=ACCENT, lw=1.4, label="loss after the run")
+    top = max(values) if values else 1.0
+    broken = [x for x, v in points if not math.isfinite(v)]
+    if broken:
+        ax.plot(broken, [top] * len(broken), "x", color=COLORS["fail"], ms=6, label="NaN/Inf")
+    if reference is not None:
+        ax.axhline(reference, color=MUTED, ls=":", lw=1, label=f"start {_fmt(reference)}")
+        if factor is not None and reference > 0 and factor * reference <= 1.5 * top:
+            ax.axhline(factor * reference, color=COLORS["fail"], ls="--", lw=1)
+    configured = _number(evidence.get("configured"))
+    if configured is not None and configured > 0:
+        ax.axvline(configured, color=INK, lw=1, ls="--")
+        ax.text(
+            configured,
+            1.0,
+            f"configured {_short(configured)}",
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=FONT - 2,
+            color=INK,
+        )
+    ax.set_xlabel("learning rate", fontsize=FONT)
+    ax.set_ylabel("loss after the run", fontsize=FONT)
+    ax.legend(fontsize=FONT - 2, frameon=False)
+    plots.append(("loss after a short run against the learning rate", fig))
+
+    layers = _records(evidence.get("layers"))[:_MAX_BARS]
+    if layers:
+        labels = [_label(layer.get("name")) for layer in layers]
+        fig = _figure(
+            5.0,
+            1.0 + 0.3 * len(layers),
+            left=_label_inches(labels, FONT - 1),
+            bottom=0.42,
+            top=0.3,
+            right=0.2,
+        )
+        ax = fig.subplots()
+        _style(ax)
+        rows = list(range(len(layers)))
+        before = [_number(x.get("dead_before_fraction")) or 0.0 for x in layers]
+        after = [_number(x.get("dead_after_fraction")) or 0.0 for x in layers]
+        ax.barh([y - 0.18 for y in rows], before, height=0.34, color=COLORS["skip"], label="before")
+        ax.barh([y + 0.18 for y in rows], after, height=0.34, color=COLORS["fail"], label="after")
+        for y, layer, value in zip(rows, layers, after):
+            died = _number(layer.get("died"))
+            if died:
+                ax.text(value, y + 0.18, f" {int(died)} died", va="center", fontsize=FONT - 2)
+        ax.set_xlim(0, 1.15)
+        ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
+        ax.set_yticks(rows, labels)
+        ax.set_ylim(len(layers) - 0.5, -0.6)
+        ax.set_xlabel("fraction of units that never fire", fontsize=FONT - 1)
+        ax.legend(fontsize=FONT - 2, frameon=False, loc="lower right")
+        plots.append(("dead ReLU units per layer before and after the run", fig))
+    return plots
+
+
 def _plotters() -> dict[str, Plotter]:
     from nndiag.checks import BUILTIN
 

@@ -139,6 +139,26 @@ def test_steps_on_given_batches_and_evaluates_the_trained_weights(
     assert not np.allclose(fresh.outputs, start.outputs)
 
 
+def test_a_restoring_trainer_gives_the_next_one_the_same_start_and_captures_trained_copies(
+    opened: tuple[Session, int],
+) -> None:
+    session, _ = opened
+    batch = session.rows(20)
+    with session.isolated("x"):
+        with session.trainer(batch, lr=0.01, restore=True) as trainer:
+            assert trainer.lr == pytest.approx(0.01)
+            before = trainer.capture(batch, bins=10)
+            first = [trainer.step().loss for _ in range(4)]
+            after = trainer.capture(batch, bins=10)
+        with session.trainer(batch, default_lr=2e-3, restore=True) as again:
+            assert again.lr == pytest.approx(2e-3)
+            second = again.step().loss
+    assert second == pytest.approx(first[0], rel=1e-6) and first[-1] < first[0]
+    assert [x.name for x in before] == [x.name for x in after] and before
+    # the capture sees the trained weights: each layer's statistics moved
+    assert all(a.mean != b.mean for a, b in zip(before, after))
+
+
 # -- torch: arrays -------------------------------------------------------------------------
 def _torch_data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(7)

@@ -51,6 +51,14 @@ def test_one_item_per_subject_and_check_selectable_with_k_and_m(project: Project
     assert project.events() == []  # collection never calls a factory
 
 
+def test_an_opt_in_check_runs_only_when_named(project: Project) -> None:
+    everything = _collected(project.run("--nndiag", "--collect-only", "-q"))
+    assert not any(i.endswith("::learning_rate") for i in everything)
+    named = project.run("--nndiag", "--collect-only", "-q", "--nndiag-checks", "learning_rate")
+    # only the subjects that declare no checks of their own take it
+    assert _collected(named)[1:] == ["nndiag::mlp::learning_rate"]
+
+
 def test_checks_option_picks_among_each_subjects_checks(project: Project) -> None:
     result = project.run(
         "--nndiag", "--collect-only", "-q", "--nndiag-checks", "numerics, initial_loss"

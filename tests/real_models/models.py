@@ -397,6 +397,17 @@ def gpt2_symmetric_mlp(seed: int = 0) -> nndiag.Subject:
     )
 
 
+def squeezenet_lr_10(seed: int = 0) -> nndiag.Subject:
+    """Stock SqueezeNet with an SGD optimizer at learning rate 10 (100x a usual 0.1)."""
+    model = _vision("squeezenet1_1", seed)
+    return nndiag.Subject(
+        model,
+        _images(seed),
+        optimizer=lambda p: torch.optim.SGD(p, lr=10.0),
+        name="squeezenet_lr_10",
+    )
+
+
 Factory = Callable[..., nndiag.Subject]
 
 HEALTHY: dict[str, Factory] = {
@@ -434,6 +445,7 @@ DATA_BUGS: dict[str, tuple[Factory, str]] = {
     "resnet18_raw_pixels": (resnet18_raw_pixels, "raw_pixels"),
     "resnet18_unnormalized": (resnet18_unnormalized, "not_centered"),
     "bert_one_class": (bert_one_class, "imbalance"),
+    "squeezenet_lr_10": (squeezenet_lr_10, "learning_rate"),
 }
 
 # Caught too, but slow for the test run: gradient_check spends ~50-100 s naming the 88

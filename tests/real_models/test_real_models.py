@@ -214,3 +214,22 @@ def test_param_updates_is_silent_on_zero_init_residual_and_sgd() -> None:
     result = nndiag.diagnose(subject, ["param_updates"])["param_updates"]
     assert result.status == "pass", result.summary()
     assert result.metrics["from_zero"] >= 8 + 20  # 8 zero-init BN gains, the BN biases
+
+
+@pytest.mark.parametrize(
+    ("name", "seed"), [("resnet18", 0), ("mobilenet_v3_small", 0), ("mobilenet_v3_small", 1)]
+)
+def test_learning_rate_passes_at_the_default_rate(name: str, seed: int) -> None:
+    # Opt-in (a range test), so not in TRUSTED: Adam 1e-3 lies inside the range that works.
+    config = nndiag.Config(seed=seed)
+    result = nndiag.diagnose(models.HEALTHY[name](seed), ["learning_rate"], config)
+    check = result["learning_rate"]
+    assert check.status == "pass", check.summary()
+    assert check.metrics["works_low"] <= 1e-3 <= check.metrics["works_high"]
+    assert check.cost.backward <= 60
+
+
+def test_learning_rate_10_diverges_on_a_real_model() -> None:
+    result = nndiag.diagnose(models.squeezenet_lr_10(0), ["learning_rate"])["learning_rate"]
+    assert result.status == "fail" and result.metrics["cause"] == "diverged", result.summary()
+    assert result.metrics["works_high"] < 10.0 and "too high" in result.hint

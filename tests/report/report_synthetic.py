@@ -290,6 +290,53 @@ def batchnorm(status: str, rng: random.Random) -> dict[str, Any]:
     }
 
 
+def learning_rate(status: str, rng: random.Random) -> dict[str, Any]:
+    configured = {"pass": 1e-3, "warn": 1e-7, "fail": 10.0}.get(status, 1e-3)
+    lrs = [configured * 10.0**k for k in range(-3, 4)]
+    start = 2.30 + 0.01 * rng.random()
+    final = []
+    for lr in lrs:  # falls fastest at 1e-2, diverges from 1 on
+        if lr >= 10:
+            final.append(math.nan)
+        elif lr >= 0.5:
+            final.append(start * 40 * lr)
+        else:
+            final.append(start * (1 - 0.9 * min(1.0, lr / 1e-2)))
+    works = [lr for lr, v in zip(lrs, final) if math.isfinite(v) and v < start * 0.999]
+    curves = [[start, (start + v) / 2, v] for v in final]
+    layers = [
+        {
+            "name": f"relu{i + 1}",
+            "depth": i,
+            "units": 64,
+            "dead_before": 2 * i,
+            "dead_after": 2 * i + (20 if status == "fail" else 1),
+            "died": 20 if status == "fail" else 1,
+            "dead_before_fraction": 2 * i / 64,
+            "dead_after_fraction": (2 * i + (20 if status == "fail" else 1)) / 64,
+        }
+        for i in range(3)
+    ]
+    return {
+        "evidence": {
+            "lrs": lrs,
+            "start": [start] * len(lrs),
+            "final": final,
+            "outcomes": ["falls" if lr in works else "flat" for lr in lrs],
+            "curves": curves,
+            "configured": configured,
+            "works": [min(works), max(works)] if works else None,
+            "diverge_factor": 3.0,
+            "layers": layers,
+            "died_fail": 0.1,
+        },
+        "metrics": {"configured_lr": configured, "steps": 5, "samples": 20},
+        "cost": Cost(44, 42, 0.3),
+        "message": f"at the configured rate {configured:g} the loss goes {start:.3g} -> ...",
+        "hint": None if status == "pass" else "change the learning rate",
+    }
+
+
 def extra(check: str, status: str, rng: random.Random) -> dict[str, Any]:
     evidence: dict[str, Any] = {}
     if status == "fail":
@@ -412,6 +459,7 @@ BUILDERS = {
     "param_updates": param_updates,
     "input_stats": input_stats,
     "init_scale": init_scale,
+    "learning_rate": learning_rate,
 }
 
 

@@ -38,6 +38,9 @@ values = st.recursive(
                     "dead",
                     "kind",
                     "saturated",
+                    "dead_before_fraction",
+                    "dead_after_fraction",
+                    "died",
                 ]
             ),
             inner,
@@ -70,6 +73,11 @@ EVIDENCE_KEYS = [
     "std_low",
     "std_high",
     "symmetric",
+    "lrs",
+    "final",
+    "start",
+    "configured",
+    "works",
 ]
 
 

@@ -456,8 +456,14 @@ class JaxSession(SessionBase):
     # -- training ----------------------------------------------------------------------
     @contextmanager
     def trainer(
-        self, batch: Batch, *, lr: float | None = None, default_lr: float = 1e-3
+        self,
+        batch: Batch,
+        *,
+        lr: float | None = None,
+        default_lr: float = 1e-3,
+        restore: bool = False,
     ) -> Iterator[_Trainer]:
+        """Every trainer steps copies of its own (``restore`` has nothing to put back)."""
         self.require_isolated("trainer")
         yield _Trainer(self, batch, lr, default_lr)
 
@@ -612,6 +618,7 @@ class _Trainer:
         self.steps = 0
         given = session.subject.optimizer
         self.optax = given
+        self.lr: float | None = None
         if given is None:
             self.lr = default_lr if lr is None else lr
             self.m = [jnp.zeros_like(p) for p in self.params]
@@ -628,6 +635,7 @@ class _Trainer:
             self.optimizer = f"{type(given).__name__} (the subject's optax optimizer)"
             if lr is not None:
                 self.optimizer = self._set_lr(lr)
+            self.lr = self._read_lr()
         self._grad = jit_or_eager(jax.value_and_grad(self._loss, has_aux=True))
 
     def _set_lr(self, lr: float) -> str:
@@ -707,3 +715,25 @@ class _Trainer:
 
     def frozen_changed(self) -> list[str]:
         return []  # only floating leaves are stepped; the others are passed through as is
+
+    def _read_lr(self) -> float | None:
+        """The optax optimizer's rate, readable only from ``inject_hyperparams`` state (a
+        rate the check set there reads back as set); None without it."""
+        hyperparams = getattr(self.state, "hyperparams", None)
+        if not isinstance(hyperparams, dict) or "learning_rate" not in hyperparams:
+            return None
+        value = jnp.asarray(hyperparams["learning_rate"])
+        if value.size != 1:
+            return None
+        return float(value)
+
+    def capture(self, batch: Batch, *, bins: int) -> list[LayerRecord]:
+        session = self.session
+        params = session._assemble(self.params)  # this trainer's copies, as trained
+        leaves = jax.tree_util.tree_leaves(params)
+        recorder = JaxprRecorder(session._leaf_names, dict(zip(session._leaf_names, leaves)), bins)
+        closed = jax.make_jaxpr(session._apply)(params, batch.X)
+        session.count(forward=1)
+        with session.calling("model", "apply_fn(params, X)"):
+            recorder.run(closed, [*leaves, batch.X])
+        return recorder.layers()

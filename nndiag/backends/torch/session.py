@@ -571,12 +571,26 @@ class TorchSession(SessionBase):
     # -- training ----------------------------------------------------------------------
     @contextmanager
     def trainer(
-        self, batch: Batch, *, lr: float | None = None, default_lr: float = 1e-3
+        self,
+        batch: Batch,
+        *,
+        lr: float | None = None,
+        default_lr: float = 1e-3,
+        restore: bool = False,
     ) -> Iterator[_Trainer]:
         self.require_isolated("trainer")
         params = self._private.trainable
-        optimizer, described = self._optimizer(list(params.values()), lr, default_lr)
-        yield _Trainer(self, params, optimizer, described, batch)
+        saved = [t.detach().clone() for t in self._private.tensors] if restore else []
+        if restore:  # each run sees the same random draws
+            _seed(self.config.seed, self._devices)
+        try:
+            optimizer, described = self._optimizer(list(params.values()), lr, default_lr)
+            yield _Trainer(self, params, optimizer, described, batch)
+        finally:
+            with torch.no_grad():  # the clones themselves: tied tensors stay tied
+                for tensor, values in zip(self._private.tensors, saved):
+                    tensor.copy_(values)
+                    tensor.grad = None
 
     def _optimizer(
         self, params: list[nn.Parameter], lr: float | None, default_lr: float
@@ -956,3 +970,18 @@ class _Trainer:
             for n, (t, start) in self.fixed.items()
             if t.shape != start.shape or not torch.equal(t.detach(), start)
         ]
+
+    @property
+    def lr(self) -> float | None:
+        value = self.opt.param_groups[0].get("lr") if self.opt.param_groups else None
+        try:
+            return None if value is None else float(value)  # a tensor rate too
+        except (TypeError, ValueError):
+            return None
+
+    def capture(self, batch: Batch, *, bins: int) -> list[LayerRecord]:
+        # The model holds the trained clones themselves: one forward of them, recorded.
+        recorder = Recorder(self.session.model, bins)
+        with torch.no_grad(), recorder:
+            self.session._run_model(batch.X)
+        return recorder.layers()

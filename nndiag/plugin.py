@@ -162,6 +162,8 @@ class _NndiagHooks:
         payload = getattr(report, REPORT_ATTRIBUTE, None)
         if payload is not None:
             self.session.reporter.record(report.nodeid, report.when, payload)
+        if report.nodeid.startswith("nndiag::"):
+            self.session.reporter.record_outcome(report)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.session.reporter.write_reports(session.config)

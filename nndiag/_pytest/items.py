@@ -20,8 +20,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from nndiag._pytest.common import REPORT_ATTRIBUTE, NndiagWarning
-from nndiag._pytest.plan import Plan, SubjectSpec, discover, stray_overrides, valid_name
+from nndiag._pytest.plan import (
+    Plan,
+    SubjectSpec,
+    discover,
+    plan_for,
+    stray_overrides,
+    valid_name,
+)
 from nndiag._pytest.reporting import make_payload
+from nndiag._pytest.settings import Settings
 from nndiag.core import Runner, error_result
 from nndiag.errors import CheckFailed, InvalidSubject
 from nndiag.results import CheckResult
@@ -135,6 +143,19 @@ def _properties(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return found[:24]
 
 
+def _known_checks(settings: Settings, specs: list[SubjectSpec]) -> dict[str, frozenset[str]]:
+    """Each subject's checks before ``--nndiag-checks`` narrows them (a subject whose
+    settings are wrong is left out: its collection error says why)."""
+    full = dataclasses.replace(settings, cli_checks=None)
+    known = {}
+    for spec in specs:
+        try:
+            known[spec.name] = frozenset(plan_for(full, spec).checks)
+        except (ValueError, TypeError):
+            continue
+    return known
+
+
 # -- nodes ----------------------------------------------------------------------------------------
 class NndiagRoot(pytest.Collector):
     """The ``nndiag`` node: one child per subject."""
@@ -150,6 +171,7 @@ class NndiagRoot(pytest.Collector):
         except ValueError as exc:
             raise self.CollectError(f"nndiag: {exc}") from None
         self.nndiag.reporter.discovered = len(specs)
+        self.nndiag.reporter.known = _known_checks(settings, specs)
         stray = stray_overrides(settings, specs)
         if stray:  # a typo, or a subject whose conftest this run does not load
             names = ", ".join(spec.name for spec in specs) or "none"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nndiag.report.plots import Plot, plots_for
-from nndiag.results import STATUSES, CheckResult, Report
+from nndiag.results import STATES, STATUSES, CheckResult, Report
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -30,10 +30,18 @@ __all__ = ["format_value", "render_html", "write_html"]
 
 TEMPLATE = "report.html"
 
-# Worst first: a subject's or a grid cell's colour is its worst result.
-_SEVERITY = {"error": 4, "fail": 3, "warn": 2, "pass": 1, "skip": 0}
+# Worst first: a subject's or a grid cell's colour is its worst result. An expected failure
+# ranks with a pass; an expected failure that passed is one to look at.
+_SEVERITY = {"error": 4, "fail": 3, "xpass": 3, "warn": 2, "pass": 1, "xfail": 1, "skip": 0}
 # Results a reader has to look at start expanded; the rest are one click away.
-_OPEN = frozenset({"fail", "error", "warn"})
+_OPEN = frozenset({"fail", "error", "warn", "xpass"})
+# What a pytest outcome adds to a result's badge.
+_OUTCOME_NOTE = {
+    "xfailed": "expected to fail (xfail), and it did",
+    "xpassed": "expected to fail (xfail), but it passed",
+    "xpassed-strict": "expected to fail (strict xfail), but it passed: pytest fails the test",
+    "failed": "pytest failed the test",
+}
 # Metric keys that hold a limit or a reference value rather than a measurement.
 _THRESHOLD_KEY = re.compile(
     r"(^|_)(warn|fail|threshold|thresholds|band|bands|expected|target|limit|limits|tol"
@@ -79,7 +87,10 @@ class ResultView:
     anchor: str
     subject: str
     check: str
-    status: str
+    status: str  # the state a reader sees (see CheckResult.state)
+    verdict: str  # the check's own status
+    outcome_note: str | None
+    stale: bool
     message: str
     hint: str | None
     metrics: list[Row]
@@ -111,7 +122,7 @@ class SubjectView:
 
     @property
     def statuses(self) -> list[str]:
-        return [s for s in STATUSES if any(r.status == s for r in self.results)]
+        return [s for s in STATES if any(r.status == s for r in self.results)]
 
     @property
     def counts(self) -> list[tuple[str, int]]:
@@ -185,7 +196,7 @@ def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
             if not found:
                 view.cells.append(Cell(None, title=f"{check}: not run"))
                 continue
-            worst = max(found, key=lambda r: _SEVERITY[r.status])
+            worst = max(found, key=lambda r: _SEVERITY.get(r.status, 0))
             view.cells.append(Cell(worst.status, worst.anchor, f"{worst.status}: {worst.message}"))
 
     frameworks = meta.get("frameworks")
@@ -197,10 +208,14 @@ def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
     forward = int(sum(_finite_or_zero(r.cost.forward) for r in report.results))
     backward = int(sum(_finite_or_zero(r.cost.backward) for r in report.results))
     seconds = sum(_finite_or_zero(r.cost.seconds) for r in report.results)
+    counts = {s: sum(r.state == s for r in report.results) for s in STATES}
     return {
         "passed": report.passed,
-        "statuses": STATUSES,
-        "counts": {s: sum(r.status == s for r in report.results) for s in STATUSES},
+        # The pytest-only states get a filter only where they occur.
+        "statuses": [s for s in STATES if s in STATUSES or counts[s]],
+        "all_states": STATES,
+        "counts": counts,
+        "stale": sum(r.stale for r in report.results),
         "total": len(report.results),
         "checks": checks,
         "subjects": list(subjects.values()),
@@ -236,7 +251,10 @@ def _result_view(result: CheckResult, anchor: str) -> ResultView:
         anchor=anchor,
         subject=result.subject,
         check=result.check,
-        status=result.status,
+        status=result.state,
+        verdict=result.status,
+        outcome_note=_outcome_note(result),
+        stale=result.stale,
         message=result.message,
         hint=result.hint or None,
         metrics=[row for row in metrics if not row.threshold],
@@ -245,8 +263,14 @@ def _result_view(result: CheckResult, anchor: str) -> ResultView:
         plots=plots_for(result),
         tables=_tables(result.check, evidence),
         counterexample=counterexample,
-        open=result.status in _OPEN,
+        open=result.state in _OPEN and not result.stale,
     )
+
+
+def _outcome_note(result: CheckResult) -> str | None:
+    if result.outcome == "failed" and result.status == "warn":
+        return "a warning, failed by --nndiag-strict"
+    return _OUTCOME_NOTE.get(result.outcome or "")
 
 
 # --------------------------------------------------------------------------- evidence tables
@@ -371,4 +395,4 @@ def _number_or(value: Any, default: float) -> float:
 
 
 def _worst(statuses: Iterable[str]) -> str:
-    return max(statuses, key=_SEVERITY.__getitem__, default="skip")
+    return max(statuses, key=lambda s: _SEVERITY.get(s, 0), default="skip")

@@ -123,6 +123,13 @@ class _NndiagHooks:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return self.session.reporter.header()
 
+    def pytest_ignore_collect(self, collection_path: Any, config: pytest.Config) -> bool | None:
+        # Only nndiag:: ids given: pytest walks its default paths for their conftest files
+        # (where subjects live), and imports no test file.
+        if self.session.selection.ids_only and collection_path.is_file():
+            return True
+        return None
+
     @pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect look at the items
     def pytest_collection_modifyitems(
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]

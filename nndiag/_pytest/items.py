@@ -185,11 +185,15 @@ class NndiagRoot(pytest.Collector):
                 str(settings.pyproject or self.path),
                 1,
             )
+        selection = self.nndiag.selection
+        chosen = [spec for spec in specs if selection.subject(spec.name, spec.path)]
+        if not selection.ids:  # an id that selects nothing is a usage error instead
+            self.nndiag.reporter.selected = len(chosen)
         return [
             SubjectNode.from_parent(
                 self, name=spec.name, path=spec.path, spec=spec, nndiag=self.nndiag
             )
-            for spec in specs
+            for spec in chosen
         ]
 
 
@@ -213,11 +217,13 @@ class SubjectNode(pytest.Collector):
             raise self.CollectError(
                 f"nndiag: subject {self.spec.name!r} ({self.spec.origin}): {exc}"
             ) from None
+        selection = self.nndiag.selection
         return [
             CheckItem.from_parent(
                 self, name=check, spec=self.spec, plan=plan, check=check, nndiag=self.nndiag
             )
             for check in plan.checks
+            if selection.check(self.spec.name, self.spec.path, check)
         ]
 
 

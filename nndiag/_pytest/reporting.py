@@ -89,6 +89,7 @@ class Reporter:
         self.merged: str | None = None  # what the report file kept from earlier runs
         self.notes: list[str] = []
         self.discovered: int | None = None  # subjects found (None: not collected here)
+        self.selected: int | None = None  # of them, those the arguments select
         # Each collected subject's checks, before any selection: an earlier result of a
         # check outside them is dropped when merging (None: not collected in this process).
         self.known: dict[str, frozenset[str]] | None = None
@@ -208,6 +209,13 @@ class Reporter:
             terminal.write_line(
                 "nndiag: no subjects found; declare them with @nndiag.subject "
                 "in a conftest.py, or list them in [tool.nndiag] subjects",
+                yellow=True,
+            )
+        elif self.selected == 0:
+            terminal.write_line(
+                f"nndiag: none of the {self.discovered} subject(s) is defined under the paths "
+                "given; run pytest --nndiag without paths for all, or name them: "
+                "nndiag::<subject>[::<check>] (see docs/pytest.md, 'Selecting')",
                 yellow=True,
             )
         if not self.results and not self.notes:

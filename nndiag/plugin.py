@@ -123,6 +123,23 @@ class _NndiagHooks:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return self.session.reporter.header()
 
+    def pytest_report_teststatus(self, report: Any, config: pytest.Config) -> Any:
+        # -v: a passing check's line carries its key numbers.
+        if (
+            config.option.verbose > 0
+            and report.when == "call"
+            and report.passed
+            and not hasattr(report, "wasxfail")
+            and report.nodeid.startswith("nndiag::")
+        ):
+            payload = self.session.reporter.results.get(report.nodeid)
+            if payload is not None:
+                message = " ".join(payload["result"]["message"].split())
+                word = "PASSED" if payload["result"]["status"] == "pass" else "PASSED (warn)"
+                short = message if len(message) <= 90 else message[:89] + "\u2026"
+                return "passed", ".", (f"{word} {short}", {"green": True})
+        return None
+
     def pytest_ignore_collect(self, collection_path: Any, config: pytest.Config) -> bool | None:
         # Only nndiag:: ids given: pytest walks its default paths for their conftest files
         # (where subjects live), and imports no test file.

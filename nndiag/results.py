@@ -95,6 +95,12 @@ class CheckResult:
         return self.status not in ("fail", "error")
 
     @property
+    def anchor(self) -> str:
+        """The result's id in the HTML page (``report.html#mlp::initial_loss``), as in its
+        pytest node id."""
+        return "::".join("_".join(part.split()) for part in (self.subject, self.check) if part)
+
+    @property
     def state(self) -> str:
         """The status a reader sees: ``xfail`` for an expected failure, ``xpass`` for an
         expected failure that passed, else :attr:`status`."""

@@ -96,11 +96,15 @@ class Reporter:
 
     def header(self) -> list[str]:
         settings = self.settings
-        checks = (
-            ",".join(settings.cli_checks)
-            if settings.cli_checks is not None
-            else "each subject's own (all 8 by default)"
-        )
+        # As plan_for decides: a subject's own, else [tool.nndiag] checks, else all.
+        if settings.cli_checks is not None:
+            checks = ",".join(settings.cli_checks)
+        elif settings.global_checks is not None:
+            checks = (
+                f"each subject's own, else [tool.nndiag] checks {','.join(settings.global_checks)}"
+            )
+        else:
+            checks = f"each subject's own, else all {len(ALL_CHECKS)}"
         return [
             f"nndiag: seed {settings.seed} ({settings.seed_origin}; rerun with --nndiag-seed "
             f"{settings.seed}), checks: {checks}, strict: {'on' if settings.strict else 'off'}, "

@@ -66,9 +66,11 @@ def test_checks_option_picks_among_each_subjects_checks(project: Project) -> Non
     ("args", "toml", "message"),
     [
         (
-            ["--nndiag-checks", "initial_loss,bogus"],
+            ["--nndiag-checks", "initial_loss,dead_nerons"],
             "",
-            "--nndiag-checks names unknown check(s) 'bogus'; known checks: initial_loss, ",
+            # The option's typo is the option's, not pyproject.toml's.
+            "ERROR: nndiag: --nndiag-checks names unknown check(s) 'dead_nerons' (did you "
+            "mean dead_neurons?); known checks: initial_loss, ",
         ),
         (["--nndiag-seed", "abc"], "", "--nndiag-seed expects an int >= 0 or 'random', got 'abc'"),
         (["--nndiag-examples", "0"], "", "--nndiag-examples expects an int >= 1, got 0"),

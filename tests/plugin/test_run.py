@@ -60,13 +60,27 @@ def test_each_status_becomes_its_pytest_outcome(project: Project) -> None:
     assert "Minimal counterexample: rows [" in failures and "as a batch of 2." in failures
     assert "Hint: A model must treat each sample on its own" in failures
     assert "Traceback" not in failures and "nndiag/" not in failures
-    result.stdout.fnmatch_lines(["FAILED nndiag::mixer::batch_independence - *"])
+    # The short summary leads with the verdict and the numbers; -rA shows a pass's numbers.
+    result.stdout.fnmatch_lines(["FAILED nndiag::mixer::batch_independence - fail: Output row 0*"])
+    result.stdout.fnmatch_lines(["PASSED nndiag::mlp::initial_loss - pass: Loss at init*"])
+    assert "nndiag.errors.CheckFailed" not in text
+    # A failure names the settings to tune and its section of the report.
+    assert "Settings: " in failures and "in [tool.nndiag] or [tool.nndiag.overrides.mixer]" in (
+        failures
+    )
+    assert "Report: reports/nndiag.html#mixer::batch_independence" in failures
 
     # error: a factory that raises errors each of its items, with its own message and frames.
     errors = _section(text, "ERRORS")
     assert "ERROR at setup of nndiag::broken_factory::initial_loss" in errors
     assert "raised RuntimeError: weights file not found" in errors
     assert 'conftest.py", line' in errors and "in broken_factory" in errors
+    # ... its traceback once: the subject's other items point at it.
+    assert errors.count("Traceback (nndiag frames hidden)") == 1
+    assert errors.count("in broken_factory") == 1
+    assert "(the factory's traceback is shown under nndiag::broken_factory::initial_loss)" in (
+        errors
+    )
     assert "nndiag/_pytest/" not in errors
 
     # warn: passes, with a warning located at the subject's factory.
@@ -215,13 +229,20 @@ def test_strict_fails_warnings_and_unusable_subjects_error(project: Project) -> 
     result.stdout.fnmatch_lines(
         ["*warns::dead_neurons warn:*", "*(--nndiag-strict: a warning fails the test)*"]
     )
+    result.stdout.fnmatch_lines(
+        ["FAILED nndiag::warns::dead_neurons - warn, failed by --nndiag-strict: *"]
+    )
+    assert "_StrictWarn" not in result.stdout.str()
     # An unusable subject, or a factory returning something else, errors each of its items.
     result.stdout.fnmatch_lines(
         [
-            "*bad_labels::initial_loss error: subject 'bad_labels' cannot be diagnosed: data: "
+            "*ERROR at setup of nndiag::bad_labels::initial_loss*",
+            "error: subject 'bad_labels' cannot be diagnosed: data: "
             "labels span 5..7 but the model outputs 3 class scores*",
-            "*bad_labels::numerics error: subject 'bad_labels' cannot be diagnosed*",
-            "*not_a_subject::initial_loss error: subject 'not_a_subject' (conftest.py:*) is "
+            "*ERROR at setup of nndiag::bad_labels::numerics*",
+            "error: subject 'bad_labels' cannot be diagnosed*",
+            "*ERROR at setup of nndiag::not_a_subject::initial_loss*",
+            "error: subject 'not_a_subject' (conftest.py:*) is "
             "invalid: not_a_subject: the factory returned 42 (type=int)*",
         ]
     )

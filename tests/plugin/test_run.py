@@ -285,3 +285,7 @@ def test_the_example_project_passes_and_writes_its_reports(
         ("custom_backward", "gradient_check"),
     }
     assert (pytester.path / "reports" / "nndiag.html").exists() is HTML
+    # Hypothesis's example database stays out of the project (in pytest's cache).
+    assert not (pytester.path / ".hypothesis").exists()
+    assert not (pytester.path / "examples" / ".hypothesis").exists()
+    assert (pytester.path / "examples" / ".pytest_cache" / "d" / "hypothesis").is_dir()

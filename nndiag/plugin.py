@@ -205,3 +205,17 @@ class _XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[WORKER_SEED] = self.session.settings.seed
         node.workerinput[WORKER_SEED_FORCED] = self.session.settings.seed_forced
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        # -n N alone means --dist load: keep each subject's checks on one worker, which
+        # builds it once. An explicit --dist is the user's choice.
+        explicit = any(
+            str(arg) == "-d" or str(arg).startswith("--dist")
+            for arg in config.invocation_params.args
+        )
+        if config.getoption("dist") != "load" or explicit:
+            return None
+        from nndiag._pytest.scheduling import SubjectScheduling
+
+        return SubjectScheduling(config, log)

@@ -272,6 +272,9 @@ class CheckItem(pytest.Item):
         self.result: CheckResult | None = None
         self.nndiag_payload: dict[str, Any] | None = None
         self.add_marker(pytest.mark.nndiag)
+        if self.config.pluginmanager.hasplugin("xdist"):  # a marker xdist registers
+            # One worker per subject under an explicit --dist loadgroup too (pytest < 9).
+            self.add_marker(pytest.mark.xdist_group(spec.name))
         reason = plan.xfail_reason(spec.name, check)
         if reason is not None:
             self.add_marker(pytest.mark.xfail(reason=reason, raises=CheckFailed, strict=True))

@@ -31,6 +31,12 @@ def _is_id(arg: str) -> bool:
     return arg == ROOT or arg.startswith(ROOT + "::")
 
 
+def _ungrouped(arg: str) -> str:
+    """An id as printed under ``--dist loadgroup`` (``nndiag::mlp::numerics@mlp``) names
+    the same check."""
+    return arg.rsplit("@", 1)[0] if "@" in arg else arg
+
+
 @dataclass(frozen=True)
 class Selection:
     """What the arguments select.
@@ -54,7 +60,7 @@ class Selection:
         conftest files)."""
         given = config.args_source == pytest.Config.ArgsSource.ARGS
         args = [str(a) for a in config.args]
-        ids = tuple(a for a in args if _is_id(a)) if given else ()
+        ids = tuple(_ungrouped(a) for a in args if _is_id(a)) if given else ()
         rest = [a for a in args if not _is_id(a)] if given else args
         if ids and not rest:
             rest = _default_args(config)
@@ -86,7 +92,8 @@ class Selection:
 
     def unmatched(self, nodeids: set[str]) -> list[str]:
         """The id arguments that select none of ``nodeids``."""
-        return [i for i in self.ids if not any(n == i or n.startswith(i + "::") for n in nodeids)]
+        plain = {_ungrouped(n) for n in nodeids}
+        return [i for i in self.ids if not any(n == i or n.startswith(i + "::") for n in plain)]
 
     def _under(self, path: Path) -> bool:
         resolved = path.resolve()

@@ -179,6 +179,10 @@ def test_xdist_gives_the_serial_results_and_writes_once(project: Project) -> Non
         assert set(calls.values()) == {1}
     workers = {pid for event, pid in parallel_events if event.startswith("factory:")}
     assert len(workers) == 2
+    # Load groups: each subject's checks ran on one worker, which built it once.
+    built = Counter(event for event, _ in parallel_events if event.startswith("factory:"))
+    assert set(built.values()) == {1}
+
     assert [pid for event, pid in parallel_events if event == "to_json"][0] not in workers
     assert {e for e, _ in serial_events if e.startswith("factory:")} == {
         f"factory:{s}" for s in ("mlp", "huge_init", "warns", "mixer", "broken_factory")

@@ -26,7 +26,7 @@ from nndiag.results import STATES, STATUSES, CheckResult, Report
 if TYPE_CHECKING:
     from jinja2 import Environment
 
-__all__ = ["format_value", "render_html", "write_html"]
+__all__ = ["format_value", "render_html", "rerun_command", "write_html"]
 
 TEMPLATE = "report.html"
 
@@ -100,6 +100,10 @@ class ResultView:
     tables: list[Table]
     counterexample: str | None
     open: bool
+    rerun: str
+    seconds: float
+    forward: int
+    search: str  # what the search box matches: subject, check, state and message
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ class SubjectView:
         return _worst(r.status for r in self.results)
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Report, against: Report | None = None) -> str:
     """Render ``report`` as one self-contained HTML page.
 
     Plots are PNG data URIs, CSS and the status filter's script are inline: the page needs
@@ -141,6 +145,8 @@ def render_html(report: Report) -> str:
 
     Args:
         report: The report to render.
+        against: An earlier report: the page opens with what newly fails, what was fixed
+            and which metrics moved.
 
     Returns:
         The page's HTML source.
@@ -149,21 +155,28 @@ def render_html(report: Report) -> str:
     # Python-only values are already normalised, so a re-read JSON file renders identically.
     document = report.to_dict()
     normal = Report.from_dict(document)
-    return _environment().get_template(TEMPLATE).render(**_context(normal, document["meta"]))
+    context = _context(normal, document["meta"])
+    context["comparison"] = None
+    if against is not None:
+        from nndiag.report.compare import compare
+
+        context["comparison"] = compare(normal, Report.from_dict(against.to_dict()))
+    return _environment().get_template(TEMPLATE).render(**context)
 
 
-def write_html(report: Report, path: str | os.PathLike[str]) -> Path:
+def write_html(report: Report, path: str | os.PathLike[str], against: Report | None = None) -> Path:
     """Write the HTML page of ``report`` to ``path`` (creating parent folders).
 
     Args:
         report: The report to render.
         path: Where the page goes; an existing file is replaced.
+        against: An earlier report to compare with (see :func:`render_html`).
 
     Returns:
         The path written, as a :class:`~pathlib.Path`.
     """
     path = Path(path)
-    html = render_html(report)
+    html = render_html(report, against)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
     return path
@@ -188,8 +201,13 @@ def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
     subjects: dict[str, SubjectView] = {}
     for name in report.subjects:
         subjects[name] = SubjectView(anchor=f"s{len(subjects) + 1}", name=name or "(unnamed)")
-    for index, result in enumerate(report.results, start=1):
-        subjects[result.subject].results.append(_result_view(result, f"r{index}"))
+    used: set[str] = set()
+    for result in report.results:
+        anchor = result.anchor or "result"
+        while anchor in used:  # names that differ only in whitespace, or repeated results
+            anchor += "~"
+        used.add(anchor)
+        subjects[result.subject].results.append(_result_view(result, anchor))
     for view in subjects.values():
         for check in checks:
             found = [r for r in view.results if r.check == check]
@@ -209,7 +227,11 @@ def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
     backward = int(sum(_finite_or_zero(r.cost.backward) for r in report.results))
     seconds = sum(_finite_or_zero(r.cost.seconds) for r in report.results)
     counts = {s: sum(r.state == s for r in report.results) for s in STATES}
+    durations = sorted(
+        (r for view in subjects.values() for r in view.results), key=lambda r: -r.seconds
+    )
     return {
+        "durations": durations,
         "passed": report.passed,
         # The pytest-only states get a filter only where they occur.
         "statuses": [s for s in STATES if s in STATUSES or counts[s]],
@@ -264,7 +286,19 @@ def _result_view(result: CheckResult, anchor: str) -> ResultView:
         tables=_tables(result.check, evidence),
         counterexample=counterexample,
         open=result.state in _OPEN and not result.stale,
+        rerun=rerun_command(result),
+        seconds=_finite_or_zero(result.cost.seconds),
+        forward=int(_finite_or_zero(result.cost.forward)),
+        search=" ".join((result.subject, result.check, result.state, result.message)).lower(),
     )
+
+
+def rerun_command(result: CheckResult) -> str:
+    """The command that runs ``result``'s check again: its pytest node id where pytest ran
+    it, else the ``diagnose`` call."""
+    if result.outcome is not None:
+        return f'pytest --nndiag "nndiag::{result.subject}::{result.check}"'
+    return f'nndiag.diagnose(subject, checks=["{result.check}"])'
 
 
 def _outcome_note(result: CheckResult) -> str | None:
@@ -330,7 +364,7 @@ def _format(value: Any, depth: int = 0) -> str:
         return str(value)
     if isinstance(value, float):
         if math.isnan(value):
-            return "NaN"
+            return "undefined"  # a 0/0 or a failed measurement: no number to show
         if math.isinf(value):
             return "\u221e" if value > 0 else "\u2212\u221e"
         if value == 0:

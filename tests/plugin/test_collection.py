@@ -155,7 +155,8 @@ def test_subject_mistakes_are_collection_errors(project: Project) -> None:
     text = result.stdout.str()
     assert re.search(
         r"nndiag: subject 'typo' \(conftest\.py:\d+\): @nndiag\.subject\(checks="
-        r"\.\.\.\) names unknown check\(s\) 'dead_neurones'; known checks: ",
+        r"\.\.\.\) names unknown check\(s\) 'dead_neurones' \(did you mean dead_neurons\?\); "
+        r"known checks: ",
         text,
     )
     assert re.search(

@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from zoo import MLP, BatchMixer, CustomBackward, blobs, seeded
 
 import nndiag
 
-# The recommended Hypothesis setup: derandomized in CI, so a run there never flakes.
-settings.register_profile("ci", derandomize=True, deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else "default")
+# The recommended Hypothesis setup: derandomized in CI, so a run there never flakes, and no
+# example database there. Hypothesis's files (its example database, its constants cache)
+# live in pytest's cache directory (.pytest_cache/d/hypothesis), not in a .hypothesis/
+# folder of the project root.
+settings.register_profile("ci", derandomize=True, deadline=None, database=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    cache = getattr(config, "cache", None)  # None under -p no:cacheprovider
+    if cache is not None:
+        set_hypothesis_home_dir(cache.mkdir("hypothesis"))
+    settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
 @nndiag.subject(name="mlp")

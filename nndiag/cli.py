@@ -158,6 +158,13 @@ def _add_report(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         default=None,
         help="where to write the page (default: the input's path with the suffix .html)",
     )
+    parser.add_argument(
+        "--against",
+        metavar="OLD.json",
+        default=None,
+        help="an earlier JSON report: the page opens with what newly fails, what was fixed "
+        "and which metrics moved (default: no comparison)",
+    )
     parser.set_defaults(command=_report, name="report")
 
 
@@ -167,10 +174,11 @@ def _report(args: argparse.Namespace) -> int:
     source = Path(args.input)
     target = Path(args.output) if args.output else source.with_suffix(".html")
     report = _load(source)
+    earlier = _load(Path(args.against)) if args.against else None
     if target.resolve() == source.resolve():
         raise CommandError(f"the output {target} would overwrite the input; pass -o PAGE.html")
     try:
-        written = write_html(report, target)
+        written = write_html(report, target, against=earlier)
     except OSError as exc:
         raise CommandError(f"cannot write {target}: {exc.strerror or exc}", EXIT_OUTPUT) from None
     print(f"wrote {written}")

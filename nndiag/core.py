@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from collections.abc import Iterable
@@ -12,6 +13,7 @@ from nndiag.budget import BudgetExceeded, time_budget
 from nndiag.checks import default_checks, get_check
 from nndiag.config import DEFAULT_CHECKS, Config
 from nndiag.errors import InvalidSettingType, InvalidSubject, ModelError, describe
+from nndiag.progress import Progress, wanted
 from nndiag.results import CheckResult, Cost, Report, environment
 
 if TYPE_CHECKING:
@@ -118,7 +120,11 @@ def error_result(check: str, exc: Exception) -> CheckResult:
 
 
 def diagnose(
-    subject: Subject, checks: Iterable[str] | None = None, config: Config | None = None
+    subject: Subject,
+    checks: Iterable[str] | None = None,
+    config: Config | None = None,
+    *,
+    progress: bool | None = None,
 ) -> Report:
     """Run checks on a subject and return their report.
 
@@ -127,6 +133,9 @@ def diagnose(
         checks: Check ids to run, in order; ``None`` runs ``config.checks`` (by default
             every check whose registry record is on by default, registered ones included).
         config: Thresholds, budgets and seed; ``None`` uses the defaults.
+        progress: Print a line per check to stderr as it starts and ends. ``None`` (the
+            default): only when stderr is a terminal, ``CI`` is unset and
+            ``NNDIAG_PROGRESS`` is not ``0``.
 
     Returns:
         A :class:`Report`; ``report.passed`` is False iff a check failed or errored.
@@ -151,5 +160,13 @@ def diagnose(
     selected = list(checks)
     for check in selected:
         get_check(check)  # an unknown id raises before any check runs
-    results = [runner.run(check) for check in selected]
+    if not wanted(progress, sys.stderr):
+        results = [runner.run(check) for check in selected]
+        return Report(results, meta=environment(config.seed))
+    shown = Progress(subject.name, len(selected))
+    results = []
+    for check in selected:
+        shown.start(check)
+        results.append(runner.run(check))
+        shown.done(results[-1])
     return Report(results, meta=environment(config.seed))

@@ -123,6 +123,30 @@ class _NndiagHooks:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return self.session.reporter.header()
 
+    def pytest_report_teststatus(self, report: Any, config: pytest.Config) -> Any:
+        # -v: a passing check's line carries its key numbers.
+        if (
+            config.option.verbose > 0
+            and report.when == "call"
+            and report.passed
+            and not hasattr(report, "wasxfail")
+            and report.nodeid.startswith("nndiag::")
+        ):
+            payload = self.session.reporter.results.get(report.nodeid)
+            if payload is not None:
+                message = " ".join(payload["result"]["message"].split())
+                word = "PASSED" if payload["result"]["status"] == "pass" else "PASSED (warn)"
+                short = message if len(message) <= 90 else message[:89] + "\u2026"
+                return "passed", ".", (f"{word} {short}", {"green": True})
+        return None
+
+    def pytest_ignore_collect(self, collection_path: Any, config: pytest.Config) -> bool | None:
+        # Only nndiag:: ids given: pytest walks its default paths for their conftest files
+        # (where subjects live), and imports no test file.
+        if self.session.selection.ids_only and collection_path.is_file():
+            return True
+        return None
+
     @pytest.hookimpl(tryfirst=True)  # before -k / -m / --deselect look at the items
     def pytest_collection_modifyitems(
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
@@ -162,6 +186,8 @@ class _NndiagHooks:
         payload = getattr(report, REPORT_ATTRIBUTE, None)
         if payload is not None:
             self.session.reporter.record(report.nodeid, report.when, payload)
+        if report.nodeid.startswith("nndiag::"):
+            self.session.reporter.record_outcome(report)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.session.reporter.write_reports(session.config)
@@ -179,3 +205,17 @@ class _XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[WORKER_SEED] = self.session.settings.seed
         node.workerinput[WORKER_SEED_FORCED] = self.session.settings.seed_forced
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        # -n N alone means --dist load: keep each subject's checks on one worker, which
+        # builds it once. An explicit --dist is the user's choice.
+        explicit = any(
+            str(arg) == "-d" or str(arg).startswith("--dist")
+            for arg in config.invocation_params.args
+        )
+        if config.getoption("dist") != "load" or explicit:
+            return None
+        from nndiag._pytest.scheduling import SubjectScheduling
+
+        return SubjectScheduling(config, log)

@@ -17,11 +17,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["SCHEMA", "STATUSES", "CheckResult", "Cost", "Report", "load_report"]
+__all__ = [
+    "FAILING_OUTCOMES",
+    "OUTCOMES",
+    "SCHEMA",
+    "STATES",
+    "STATUSES",
+    "CheckResult",
+    "Cost",
+    "Report",
+    "load_report",
+]
 
 SCHEMA = "nndiag.report/1"
 Status = Literal["pass", "warn", "fail", "skip", "error"]
 STATUSES: tuple[Status, ...] = ("pass", "warn", "fail", "skip", "error")
+# What pytest made of a check's item (``pytest --nndiag`` only): its outcome words, and a
+# strict expected failure that passed (pytest fails the test, "[XPASS(strict)]").
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "xpassed-strict")
+FAILING_OUTCOMES = frozenset({"failed", "error", "xpassed-strict"})
+# What a reader sees: the check's status, or the expectation pytest judged it against.
+STATES = (*STATUSES, "xfail", "xpass")
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -47,6 +63,10 @@ class CheckResult:
         hint: The recommended next step, when there is one.
         cost: Passes and seconds spent.
         subject: Name of the subject the check ran on.
+        outcome: pytest's verdict on the check's test under ``pytest --nndiag`` (one of
+            ``OUTCOMES``: a ``fail`` expected by ``xfail`` is ``xfailed``, a ``warn`` under
+            ``--nndiag-strict`` is ``failed``); None outside pytest.
+        stale: Kept from an earlier run that this (partial) run did not repeat.
     """
 
     check: str
@@ -57,15 +77,38 @@ class CheckResult:
     hint: str | None = None
     cost: Cost = field(default_factory=Cost)
     subject: str = ""
+    outcome: str | None = None
+    stale: bool = False
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.outcome is not None and self.outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {OUTCOMES} or None, got {self.outcome!r}")
 
     @property
     def ok(self) -> bool:
-        """True unless the status is ``fail`` or ``error``."""
+        """pytest's verdict where pytest ran the check, else True unless the status is
+        ``fail`` or ``error``."""
+        if self.outcome is not None:
+            return self.outcome not in FAILING_OUTCOMES
         return self.status not in ("fail", "error")
+
+    @property
+    def anchor(self) -> str:
+        """The result's id in the HTML page (``report.html#mlp::initial_loss``), as in its
+        pytest node id."""
+        return "::".join("_".join(part.split()) for part in (self.subject, self.check) if part)
+
+    @property
+    def state(self) -> str:
+        """The status a reader sees: ``xfail`` for an expected failure, ``xpass`` for an
+        expected failure that passed, else :attr:`status`."""
+        if self.outcome == "xfailed":
+            return "xfail"
+        if self.outcome in ("xpassed", "xpassed-strict"):
+            return "xpass"
+        return self.status
 
     def summary(self) -> str:
         """``subject::check status: message`` plus the hint, for terminals and exceptions."""
@@ -74,22 +117,27 @@ class CheckResult:
         return f"{text}\nHint: {self.hint}" if self.hint else text
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
-            {
-                "subject": self.subject,
-                "check": self.check,
-                "status": self.status,
-                "message": self.message,
-                "hint": self.hint,
-                "metrics": dict(self.metrics),
-                "evidence": dict(self.evidence),
-                "cost": {
-                    "forward": self.cost.forward,
-                    "backward": self.cost.backward,
-                    "seconds": self.cost.seconds,
-                },
-            }
-        )
+        data: dict[str, Any] = {
+            "subject": self.subject,
+            "check": self.check,
+            "status": self.status,
+            "message": self.message,
+            "hint": self.hint,
+            "metrics": dict(self.metrics),
+            "evidence": dict(self.evidence),
+            "cost": {
+                "forward": self.cost.forward,
+                "backward": self.cost.backward,
+                "seconds": self.cost.seconds,
+            },
+        }
+        # Present only where they apply: diagnose()'s documents stay as they were.
+        if self.outcome is not None:
+            data["outcome"] = self.outcome
+            data["state"] = self.state
+        if self.stale:
+            data["stale"] = True
+        return _jsonable(data)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
@@ -102,6 +150,8 @@ class CheckResult:
             hint=data.get("hint"),
             cost=Cost(**data.get("cost", {})),
             subject=data.get("subject", ""),
+            outcome=data.get("outcome"),
+            stale=bool(data.get("stale", False)),
         )
 
 
@@ -136,8 +186,10 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        """True iff no result is ``fail`` or ``error``."""
-        return all(r.ok for r in self.results)
+        """True iff no result of this run failed: none is ``fail`` or ``error``, or, for a
+        report written by ``pytest --nndiag``, pytest failed none of the checks' tests
+        (stale results, kept from earlier runs, do not count)."""
+        return all(r.ok for r in self.results if not r.stale)
 
     @property
     def subjects(self) -> list[str]:
@@ -166,7 +218,7 @@ class Report:
         )
 
     def __repr__(self) -> str:
-        counts = {s: sum(r.status == s for r in self.results) for s in STATUSES}
+        counts = {s: sum(r.state == s for r in self.results) for s in STATES}
         shown = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         return f"<Report {len(self.subjects)} subject(s): {shown or 'empty'}>"
 

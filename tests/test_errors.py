@@ -106,6 +106,18 @@ CASES: list[tuple[str, Callable[[], Any], str, str]] = [
         "'l2'",
     ),
     (
+        "knob misspelt",
+        lambda: nndiag.Subject(_with_l2(), (X, Y), regularization="L2"),
+        "regularization",
+        "has no attribute 'L2' (did you mean 'l2'?)",
+    ),
+    (
+        "knob not a number",
+        lambda: nndiag.Subject(_with_l2(), (X, Y), regularization="net"),
+        "regularization",
+        "model attribute 'net' is",
+    ),
+    (
         "bad optimizer",
         lambda: nndiag.Subject(_mlp(), (X, Y), optimizer=0.1),
         "optimizer",
@@ -208,6 +220,13 @@ CASES: list[tuple[str, Callable[[], Any], str, str]] = [
         "one-hot rows",
     ),
 ]
+
+
+def _with_l2() -> torch.nn.Module:
+    model = torch.nn.Module()
+    model.net = _mlp()
+    model.l2 = 1e-3  # the strength a loss would read
+    return model
 
 
 @pytest.mark.parametrize("case, run, argument, words", CASES, ids=[c[0] for c in CASES])

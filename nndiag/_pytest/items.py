@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import traceback
 import warnings
 from collections.abc import Mapping
@@ -20,8 +21,17 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from nndiag._pytest.common import REPORT_ATTRIBUTE, NndiagWarning
-from nndiag._pytest.plan import Plan, SubjectSpec, discover, stray_overrides, valid_name
+from nndiag._pytest.plan import (
+    Plan,
+    SubjectSpec,
+    discover,
+    plan_for,
+    stray_overrides,
+    valid_name,
+)
 from nndiag._pytest.reporting import make_payload
+from nndiag._pytest.settings import Settings
+from nndiag.checks import registry
 from nndiag.core import Runner, error_result
 from nndiag.errors import CheckFailed, InvalidSubject
 from nndiag.results import CheckResult
@@ -51,6 +61,9 @@ class CheckRunner:
 
     def __init__(self) -> None:
         self._built: dict[str, tuple[Subject, Runner] | _Broken] = {}
+        # Subject -> the item whose error showed its broken factory's traceback: the
+        # subject's other items refer to it instead of repeating it.
+        self.traceback_shown: dict[str, str] = {}
 
     def _build(self, spec: SubjectSpec, plan: Plan) -> tuple[Subject, Runner] | _Broken:
         """The subject and its runner, made once per process; a failure is kept too."""
@@ -135,6 +148,44 @@ def _properties(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return found[:24]
 
 
+class _CheckFailure(CheckFailed):
+    """A failed check's test: its summary, then what to tune and where the report shows it."""
+
+    def __init__(self, result: CheckResult, text: str) -> None:
+        super().__init__(result)
+        self.args = (text,)
+
+
+def _mentioned_first(settings: tuple[str, ...], text: str) -> list[str]:
+    """``settings`` with those the message or hint speaks of (``overfit_lr`` when it says
+    "lr") first."""
+    words = set(re.findall(r"[a-z]+", text.lower()))
+
+    def mentioned(name: str) -> bool:
+        return any(part in words for part in name.split("_")[1:] if len(part) > 1)
+
+    return sorted(settings, key=lambda name: not mentioned(name))
+
+
+def short_line(result: CheckResult, strict: bool = False) -> str:
+    """The line pytest's short summary shows: the verdict, then the measured numbers."""
+    head = "warn, failed by --nndiag-strict" if strict else result.status
+    return f"{head}: {' '.join(result.message.split())}"
+
+
+def _known_checks(settings: Settings, specs: list[SubjectSpec]) -> dict[str, frozenset[str]]:
+    """Each subject's checks before ``--nndiag-checks`` narrows them (a subject whose
+    settings are wrong is left out: its collection error says why)."""
+    full = dataclasses.replace(settings, cli_checks=None)
+    known = {}
+    for spec in specs:
+        try:
+            known[spec.name] = frozenset(plan_for(full, spec).checks)
+        except (ValueError, TypeError):
+            continue
+    return known
+
+
 # -- nodes ----------------------------------------------------------------------------------------
 class NndiagRoot(pytest.Collector):
     """The ``nndiag`` node: one child per subject."""
@@ -150,6 +201,7 @@ class NndiagRoot(pytest.Collector):
         except ValueError as exc:
             raise self.CollectError(f"nndiag: {exc}") from None
         self.nndiag.reporter.discovered = len(specs)
+        self.nndiag.reporter.known = _known_checks(settings, specs)
         stray = stray_overrides(settings, specs)
         if stray:  # a typo, or a subject whose conftest this run does not load
             names = ", ".join(spec.name for spec in specs) or "none"
@@ -163,11 +215,15 @@ class NndiagRoot(pytest.Collector):
                 str(settings.pyproject or self.path),
                 1,
             )
+        selection = self.nndiag.selection
+        chosen = [spec for spec in specs if selection.subject(spec.name, spec.path)]
+        if not selection.ids:  # an id that selects nothing is a usage error instead
+            self.nndiag.reporter.selected = len(chosen)
         return [
             SubjectNode.from_parent(
                 self, name=spec.name, path=spec.path, spec=spec, nndiag=self.nndiag
             )
-            for spec in specs
+            for spec in chosen
         ]
 
 
@@ -191,18 +247,14 @@ class SubjectNode(pytest.Collector):
             raise self.CollectError(
                 f"nndiag: subject {self.spec.name!r} ({self.spec.origin}): {exc}"
             ) from None
+        selection = self.nndiag.selection
         return [
             CheckItem.from_parent(
                 self, name=check, spec=self.spec, plan=plan, check=check, nndiag=self.nndiag
             )
             for check in plan.checks
+            if selection.check(self.spec.name, self.spec.path, check)
         ]
-
-
-class _StrictWarning(CheckFailed):
-    def __init__(self, result: CheckResult) -> None:
-        super().__init__(result)
-        self.args = (f"{result.summary()}\n(--nndiag-strict: a warning fails the test)",)
 
 
 class CheckItem(pytest.Item):
@@ -220,12 +272,16 @@ class CheckItem(pytest.Item):
         self.result: CheckResult | None = None
         self.nndiag_payload: dict[str, Any] | None = None
         self.add_marker(pytest.mark.nndiag)
+        if self.config.pluginmanager.hasplugin("xdist"):  # a marker xdist registers
+            # One worker per subject under an explicit --dist loadgroup too (pytest < 9).
+            self.add_marker(pytest.mark.xdist_group(spec.name))
         reason = plan.xfail_reason(spec.name, check)
         if reason is not None:
             self.add_marker(pytest.mark.xfail(reason=reason, raises=CheckFailed, strict=True))
 
     def setup(self) -> None:
-        result = self.nndiag.runner.run(self.spec, self.plan, self.check)
+        runner = self.nndiag.runner
+        result = runner.run(self.spec, self.plan, self.check)
         self.result = result
         data = result.to_dict()
         self.nndiag_payload = make_payload(
@@ -235,20 +291,28 @@ class CheckItem(pytest.Item):
         )
         self.user_properties.extend(_properties(data))
         if result.status == "error":
-            text = result.summary()
+            text = short_line(result)
+            if result.hint:
+                text += f"\nHint: {result.hint}"
             frames = result.evidence.get("traceback")
-            if frames:
+            first = runner.traceback_shown.setdefault(self.spec.name, self.nodeid)
+            if frames and first == self.nodeid:
                 text += "\nTraceback (nndiag frames hidden):\n" + "\n".join(frames)
+            elif frames:  # one broken factory: its traceback once, not once per check
+                text += f"\n(the factory's traceback is shown under {first})"
             pytest.fail(text, pytrace=False)
 
     def runtest(self) -> None:
         result = self.result
         assert result is not None, "setup() runs the check"
         if result.status == "fail":
-            raise CheckFailed(result)
+            raise _CheckFailure(result, self._failure_text(result))
         if result.status == "warn":
             if self.nndiag.settings.strict:
-                raise _StrictWarning(result)
+                raise _CheckFailure(
+                    result,
+                    self._failure_text(result) + "\n(--nndiag-strict: a warning fails the test)",
+                )
             # Located at the subject's factory: the warning is about the user's model.
             warnings.warn_explicit(
                 NndiagWarning(result.summary()),
@@ -259,6 +323,21 @@ class CheckItem(pytest.Item):
         elif result.status == "skip":
             pytest.skip(result.message)
 
+    def _failure_text(self, result: CheckResult) -> str:
+        """The summary and hint, the settings to tune and the report section."""
+        settings = self.nndiag.settings
+        text = result.summary()
+        spec = registry().get(result.check)
+        if spec is not None and spec.settings:
+            names = _mentioned_first(spec.settings, f"{result.message} {result.hint or ''}")
+            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            text += (
+                f"\nSettings: {shown} (nndiag checks lists all), in [tool.nndiag] or "
+                f"[tool.nndiag.overrides.{self.spec.name}]"
+            )
+        page = settings.shown(settings.report_dir / "nndiag.html")
+        return text + f"\nReport: {page}#{result.anchor}"
+
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CheckFailed):  # the summary, no nndiag frames
             return excinfo.getrepr(style="value", chain=False)
@@ -266,9 +345,19 @@ class CheckItem(pytest.Item):
 
     def nndiag_report(self, report: pytest.TestReport) -> None:
         """Called by the plugin on each of this item's reports: the setup report carries the
-        result; a skip is located at the subject's factory rather than in nndiag."""
+        result; the short summary leads with the verdict and the measured numbers; a skip is
+        located at the subject's factory rather than in nndiag."""
         if report.when == "setup" and self.nndiag_payload is not None:
             setattr(report, REPORT_ATTRIBUTE, self.nndiag_payload)
+        result = self.result
+        if report.when in ("setup", "call") and result is not None:
+            strict = result.status == "warn" and report.failed
+            crash = getattr(report.longrepr, "reprcrash", None)
+            if crash is not None and report.failed:
+                crash.message = short_line(result, strict)
+            elif report.when == "call" and report.passed and not self.config.option.verbose:
+                # -rA's PASSED line shows a string longrepr: the key numbers of a pass.
+                report.longrepr = short_line(result)
         if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
             # pytest's skip summary prints no line for None, which its annotation omits.
             location: Any = (str(self.spec.path), self.spec.lineno or None, report.longrepr[2])

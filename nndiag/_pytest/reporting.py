@@ -8,6 +8,7 @@ The controller alone writes the files and the table; workers only send.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +18,9 @@ import pytest
 
 from nndiag._pytest.common import PAYLOAD_VERSION
 from nndiag._pytest.settings import ALL_CHECKS, Settings
-from nndiag.results import STATUSES, CheckResult, Report, environment
+from nndiag.results import STATES, CheckResult, Report, environment, load_report
 
-__all__ = ["Reporter", "make_payload"]
+__all__ = ["Reporter", "make_payload", "outcome_of"]
 
 _SHOWN = {
     "pass": "pass",
@@ -28,6 +29,7 @@ _SHOWN = {
     "skip": "skip",
     "error": "ERROR",
     "xfail": "xfail",
+    "xpass": "XPASS",
 }
 _MARKUP: dict[str, dict[str, bool]] = {
     "pass": {"green": True},
@@ -36,7 +38,29 @@ _MARKUP: dict[str, dict[str, bool]] = {
     "error": {"red": True, "bold": True},
     "skip": {},
     "xfail": {"yellow": True},
+    "xpass": {"red": True, "bold": True},
 }
+
+
+def outcome_of(report: pytest.TestReport) -> str | None:
+    """pytest's verdict on a check's test from one of its reports, or None while it is
+    still open (a passed setup: the call decides)."""
+    expected = hasattr(report, "wasxfail")
+    if report.when == "setup":
+        if report.failed:
+            return "error"
+        if report.skipped:
+            return "xfailed" if expected else "skipped"
+        return None
+    if report.when == "call":
+        if report.passed:
+            return "xpassed" if expected else "passed"
+        if report.skipped:
+            return "xfailed" if expected else "skipped"
+        if str(report.longrepr).startswith("[XPASS(strict)]"):
+            return "xpassed-strict"
+        return "failed"
+    return "error" if report.failed else None  # teardown
 
 
 def make_payload(
@@ -60,17 +84,27 @@ class Reporter:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.results: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[str, str] = {}
         self.written: list[Path] = []
+        self.merged: str | None = None  # what the report file kept from earlier runs
         self.notes: list[str] = []
         self.discovered: int | None = None  # subjects found (None: not collected here)
+        self.selected: int | None = None  # of them, those the arguments select
+        # Each collected subject's checks, before any selection: an earlier result of a
+        # check outside them is dropped when merging (None: not collected in this process).
+        self.known: dict[str, frozenset[str]] | None = None
 
     def header(self) -> list[str]:
         settings = self.settings
-        checks = (
-            ",".join(settings.cli_checks)
-            if settings.cli_checks is not None
-            else "each subject's own (all 8 by default)"
-        )
+        # As plan_for decides: a subject's own, else [tool.nndiag] checks, else all.
+        if settings.cli_checks is not None:
+            checks = ",".join(settings.cli_checks)
+        elif settings.global_checks is not None:
+            checks = (
+                f"each subject's own, else [tool.nndiag] checks {','.join(settings.global_checks)}"
+            )
+        else:
+            checks = f"each subject's own, else all {len(ALL_CHECKS)}"
         return [
             f"nndiag: seed {settings.seed} ({settings.seed_origin}; rerun with --nndiag-seed "
             f"{settings.seed}), checks: {checks}, strict: {'on' if settings.strict else 'off'}, "
@@ -81,6 +115,61 @@ class Reporter:
         """Keep the payload of a setup report; payloads of another version are ignored."""
         if when == "setup" and isinstance(payload, dict) and payload.get("v") == PAYLOAD_VERSION:
             self.results[nodeid] = payload
+
+    def record_outcome(self, report: pytest.TestReport) -> None:
+        """Keep pytest's verdict on an nndiag item (the worst of its phases)."""
+        outcome = outcome_of(report)
+        if outcome is not None and self.outcomes.get(report.nodeid) != "error":
+            self.outcomes[report.nodeid] = outcome
+
+    def _results(self) -> list[CheckResult]:
+        """This run's results in table order, each with pytest's verdict on it."""
+        found = []
+        for nodeid, payload in sorted(
+            self.results.items(),
+            key=lambda kv: (
+                tuple(kv[1]["order"]),
+                kv[1]["result"]["subject"],
+                kv[1]["result"]["check"],
+            ),
+        ):
+            data = dict(payload["result"], outcome=self.outcomes.get(nodeid))
+            found.append(CheckResult.from_dict(data))
+        return found
+
+    def _merge(self, path: Path, results: list[CheckResult]) -> list[CheckResult]:
+        """This run's results merged into the report at ``path`` by (subject, check): an
+        earlier result this run did not repeat is kept and marked stale, unless its subject
+        no longer runs that check."""
+        self.merged = None
+        if not path.is_file():
+            return results
+        try:
+            old = load_report(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.notes.append(f"replaced {self.settings.shown(path)}, unreadable ({exc})")
+            return results
+        new = {(r.subject, r.check): r for r in results}
+        known = self.known
+        kept: list[CheckResult] = []
+        merged: list[CheckResult] = []
+        for r in old.results:
+            key = (r.subject, r.check)
+            if key in new:
+                merged.append(new.pop(key))
+            elif known is None or r.subject not in known or r.check in known[r.subject]:
+                stale = r if r.stale else dataclasses.replace(r, stale=True)
+                kept.append(stale)
+                merged.append(stale)
+        if not kept:
+            return results
+        merged.extend(new.values())
+        when = old.meta.get("created", "an earlier run")
+        self.merged = (
+            f"{len(results)} result(s) of this run merged with {len(kept)} kept from "
+            f"earlier runs (last written {when}), marked stale"
+        )
+        return merged
 
     def _ordered(self) -> list[dict[str, Any]]:
         return sorted(
@@ -98,7 +187,8 @@ class Reporter:
         for payload in payloads:  # under xdist the controller never imported the frameworks
             for name, version in payload.get("frameworks", {}).items():
                 meta["frameworks"].setdefault(name, version)
-        report = Report([CheckResult.from_dict(p["result"]) for p in payloads], meta)
+        results = self._merge(report_dir / "nndiag.json", self._results())
+        report = Report(results, meta)
         try:
             self.written.append(report.to_json(report_dir / "nndiag.json"))
         except OSError as exc:
@@ -125,18 +215,23 @@ class Reporter:
                 "in a conftest.py, or list them in [tool.nndiag] subjects",
                 yellow=True,
             )
+        elif self.selected == 0:
+            terminal.write_line(
+                f"nndiag: none of the {self.discovered} subject(s) is defined under the paths "
+                "given; run pytest --nndiag without paths for all, or name them: "
+                "nndiag::<subject>[::<check>] (see docs/pytest.md, 'Selecting')",
+                yellow=True,
+            )
         if not self.results and not self.notes:
             return
         payloads = self._ordered()
         subjects = list(dict.fromkeys(p["result"]["subject"] for p in payloads))
         checks = [c for c in ALL_CHECKS if any(p["result"]["check"] == c for p in payloads)]
         cells: dict[tuple[str, str], str] = {}
-        counts = dict.fromkeys(STATUSES, 0)
-        for p in payloads:
-            result = p["result"]
-            counts[result["status"]] += 1
-            expected = result["status"] == "fail" and p.get("xfail")
-            cells[result["subject"], result["check"]] = "xfail" if expected else result["status"]
+        counts = dict.fromkeys(STATES, 0)
+        for result in self._results():
+            counts[result.state] += 1
+            cells[result.subject, result.check] = result.state
         terminal.write_sep("=", f"nndiag: {len(subjects)} subject(s), seed {self.settings.seed}")
         label = max((len(c) for c in checks), default=5) + 2
         width = max(shutil.get_terminal_size((80, 24)).columns, 40)
@@ -157,6 +252,8 @@ class Reporter:
             terminal.write_line(f"{len(payloads)} results: {totals}")
         for path in self.written:
             terminal.write_line(f"nndiag report: {self.settings.shown(path)}")
+        if self.merged:
+            terminal.write_line(f"nndiag report: {self.merged}")
         for note in self.notes:
             terminal.write_line(f"nndiag: {note}", yellow=True)
 

@@ -13,6 +13,7 @@ import pytest
 from nndiag._pytest.items import CheckRunner, NndiagRoot
 from nndiag._pytest.plan import Plan, SubjectSpec, plan_for
 from nndiag._pytest.reporting import Reporter
+from nndiag._pytest.selection import Selection
 from nndiag._pytest.settings import Settings
 
 __all__ = ["NndiagSession"]
@@ -22,24 +23,38 @@ class NndiagSession:
     """One ``--nndiag`` run: settings read once, subjects built once per process (in
     ``runner``), results collected on the controller (in ``reporter``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, selection: Selection | None = None) -> None:
         self.settings = settings
+        self.selection = selection or Selection((), (), True, False)
         self.runner = CheckRunner()
         self.reporter = Reporter(settings)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> NndiagSession:
-        """Read the options once.
+        """Read the options once, and take the ``nndiag::`` ids out of the arguments.
 
         Raises:
             pytest.UsageError: bad settings (see :meth:`Settings.from_config`).
         """
-        return cls(Settings.from_config(config))
+        return cls(Settings.from_config(config), Selection.take(config))
 
     def collect(self, session: pytest.Session) -> list[pytest.Item]:
-        """The items of every subject, under one ``nndiag`` node of ``session``."""
+        """The selected items, under one ``nndiag`` node of ``session``.
+
+        Raises:
+            pytest.UsageError: an ``nndiag::`` argument that names no collected check.
+        """
         root = NndiagRoot.from_parent(session, name="nndiag", nodeid="nndiag", nndiag=self)
-        return list(session.genitems(root))
+        items = list(session.genitems(root))
+        unmatched = self.selection.unmatched({item.nodeid for item in items})
+        if unmatched and self.reporter.discovered is not None:
+            known = self.reporter.known or {}
+            raise pytest.UsageError(
+                f"nndiag: {', '.join(unmatched)} name(s) no check of this run; ids are "
+                f"nndiag::<subject>::<check>, subjects: {', '.join(known) or 'none found'} "
+                "(see pytest --nndiag --collect-only -q)"
+            )
+        return items
 
     def plan(self, spec: SubjectSpec) -> Plan:
         """What runs for ``spec`` under this run's settings (see :func:`plan_for`)."""

@@ -6,6 +6,7 @@ error before collection rather than a failure in the middle of a run.
 
 from __future__ import annotations
 
+import difflib
 import random
 import sys
 from collections.abc import Mapping
@@ -68,8 +69,10 @@ def check_ids(value: Any, where: str) -> tuple[str, ...] | None:
         raise ValueError(f"{where} expects a list of check ids, got {describe(value)}")
     unknown = [v for v in value if v not in ALL_CHECKS]
     if unknown:
+        close = [m for v in unknown for m in difflib.get_close_matches(v, ALL_CHECKS, n=1)]
+        guess = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ValueError(
-            f"{where} names unknown check(s) {', '.join(map(repr, unknown))}; "
+            f"{where} names unknown check(s) {', '.join(map(repr, unknown))}{guess}; "
             f"known checks: {', '.join(ALL_CHECKS)}"
         )
     return tuple(dict.fromkeys(value))
@@ -219,9 +222,12 @@ class Settings:
                 table.get("property_examples", DEFAULT_PROPERTY_EXAMPLES),
                 f"{where} property-examples",
             )
-            cli_checks = check_ids(config.getoption("nndiag_checks"), "--nndiag-checks")
         except (ValueError, TypeError) as exc:
             raise _usage(where, str(exc)) from None
+        try:  # the option's own mistake: blamed on the option, not on pyproject.toml
+            cli_checks = check_ids(config.getoption("nndiag_checks"), "--nndiag-checks")
+        except ValueError as exc:
+            raise pytest.UsageError(f"nndiag: {exc}") from None
         subject_paths = table.get("subjects", [])
         if not isinstance(subject_paths, list) or not all(
             isinstance(s, str) and s.partition(":")[0] and s.partition(":")[2]

@@ -21,19 +21,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nndiag.report.plots import Plot, plots_for
-from nndiag.results import STATUSES, CheckResult, Report
+from nndiag.results import STATES, STATUSES, CheckResult, Report
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
-__all__ = ["format_value", "render_html", "write_html"]
+__all__ = ["format_value", "render_html", "rerun_command", "write_html"]
 
 TEMPLATE = "report.html"
 
-# Worst first: a subject's or a grid cell's colour is its worst result.
-_SEVERITY = {"error": 4, "fail": 3, "warn": 2, "pass": 1, "skip": 0}
+# Worst first: a subject's or a grid cell's colour is its worst result. An expected failure
+# ranks with a pass; an expected failure that passed is one to look at.
+_SEVERITY = {"error": 4, "fail": 3, "xpass": 3, "warn": 2, "pass": 1, "xfail": 1, "skip": 0}
 # Results a reader has to look at start expanded; the rest are one click away.
-_OPEN = frozenset({"fail", "error", "warn"})
+_OPEN = frozenset({"fail", "error", "warn", "xpass"})
+# What a pytest outcome adds to a result's badge.
+_OUTCOME_NOTE = {
+    "xfailed": "expected to fail (xfail), and it did",
+    "xpassed": "expected to fail (xfail), but it passed",
+    "xpassed-strict": "expected to fail (strict xfail), but it passed: pytest fails the test",
+    "failed": "pytest failed the test",
+}
 # Metric keys that hold a limit or a reference value rather than a measurement.
 _THRESHOLD_KEY = re.compile(
     r"(^|_)(warn|fail|threshold|thresholds|band|bands|expected|target|limit|limits|tol"
@@ -79,7 +87,10 @@ class ResultView:
     anchor: str
     subject: str
     check: str
-    status: str
+    status: str  # the state a reader sees (see CheckResult.state)
+    verdict: str  # the check's own status
+    outcome_note: str | None
+    stale: bool
     message: str
     hint: str | None
     metrics: list[Row]
@@ -89,6 +100,10 @@ class ResultView:
     tables: list[Table]
     counterexample: str | None
     open: bool
+    rerun: str
+    seconds: float
+    forward: int
+    search: str  # what the search box matches: subject, check, state and message
 
 
 @dataclass(frozen=True)
@@ -111,7 +126,7 @@ class SubjectView:
 
     @property
     def statuses(self) -> list[str]:
-        return [s for s in STATUSES if any(r.status == s for r in self.results)]
+        return [s for s in STATES if any(r.status == s for r in self.results)]
 
     @property
     def counts(self) -> list[tuple[str, int]]:
@@ -122,7 +137,7 @@ class SubjectView:
         return _worst(r.status for r in self.results)
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Report, against: Report | None = None) -> str:
     """Render ``report`` as one self-contained HTML page.
 
     Plots are PNG data URIs, CSS and the status filter's script are inline: the page needs
@@ -130,6 +145,8 @@ def render_html(report: Report) -> str:
 
     Args:
         report: The report to render.
+        against: An earlier report: the page opens with what newly fails, what was fixed
+            and which metrics moved.
 
     Returns:
         The page's HTML source.
@@ -138,22 +155,29 @@ def render_html(report: Report) -> str:
     # Python-only values are already normalised, so a re-read JSON file renders identically.
     document = report.to_dict()
     normal = Report.from_dict(document)
-    return _environment().get_template(TEMPLATE).render(**_context(normal, document["meta"]))
+    context = _context(normal, document["meta"])
+    context["comparison"] = None
+    if against is not None:
+        from nndiag.report.compare import compare
+
+        context["comparison"] = compare(normal, Report.from_dict(against.to_dict()))
+    return _environment().get_template(TEMPLATE).render(**context)
 
 
-def write_html(report: Report, path: str | os.PathLike[str]) -> Path:
+def write_html(report: Report, path: str | os.PathLike[str], against: Report | None = None) -> Path:
     """Write the HTML page of ``report`` to ``path`` (creating parent folders).
 
     Args:
         report: The report to render.
         path: Where the page goes; an existing file is replaced.
+        against: An earlier report to compare with (see :func:`render_html`).
 
     Returns:
         The path written, as a :class:`~pathlib.Path`.
     """
     from nndiag.files import write_atomic
 
-    return write_atomic(path, render_html(report))
+    return write_atomic(path, render_html(report, against))
 
 
 @lru_cache(maxsize=1)
@@ -175,15 +199,20 @@ def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
     subjects: dict[str, SubjectView] = {}
     for name in report.subjects:
         subjects[name] = SubjectView(anchor=f"s{len(subjects) + 1}", name=name or "(unnamed)")
-    for index, result in enumerate(report.results, start=1):
-        subjects[result.subject].results.append(_result_view(result, f"r{index}"))
+    used: set[str] = set()
+    for result in report.results:
+        anchor = result.anchor or "result"
+        while anchor in used:  # names that differ only in whitespace, or repeated results
+            anchor += "~"
+        used.add(anchor)
+        subjects[result.subject].results.append(_result_view(result, anchor))
     for view in subjects.values():
         for check in checks:
             found = [r for r in view.results if r.check == check]
             if not found:
                 view.cells.append(Cell(None, title=f"{check}: not run"))
                 continue
-            worst = max(found, key=lambda r: _SEVERITY[r.status])
+            worst = max(found, key=lambda r: _SEVERITY.get(r.status, 0))
             view.cells.append(Cell(worst.status, worst.anchor, f"{worst.status}: {worst.message}"))
 
     frameworks = meta.get("frameworks")
@@ -195,10 +224,18 @@ def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
     forward = int(sum(_finite_or_zero(r.cost.forward) for r in report.results))
     backward = int(sum(_finite_or_zero(r.cost.backward) for r in report.results))
     seconds = sum(_finite_or_zero(r.cost.seconds) for r in report.results)
+    counts = {s: sum(r.state == s for r in report.results) for s in STATES}
+    durations = sorted(
+        (r for view in subjects.values() for r in view.results), key=lambda r: -r.seconds
+    )
     return {
+        "durations": durations,
         "passed": report.passed,
-        "statuses": STATUSES,
-        "counts": {s: sum(r.status == s for r in report.results) for s in STATUSES},
+        # The pytest-only states get a filter only where they occur.
+        "statuses": [s for s in STATES if s in STATUSES or counts[s]],
+        "all_states": STATES,
+        "counts": counts,
+        "stale": sum(r.stale for r in report.results),
         "total": len(report.results),
         "checks": checks,
         "subjects": list(subjects.values()),
@@ -234,7 +271,10 @@ def _result_view(result: CheckResult, anchor: str) -> ResultView:
         anchor=anchor,
         subject=result.subject,
         check=result.check,
-        status=result.status,
+        status=result.state,
+        verdict=result.status,
+        outcome_note=_outcome_note(result),
+        stale=result.stale,
         message=result.message,
         hint=result.hint or None,
         metrics=[row for row in metrics if not row.threshold],
@@ -243,8 +283,26 @@ def _result_view(result: CheckResult, anchor: str) -> ResultView:
         plots=plots_for(result),
         tables=_tables(result.check, evidence),
         counterexample=counterexample,
-        open=result.status in _OPEN,
+        open=result.state in _OPEN and not result.stale,
+        rerun=rerun_command(result),
+        seconds=_finite_or_zero(result.cost.seconds),
+        forward=int(_finite_or_zero(result.cost.forward)),
+        search=" ".join((result.subject, result.check, result.state, result.message)).lower(),
     )
+
+
+def rerun_command(result: CheckResult) -> str:
+    """The command that runs ``result``'s check again: its pytest node id where pytest ran
+    it, else the ``diagnose`` call."""
+    if result.outcome is not None:
+        return f'pytest --nndiag "nndiag::{result.subject}::{result.check}"'
+    return f'nndiag.diagnose(subject, checks=["{result.check}"])'
+
+
+def _outcome_note(result: CheckResult) -> str | None:
+    if result.outcome == "failed" and result.status == "warn":
+        return "a warning, failed by --nndiag-strict"
+    return _OUTCOME_NOTE.get(result.outcome or "")
 
 
 # --------------------------------------------------------------------------- evidence tables
@@ -304,7 +362,7 @@ def _format(value: Any, depth: int = 0) -> str:
         return str(value)
     if isinstance(value, float):
         if math.isnan(value):
-            return "NaN"
+            return "undefined"  # a 0/0 or a failed measurement: no number to show
         if math.isinf(value):
             return "\u221e" if value > 0 else "\u2212\u221e"
         if value == 0:
@@ -369,4 +427,4 @@ def _number_or(value: Any, default: float) -> float:
 
 
 def _worst(statuses: Iterable[str]) -> str:
-    return max(statuses, key=_SEVERITY.__getitem__, default="skip")
+    return max(statuses, key=lambda s: _SEVERITY.get(s, 0), default="skip")

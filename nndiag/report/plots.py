@@ -570,7 +570,7 @@ def plot_activation_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure
     ax.set_axis_off()
     ax.set_xlim(0, max(cols, 6.6 / 1.25))  # few layers: keep slots at their usual size
     ax.set_ylim(-rows, 0)
-    small = FONT - 1.5
+    small = FONT  # 8 pt at 90 dpi: 10 px labels in the page, which shows the PNG unscaled
     for i, layer in enumerate(shown):
         row, col = divmod(i, cols)
         x0, x1 = col + 0.08, col + 0.92

@@ -78,9 +78,11 @@ def test_checks_option_picks_among_each_subjects_checks(project: Project) -> Non
     ("args", "toml", "message"),
     [
         (
-            ["--nndiag-checks", "initial_loss,bogus"],
+            ["--nndiag-checks", "initial_loss,dead_nerons"],
             "",
-            "--nndiag-checks names unknown check(s) 'bogus'; known checks: initial_loss, ",
+            # The option's typo is the option's, not pyproject.toml's.
+            "ERROR: nndiag: --nndiag-checks names unknown check(s) 'dead_nerons' (did you "
+            "mean dead_neurons?); known checks: initial_loss, ",
         ),
         (["--nndiag-seed", "abc"], "", "--nndiag-seed expects an int >= 0 or 'random', got 'abc'"),
         (["--nndiag-examples", "0"], "", "--nndiag-examples expects an int >= 1, got 0"),
@@ -165,7 +167,8 @@ def test_subject_mistakes_are_collection_errors(project: Project) -> None:
     text = result.stdout.str()
     assert re.search(
         r"nndiag: subject 'typo' \(conftest\.py:\d+\): @nndiag\.subject\(checks="
-        r"\.\.\.\) names unknown check\(s\) 'dead_neurones'; known checks: ",
+        r"\.\.\.\) names unknown check\(s\) 'dead_neurones' \(did you mean dead_neurons\?\); "
+        r"known checks: ",
         text,
     )
     assert re.search(
@@ -248,3 +251,60 @@ def test_every_option_states_its_default() -> None:
     }
     for option in options:
         assert "(default:" in " ".join(option.split()), option
+
+
+def _ids(result: pytest.RunResult) -> list[str]:
+    """The test ids ``--collect-only -q`` lists."""
+    return [line for line in result.stdout.lines if line.startswith(("nndiag::", "test_", "sub/"))]
+
+
+def test_the_id_pytest_prints_reruns_that_check(project: Project) -> None:
+    result = project.run(
+        "--nndiag", "nndiag::mlp::initial_loss", "nndiag::plain", "--collect-only", "-q"
+    )
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    ids = _ids(result)
+    # No ordinary test: only ids were given.
+    assert ids == [
+        "nndiag::mlp::initial_loss",
+        "nndiag::plain::initial_loss",
+        "nndiag::plain::gradient_check",
+        "nndiag::plain::numerics",
+    ]
+    # Next to a path, the path's tests run too.
+    both = project.run(
+        "--nndiag", "test_ordinary.py", "nndiag::mlp::numerics", "--collect-only", "-q"
+    )
+    assert [line for line in both.stdout.lines if "::" in line] == [
+        "test_ordinary.py::test_ordinary",
+        "nndiag::mlp::numerics",
+    ]
+    typo = project.run("--nndiag", "nndiag::mpl", "--collect-only", "-q")
+    assert typo.ret == pytest.ExitCode.USAGE_ERROR
+    typo.stderr.fnmatch_lines(
+        ["*nndiag::mpl name(s) no check of this run*subjects: mlp, huge_init, warns*"]
+    )
+
+
+def test_a_path_selects_the_subjects_defined_under_it(project: Project) -> None:
+    sub = project.path / "sub"
+    sub.mkdir()
+    (sub / "conftest.py").write_text(
+        "import nndiag\n\n\n@nndiag.subject(checks=['numerics'])\ndef nested():\n"
+        "    from models import data, mlp\n    return nndiag.Subject(mlp(), data())\n"
+    )
+    (sub / "test_here.py").write_text("def test_here():\n    pass\n")
+    # A file that declares no subject: its own tests only, and the rule in one line.
+    plain = project.run("--nndiag", "test_ordinary.py", "--collect-only", "-q")
+    assert _ids(plain) == ["test_ordinary.py::test_ordinary"]
+    plain.stdout.fnmatch_lines(["nndiag: none of the 6 subject(s) is defined under the paths*"])
+    # A directory: the subjects of its conftest.py, not the root's.
+    nested = project.run("--nndiag", "sub", "--collect-only", "-q")
+    assert _ids(nested) == [
+        "sub/test_here.py::test_here",
+        "nndiag::nested::numerics",
+    ]
+    # No path: every subject.
+    every = project.run("--nndiag", "--collect-only", "-q")
+    assert "nndiag::nested::numerics" in every.stdout.lines
+    assert "nndiag::mlp::numerics" in every.stdout.lines

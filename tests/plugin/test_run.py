@@ -64,13 +64,27 @@ def test_each_status_becomes_its_pytest_outcome(project: Project) -> None:
     assert "Minimal counterexample: rows [" in failures and "as a batch of 2." in failures
     assert "Hint: A model must treat each sample on its own" in failures
     assert "Traceback" not in failures and "nndiag/" not in failures
-    result.stdout.fnmatch_lines(["FAILED nndiag::mixer::batch_independence - *"])
+    # The short summary leads with the verdict and the numbers; -rA shows a pass's numbers.
+    result.stdout.fnmatch_lines(["FAILED nndiag::mixer::batch_independence - fail: Output row 0*"])
+    result.stdout.fnmatch_lines(["PASSED nndiag::mlp::initial_loss - pass: Loss at init*"])
+    assert "nndiag.errors.CheckFailed" not in text
+    # A failure names the settings to tune and its section of the report.
+    assert "Settings: " in failures and "in [tool.nndiag] or [tool.nndiag.overrides.mixer]" in (
+        failures
+    )
+    assert "Report: reports/nndiag.html#mixer::batch_independence" in failures
 
     # error: a factory that raises errors each of its items, with its own message and frames.
     errors = _section(text, "ERRORS")
     assert "ERROR at setup of nndiag::broken_factory::initial_loss" in errors
     assert "raised RuntimeError: weights file not found" in errors
     assert 'conftest.py", line' in errors and "in broken_factory" in errors
+    # ... its traceback once: the subject's other items point at it.
+    assert errors.count("Traceback (nndiag frames hidden)") == 1
+    assert errors.count("in broken_factory") == 1
+    assert "(the factory's traceback is shown under nndiag::broken_factory::initial_loss)" in (
+        errors
+    )
     assert "nndiag/_pytest/" not in errors
 
     # warn: passes, with a warning located at the subject's factory.
@@ -90,7 +104,7 @@ def test_each_status_becomes_its_pytest_outcome(project: Project) -> None:
     assert re.search(r"^check +mlp +huge_init +warns +mixer +broken_factory +plain$", summary, re.M)
     assert re.search(r"^initial_loss +pass +xfail +- +- +ERROR +pass$", summary, re.M)
     assert re.search(r"^dead_neurons +pass +- +WARN +- +- +-$", summary, re.M)
-    assert "22 results: 15 pass, 1 warn, 2 fail, 2 skip, 2 error" in summary
+    assert "22 results: 15 pass, 1 warn, 1 fail, 2 skip, 2 error, 1 xfail" in summary
     assert "nndiag report: reports/nndiag.json" in summary
     assert ("nndiag report: reports/nndiag.html" in summary) is HTML
 
@@ -169,6 +183,10 @@ def test_xdist_gives_the_serial_results_and_writes_once(project: Project) -> Non
         assert set(calls.values()) == {1}
     workers = {pid for event, pid in parallel_events if event.startswith("factory:")}
     assert len(workers) == 2
+    # Load groups: each subject's checks ran on one worker, which built it once.
+    built = Counter(event for event, _ in parallel_events if event.startswith("factory:"))
+    assert set(built.values()) == {1}
+
     assert [pid for event, pid in parallel_events if event == "to_json"][0] not in workers
     assert {e for e, _ in serial_events if e.startswith("factory:")} == {
         f"factory:{s}" for s in ("mlp", "huge_init", "warns", "mixer", "broken_factory")
@@ -219,13 +237,20 @@ def test_strict_fails_warnings_and_unusable_subjects_error(project: Project) -> 
     result.stdout.fnmatch_lines(
         ["*warns::dead_neurons warn:*", "*(--nndiag-strict: a warning fails the test)*"]
     )
+    result.stdout.fnmatch_lines(
+        ["FAILED nndiag::warns::dead_neurons - warn, failed by --nndiag-strict: *"]
+    )
+    assert "_StrictWarn" not in result.stdout.str()
     # An unusable subject, or a factory returning something else, errors each of its items.
     result.stdout.fnmatch_lines(
         [
-            "*bad_labels::initial_loss error: subject 'bad_labels' cannot be diagnosed: data: "
+            "*ERROR at setup of nndiag::bad_labels::initial_loss*",
+            "error: subject 'bad_labels' cannot be diagnosed: data: "
             "labels span 5..7 but the model outputs 3 class scores*",
-            "*bad_labels::numerics error: subject 'bad_labels' cannot be diagnosed*",
-            "*not_a_subject::initial_loss error: subject 'not_a_subject' (conftest.py:*) is "
+            "*ERROR at setup of nndiag::bad_labels::numerics*",
+            "error: subject 'bad_labels' cannot be diagnosed*",
+            "*ERROR at setup of nndiag::not_a_subject::initial_loss*",
+            "error: subject 'not_a_subject' (conftest.py:*) is "
             "invalid: not_a_subject: the factory returned 42 (type=int)*",
         ]
     )
@@ -253,7 +278,12 @@ def test_the_example_project_passes_and_writes_its_reports(
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.assert_outcomes(passed=40, skipped=5, xfailed=7)
     report = Project(pytester).report()
+    # The files agree with pytest: the expected failures are xfail, and the run passed.
+    assert report["passed"] is True
+    assert "48 results: 36 pass, 5 skip, 7 xfail" in result.stdout.str()
     failed = {(r["subject"], r["check"]) for r in report["results"] if r["status"] == "fail"}
+    expected = {(r["subject"], r["check"]) for r in report["results"] if r["state"] == "xfail"}
+    assert failed == expected
     assert failed == {
         ("huge_last_layer", "initial_loss"),
         ("dead_relu", "overfit_small"),
@@ -264,3 +294,7 @@ def test_the_example_project_passes_and_writes_its_reports(
         ("custom_backward", "gradient_check"),
     }
     assert (pytester.path / "reports" / "nndiag.html").exists() is HTML
+    # Hypothesis's example database stays out of the project (in pytest's cache).
+    assert not (pytester.path / ".hypothesis").exists()
+    assert not (pytester.path / "examples" / ".hypothesis").exists()
+    assert (pytester.path / "examples" / ".pytest_cache" / "d" / "hypothesis").is_dir()

@@ -155,3 +155,101 @@ def test_screenshot(demo_page: Page, tmp_path: Path) -> None:
     demo_page.page.click('button[data-filter="all"]')
     shot = demo_page.page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert shot.startswith(b"\x89PNG")
+
+
+# -- search, rerun, durations, comparison, legibility --------------------------------------------
+SHOTS = os.environ.get("NNDIAG_SCREENSHOTS")  # a folder to keep the screenshots in, to look at
+
+
+def _shot(page: Any, tmp_path: Path, name: str) -> None:
+    folder = Path(SHOTS) if SHOTS else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    assert page.screenshot(path=str(folder / name), full_page=True).startswith(b"\x89PNG")
+
+
+@pytest.fixture
+def wide_page(browser: Any, tmp_path: Path) -> Iterator[Page]:
+    """The demo report against an earlier one, at 1400 px."""
+    import dataclasses
+
+    report = synthetic.demo_report()
+    earlier = synthetic.demo_report()
+    earlier.results = [
+        dataclasses.replace(r, status="pass") if r.check == "gradient_check" else r
+        for r in earlier.results
+    ]
+    path = write_html(report, tmp_path / "wide.html", against=earlier)
+    page = Page(browser, path)
+    page.page.set_viewport_size({"width": 1400, "height": 900})
+    yield page
+    page.page.close()
+
+
+def test_search_narrows_results_and_says_how_many(wide_page: Page, tmp_path: Path) -> None:
+    page = wide_page.page
+    page.fill("#search", "convnet warn")
+    shown = wide_page.visible("details.result")
+    assert shown and all(
+        "convnet" in e.get_attribute("data-search") and "warn" in e.get_attribute("data-search")
+        for e in shown
+    )
+    total = len(page.query_selector_all("details.result"))
+    assert page.inner_text("#search-count") == f"{len(shown)} of {total} results"
+    _shot(page, tmp_path, "search.png")
+    page.fill("#search", "")
+    assert len(wide_page.visible("details.result")) == total
+    assert wide_page.errors == []
+
+
+def test_durations_sort_by_each_column(wide_page: Page) -> None:
+    page = wide_page.page
+
+    def seconds() -> list[float]:
+        return [
+            float(c.get_attribute("data-value"))
+            for c in page.query_selector_all("#durations-table tbody td:nth-child(4)")
+        ]
+
+    assert seconds() == sorted(seconds(), reverse=True)  # slowest first
+    page.click("#durations-table th:nth-child(4) button")  # again: fastest first
+    assert seconds() == sorted(seconds())
+    page.click("#durations-table th:nth-child(1) button")
+    names = [
+        c.inner_text() for c in page.query_selector_all("#durations-table tbody td:first-child")
+    ]
+    assert names == sorted(names, reverse=True)
+
+
+def test_comparison_rerun_and_whole_messages(wide_page: Page, tmp_path: Path) -> None:
+    page = wide_page.page
+    assert page.is_visible("#comparison")
+    assert "New failures" in page.inner_text("#comparison")
+    page.click("#comparison a")  # a new failure's link opens its result
+    target = page.evaluate("decodeURIComponent(location.hash.slice(1))")
+    assert page.evaluate(f"document.getElementById({target!r}).open")
+    # Every rerun command is on the page; no message is cut by an ellipsis.
+    assert len(page.query_selector_all(".rerun code")) == len(
+        page.query_selector_all("details.result")
+    )
+    cut = page.evaluate(
+        "Array.from(document.querySelectorAll('summary .msg'))"
+        ".filter(e => e.scrollWidth > e.clientWidth + 1).length"
+    )
+    assert cut == 0
+    _shot(page, tmp_path, "comparison.png")
+
+
+def test_histogram_labels_are_at_least_10px(wide_page: Page, tmp_path: Path) -> None:
+    from nndiag.report import plots
+
+    page = wide_page.page
+    page.click('button[data-expand="open"]')
+    # The label font in the PNG, and the scale the page draws the PNG at.
+    label_px = plots.FONT * plots.DPI / 72
+    scales = page.evaluate(
+        "Array.from(document.querySelectorAll('img[alt*=\"histogram\" i]'))"
+        ".map(i => i.getBoundingClientRect().width / i.naturalWidth)"
+    )
+    assert scales, "no histogram on the page"
+    assert min(scales) * label_px >= 10
+    _shot(page, tmp_path, "histograms.png")

@@ -37,7 +37,7 @@ def sections(html: str) -> dict[str, str]:
     parts = re.split(r'(?=<details class="result)', html)[1:]
     found = {}
     for part in parts:
-        anchor = re.search(r'id="(r\d+)"', part)
+        anchor = re.search(r'<details class="result[^"]*" id="([^"]+)"', part)
         assert anchor, part[:200]
         found[anchor.group(1)] = part.split("</details>")[0]
     return found
@@ -94,7 +94,7 @@ def test_every_status_renders(status: str) -> None:
     (section,) = sections(html).values()
     assert f'data-status="{status}"' in section
     assert f'<span class="badge st-{status}">{status}</span>' in section
-    assert f'<td class="cell st-{status}"><a href="#r1"' in html
+    assert f'<td class="cell st-{status}"><a href="#net::dead_neurons"' in html
     assert f'data-filter="{status}" aria-pressed="false">' in html  # enabled: one result
     assert ("FAILED" in html) == (status in ("fail", "error"))
 
@@ -103,7 +103,8 @@ def test_grid_cells_link_to_result_sections(demo_report: Report, demo_html: str)
     tags = Elements(demo_html).tags
     ids = {attrs["id"] for _, attrs in tags if attrs.get("id")}
     links = [attrs["href"] for tag, attrs in tags if tag == "a" and attrs.get("href")]
-    assert len(links) == len(demo_report) + len(demo_report.subjects)
+    # A link per grid cell, per subject and per row of the durations table.
+    assert len(links) == 2 * len(demo_report) + len(demo_report.subjects)
     for href in links:
         assert href[1:] in ids, href
     assert len(sections(demo_html)) == len(demo_report)
@@ -260,7 +261,9 @@ def test_malformed_evidence_never_breaks_the_page(evidence: dict) -> None:
     ]
     html = render_html(Report(results, meta=synthetic.META))
     assert len(sections(html)) == len(results)
-    assert "NaN" in html and "\u221e" in html
+    # A NaN metric reads "undefined", never a raw NaN.
+    assert ">undefined<" in html and "\u221e" in html
+    assert ">NaN<" not in html
 
 
 def test_missing_meta_and_costs_render() -> None:
@@ -283,7 +286,7 @@ def test_multiple_results_for_one_cell_show_the_worst() -> None:
         meta=synthetic.META,
     )
     html = render_html(report)
-    assert '<td class="cell st-fail"><a href="#r2"' in html
+    assert '<td class="cell st-fail"><a href="#net::initial_loss~"' in html
     assert len(sections(html)) == 2
 
 
@@ -366,7 +369,7 @@ def test_hostile_layer_names_still_plot(hostile_report: Report) -> None:
         (3.14159e-5, "3.14e-5"),
         (2.302585, "2.303"),
         (1.5e10, "1.5e10"),
-        (math.nan, "NaN"),
+        (math.nan, "undefined"),
         (math.inf, "\u221e"),
         (-math.inf, "\u2212\u221e"),
         ([1, 2.5], "[1, 2.5]"),

@@ -10,6 +10,7 @@ sees exactly what the check differentiates or trains. The originals are put back
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,22 @@ def _is_array(value: Any) -> bool:
 
 def _nonfinite(value: torch.Tensor) -> int:
     return int((~torch.isfinite(value)).sum()) if value.is_floating_point() else 0
+
+
+def _did_you_mean(model: nn.Module, name: str) -> str:
+    """`` (did you mean 'l2'?)`` for the model's number attribute closest to ``name``."""
+    numbers = [
+        key
+        for key, value in {**vars(type(model)), **vars(model), **model._buffers}.items()
+        if not key.startswith("_")
+        and (
+            (isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (isinstance(value, torch.Tensor) and value.numel() == 1)
+        )
+    ]
+    same_case = [key for key in numbers if key.lower() == name.lower()]
+    close = same_case or difflib.get_close_matches(name, numbers, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class TorchBackend:
@@ -85,6 +102,14 @@ class TorchBackend:
                 "pass optimizer=lambda params: torch.optim.SGD(params, lr=0.1)",
             )
         if isinstance(regularization, str):
+            if not hasattr(model, regularization):
+                raise InvalidSubject(
+                    "regularization",
+                    f"{type(model).__name__} has no attribute {regularization!r}"
+                    f"{_did_you_mean(model, regularization)}",
+                    "name the model attribute the loss reads its strength from, or pass a "
+                    "function (model, strength) -> None",
+                )
             value = getattr(model, regularization, None)
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not numeric and not (isinstance(value, torch.Tensor) and value.numel() == 1):

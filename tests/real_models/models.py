@@ -438,6 +438,7 @@ BUGS: dict[str, tuple[Factory, str]] = {
     "bert_frozen_max_norm_embeddings": (bert_frozen_max_norm_embeddings, "param_updates"),
     "squeezenet_small_init": (squeezenet_small_init, "init_scale"),
     "gpt2_symmetric_mlp": (gpt2_symmetric_mlp, "init_scale"),
+    "squeezenet_lr_10": (squeezenet_lr_10, "learning_rate"),
 }
 
 # Planted data problems input_stats warns about (it never fails): name -> (factory, cause)
@@ -445,7 +446,6 @@ DATA_BUGS: dict[str, tuple[Factory, str]] = {
     "resnet18_raw_pixels": (resnet18_raw_pixels, "raw_pixels"),
     "resnet18_unnormalized": (resnet18_unnormalized, "not_centered"),
     "bert_one_class": (bert_one_class, "imbalance"),
-    "squeezenet_lr_10": (squeezenet_lr_10, "learning_rate"),
 }
 
 # Caught too, but slow for the test run: gradient_check spends ~50-100 s naming the 88
@@ -455,8 +455,9 @@ SLOW_BUGS: dict[str, tuple[Factory, str]] = {
     "timm_vit_tiny_detached": (vit_tiny_detached, "gradient_check"),
 }
 
-# Not caught yet: with Llama's float32 RMSNorm the differences resolve gradients to about
-# 1e-2 per tensor, and this 1% error ends as a warn naming up_proj (benchmarks only).
+# Not always caught: with Llama's float32 RMSNorm the differences resolve gradients to
+# about 1e-2 per tensor; this 1% error fails naming up_proj at seeds 0-3 and ends as a warn
+# that says the float32 noise may hide it at seeds 4-5 (benchmarks only).
 MISSED_BUGS: dict[str, tuple[Factory, str]] = {
     "llama_grad_one_percent": (llama_grad_one_percent, "gradient_check"),
 }

@@ -7,6 +7,10 @@ same report re-read from its JSON file give the same bytes.
 
 Every user string (subject and layer names, messages, hints, metric keys) reaches the page
 through Jinja2 autoescaping; the Python side prepares plain text only, never markup.
+
+A page written into a folder that also holds a hyperparameter search's ``search.json``
+(what ``nndiag search`` writes) gets a "Hyperparameter search" section read from that JSON
+alone: no optimizer library is imported.
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ _EVIDENCE_THRESHOLDS = (
     "bands",
 )
 _TABLE_ROWS = 30
+# The search result written beside the page (nndiag search's default reports/search.json);
+# must match nndiag.tuning.result.SCHEMA, not imported so rendering stays light.
+SEARCH_JSON = "search.json"
+_SEARCH_SCHEMA = "nndiag.search/1"
+_SEARCH_KEYS = ("best_params", "best_value", "metric", "direction", "trials", "ranges", "command")
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,22 @@ class ResultView:
 
 
 @dataclass(frozen=True)
+class SearchView:
+    """The "Hyperparameter search" section, or just a note when the JSON is unreadable."""
+
+    note: str | None = None
+    metric: str = ""
+    direction: str = ""
+    best_value: str = ""
+    best_params: list[tuple[str, str]] = field(default_factory=list)
+    counts: list[tuple[str, int]] = field(default_factory=list)
+    study: str = ""
+    ranges: list[tuple[int, int, int, list[tuple[str, str]], str]] = field(default_factory=list)
+    command: str = ""
+    page: str | None = None  # the search page's href, relative to this page
+
+
+@dataclass(frozen=True)
 class Cell:
     """One square of the summary grid; ``status`` is None where the check did not run."""
 
@@ -137,7 +162,11 @@ class SubjectView:
         return _worst(r.status for r in self.results)
 
 
-def render_html(report: Report, against: Report | None = None) -> str:
+def render_html(
+    report: Report,
+    against: Report | None = None,
+    search: str | os.PathLike[str] | None = None,
+) -> str:
     """Render ``report`` as one self-contained HTML page.
 
     Plots are PNG data URIs, CSS and the status filter's script are inline: the page needs
@@ -147,6 +176,9 @@ def render_html(report: Report, against: Report | None = None) -> str:
         report: The report to render.
         against: An earlier report: the page opens with what newly fails, what was fixed
             and which metrics moved.
+        search: A search result's JSON file (``SearchResult.to_json``): the page gets a
+            "Hyperparameter search" section, linking to the ``.html`` page beside that
+            file. Absent: no section; unreadable: a one-line note.
 
     Returns:
         The page's HTML source.
@@ -161,11 +193,15 @@ def render_html(report: Report, against: Report | None = None) -> str:
         from nndiag.report.compare import compare
 
         context["comparison"] = compare(normal, Report.from_dict(against.to_dict()))
+    context["search"] = _search_view(Path(search)) if search is not None else None
     return _environment().get_template(TEMPLATE).render(**context)
 
 
 def write_html(report: Report, path: str | os.PathLike[str], against: Report | None = None) -> Path:
     """Write the HTML page of ``report`` to ``path`` (creating parent folders).
+
+    A ``search.json`` in the page's folder (see ``nndiag search``) adds the
+    "Hyperparameter search" section.
 
     Args:
         report: The report to render.
@@ -177,7 +213,9 @@ def write_html(report: Report, path: str | os.PathLike[str], against: Report | N
     """
     from nndiag.files import write_atomic
 
-    return write_atomic(path, render_html(report, against))
+    beside = Path(path).parent / SEARCH_JSON
+    search = beside if beside.exists() else None
+    return write_atomic(path, render_html(report, against, search=search))
 
 
 @lru_cache(maxsize=1)
@@ -289,6 +327,63 @@ def _result_view(result: CheckResult, anchor: str) -> ResultView:
         forward=int(_finite_or_zero(result.cost.forward)),
         search=" ".join((result.subject, result.check, result.state, result.message)).lower(),
     )
+
+
+def _search_view(path: Path) -> SearchView:
+    """The search section from a ``SearchResult.to_json`` file, read as plain JSON."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, Mapping) or data.get("schema") != _SEARCH_SCHEMA:
+            schema = data.get("schema") if isinstance(data, Mapping) else None
+            raise ValueError(f"not an nndiag search result (schema {schema!r})")
+        missing = [key for key in _SEARCH_KEYS if key not in data]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        trials = [t for t in data.get("trials") or [] if isinstance(t, Mapping)]
+        counts = {"complete": 0, "pruned": 0, "fail": 0}
+        for trial in trials:
+            state = str(trial.get("state"))
+            counts[state] = counts.get(state, 0) + 1
+        ranges = [
+            (
+                int(r.get("stage", 0)) + 1,
+                int(r.get("trials", 0)),
+                int(r.get("steps", 0)),
+                [(str(name), _range_text(d)) for name, d in (r.get("params") or {}).items()],
+                str(r.get("why", "")),
+            )
+            for r in data.get("ranges") or []
+            if isinstance(r, Mapping)
+        ]
+        best = data.get("best_params") or {}
+        page = path.with_suffix(".html")
+        return SearchView(
+            metric=str(data.get("metric", "")),
+            direction=str(data.get("direction", "")),
+            best_value=_text(data.get("best_value")),
+            best_params=[(str(k), format_value(v)) for k, v in best.items()],
+            counts=list(counts.items()),
+            study=str(data.get("study", "")),
+            ranges=ranges,
+            command=str(data.get("command", "")),
+            page=page.name if page.exists() else None,
+        )
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        # UnicodeDecodeError and json.JSONDecodeError are ValueErrors.
+        return SearchView(note=f"{path.name} could not be read: {exc}")
+
+
+def _range_text(described: Any) -> str:
+    """``1e-05 .. 0.1 (log)`` or ``one of a, b`` from a ``Param.describe()`` mapping."""
+    if not isinstance(described, Mapping):
+        return format_value(described)
+    if described.get("kind") == "choice":
+        return "one of " + ", ".join(format_value(o) for o in described.get("options", []))
+    scale = "log" if described.get("kind") == "log" else "uniform"
+    low, high = format_value(described.get("low")), format_value(described.get("high"))
+    return f"{low} .. {high} ({scale})"
 
 
 def rerun_command(result: CheckResult) -> str:

@@ -43,11 +43,15 @@ _FRACTIONS = (
     "lr_flat_fall",
     "lr_died_fail",
 )
+# Factors off a target either way (above or below it): above 1.
+_FACTORS = ("init_scale_warn", "init_scale_fail")
 # (milder, stricter) pairs: the warn threshold must be reached before the fail one.
 _ORDERED = (
     ("initial_loss_warn", "initial_loss_fail"),
     ("initial_loss_width_fail", "initial_loss_width_warn"),
     ("gradient_warn", "gradient_fail"),
+    ("gradient_warn", "gradient_kinks_ok"),
+    ("gradient_kinks_ok", "gradient_fail"),
     ("saturation_warn", "saturation_fail"),
     ("collapse_fail", "collapse_warn"),
     ("dead_warn", "dead_fail"),
@@ -99,6 +103,8 @@ def _check_number(name: str, value: Any, default: Any) -> None:
         raise InvalidSettingType(where, f"expects a number, got {describe(value)}")
     if not math.isfinite(value) or value < 0:
         raise InvalidSetting(where, f"must be a finite number >= 0, got {value!r}")
+    if name in _FACTORS and value <= 1:
+        raise InvalidSetting(where, f"is a factor either way, above 1, got {value!r}")
     if name in _FRACTIONS and value > 1:
         raise InvalidSetting(where, f"is a fraction, at most 1, got {value!r}")
 
@@ -179,6 +185,10 @@ class Config:
     # docs/calibration.md), <= fail warns (notes: < 1e-4 "fine with kinks"), above fails.
     gradient_warn: float = 1e-6
     gradient_fail: float = 1e-4
+    # An error up to this passes when it shrinks with the step (kinks crossed): the notes'
+    # "1e-4 > relative error is usually okay for objectives with kinks". Set it to
+    # gradient_warn to warn on every kink.
+    gradient_kinks_ok: float = 1e-4
     # Rows of the first batch the check differentiates (cost grows with the batch).
     gradient_batch: int = 32
     # Below this, an analytic and a numeric directional derivative both count as zero.

@@ -219,6 +219,16 @@ CASES: list[tuple[str, Callable[[], Any], str, str]] = [
         "data",
         "one-hot rows",
     ),
+    (
+        "one-hot targets, more rows than the probe's",
+        lambda: nndiag.diagnose(
+            nndiag.Subject(
+                _mlp(), (torch.randn(128, 4), nn.functional.one_hot(torch.arange(128) % 3).float())
+            )
+        ),
+        "data",
+        "one-hot rows",
+    ),
 ]
 
 
@@ -343,6 +353,8 @@ def test_float_targets_and_integer_arrays_from_numpy() -> None:
         ({"dead_warn": 0.8}, "Config.dead_warn: 0.8 is past dead_fail = 0.7"),
         ({"gradient_warn": 1e-3}, "Config.gradient_warn: 0.001 is past gradient_fail"),
         ({"collapse_fail": 0.2}, "Config.collapse_fail: 0.2 is past collapse_warn"),
+        ({"init_scale_warn": 0.5}, "Config.init_scale_warn: is a factor either way, above 1"),
+        ({"gradient_kinks_ok": 1e-3}, "Config.gradient_kinks_ok: 0.001 is past gradient_fail"),
         ({"batchnorm_gap_warn": 2.0}, "Config.batchnorm_gap_warn: is a fraction, at most 1"),
         ({"batchnorm_eval_rtol": -1.0}, "Config.batchnorm_eval_rtol: must be a finite number"),
     ],

@@ -557,7 +557,7 @@ def _run(
         )
     # The notes' bands: below 1e-4 is "usually okay for objectives with kinks", and the
     # ladder saw the error shrink with the step (kinks crossed), so such an error passes.
-    kinks_ok = kink and error <= BANDS["kinks_ok"]
+    kinks_ok = kink and error <= config.gradient_kinks_ok
     if error > config.gradient_warn and not kinks_ok:
         why = (
             "the error shrinks with the step: kinks (ReLU, max-pool) crossed by it"
@@ -575,8 +575,9 @@ def _run(
             "model is smooth, look at its backward.",
         )
     kink_note = (
-        f" The error shrank with the step (kinks crossed) and is below the notes' "
-        f"{BANDS['kinks_ok']:g}, fine for an objective with kinks."
+        f" The error shrank with the step (kinks crossed) and is below "
+        f"{config.gradient_kinks_ok:g} (gradient_kinks_ok; the notes' band for objectives "
+        "with kinks)."
         if kinks_ok and error > config.gradient_warn
         else " Kinks crossed by larger steps were resolved by smaller ones."
         if kink

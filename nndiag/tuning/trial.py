@@ -156,6 +156,14 @@ def _fit(
         outcome.loss_every = every
         marks = {max(1, round(steps * (i + 1) / evals)) for i in range(max(1, evals))}
         with session.trainer(train[0], lr=lr) as trainer:
+            if lr is not None and trainer.lr is None:  # every trial would train alike
+                raise InvalidSubject(
+                    "optimizer",
+                    f"the search sets lr={lr:g}, but this optimizer's rate can be neither "
+                    "read nor set",
+                    "build the optax optimizer with optax.inject_hyperparams, or leave lr "
+                    "out of the space",
+                )
             first = None
             for step in range(steps):
                 loss = trainer.step(batch=train[step % len(train)]).loss

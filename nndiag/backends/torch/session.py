@@ -379,7 +379,8 @@ class TorchSession(SessionBase):
         ys = [b.y for b in self.batches]
         if ys[0].is_floating_point():
             if self.subject.loss is None:
-                check_default_targets(_numpy(ys[0]), tuple(out.shape))
+                # the probe's rows: out holds at most PROBE_ROWS of the first batch
+                check_default_targets(_numpy(ys[0][: len(out)]), tuple(out.shape))
             return Task("regression")
         self._classes_last = classes_last(out, ys[0])
         classes = out.shape[-1] if self._classes_last else (out.shape[1] if out.ndim > 1 else 0)

@@ -664,24 +664,39 @@ def plot_activation_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure
     return plots
 
 
+def _layer_rows(
+    layers: Sequence[Mapping[str, Any]], *, row: float, top: float
+) -> tuple[Figure, Any, list[int]]:
+    """A figure with one horizontal row per layer, its name as the row's label."""
+    labels = [_label(layer.get("name")) for layer in layers]
+    fig = _figure(
+        5.0,
+        0.66 + top + row * len(layers),
+        left=_label_inches(labels, FONT - 1),
+        bottom=0.42,
+        top=top,
+        right=0.2,
+    )
+    ax = fig.subplots()
+    _style(ax)
+    return fig, ax, list(range(len(layers)))
+
+
+def _fraction_axes(ax: Any, layers: Sequence[Mapping[str, Any]], *, xmax: float) -> None:
+    """Fractions 0-100% across, the layers' names down, the first layer on top."""
+    ax.set_xlim(0, xmax)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
+    ax.set_yticks(list(range(len(layers))), [_label(layer.get("name")) for layer in layers])
+    ax.set_ylim(len(layers) - 0.5, -0.6)
+
+
 def plot_dead_neurons(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     """Dead fraction per layer as horizontal bars, with the warn and fail thresholds."""
     layers = _records(evidence.get("layers"))[:_MAX_BARS]
     if not layers:
         return []
     warn, fail = _number(evidence.get("warn")), _number(evidence.get("fail"))
-    labels = [_label(layer.get("name")) for layer in layers]
-    fig = _figure(
-        5.0,
-        0.9 + 0.24 * len(layers),
-        left=_label_inches(labels, FONT - 1),
-        bottom=0.42,
-        top=0.24,
-        right=0.2,
-    )
-    ax = fig.subplots()
-    _style(ax)
-    ys = list(range(len(layers)))
+    fig, ax, ys = _layer_rows(layers, row=0.24, top=0.24)
     fractions = [_number(layer.get("dead_fraction")) for layer in layers]
     fractions = [None if v is None else min(max(v, 0.0), 1.0) for v in fractions]
     colors = []
@@ -714,10 +729,7 @@ def plot_dead_neurons(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
                 fontsize=FONT - 2,
                 color=COLORS[status],
             )
-    ax.set_xlim(0, 1.12)
-    ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
-    ax.set_yticks(ys, labels)
-    ax.set_ylim(len(layers) - 0.5, -0.6)
+    _fraction_axes(ax, layers, xmax=1.12)
     ax.set_xlabel("fraction of units that never fire", fontsize=FONT - 1)
     return [("fraction of dead units per layer", fig)]
 
@@ -1017,18 +1029,7 @@ def plot_learning_rate(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
 
     layers = _records(evidence.get("layers"))[:_MAX_BARS]
     if layers:
-        labels = [_label(layer.get("name")) for layer in layers]
-        fig = _figure(
-            5.0,
-            1.0 + 0.3 * len(layers),
-            left=_label_inches(labels, FONT - 1),
-            bottom=0.42,
-            top=0.3,
-            right=0.2,
-        )
-        ax = fig.subplots()
-        _style(ax)
-        rows = list(range(len(layers)))
+        fig, ax, rows = _layer_rows(layers, row=0.3, top=0.3)
         before = [_number(x.get("dead_before_fraction")) or 0.0 for x in layers]
         after = [_number(x.get("dead_after_fraction")) or 0.0 for x in layers]
         ax.barh([y - 0.18 for y in rows], before, height=0.34, color=COLORS["skip"], label="before")
@@ -1037,10 +1038,7 @@ def plot_learning_rate(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
             died = _number(layer.get("died"))
             if died:
                 ax.text(value, y + 0.18, f" {int(died)} died", va="center", fontsize=FONT - 2)
-        ax.set_xlim(0, 1.15)
-        ax.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
-        ax.set_yticks(rows, labels)
-        ax.set_ylim(len(layers) - 0.5, -0.6)
+        _fraction_axes(ax, layers, xmax=1.15)
         ax.set_xlabel("fraction of units that never fire", fontsize=FONT - 1)
         ax.legend(fontsize=FONT - 2, frameon=False, loc="lower right")
         plots.append(("dead ReLU units per layer before and after the run", fig))

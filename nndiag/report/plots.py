@@ -665,7 +665,7 @@ def plot_activation_stats(evidence: Mapping[str, Any]) -> list[tuple[str, Figure
 
 
 def _layer_rows(
-    layers: Sequence[Mapping[str, Any]], *, row: float, top: float
+    layers: Sequence[Mapping[str, Any]], *, row: float, top: float, right: float = 0.2
 ) -> tuple[Figure, Any, list[int]]:
     """A figure with one horizontal row per layer, its name as the row's label."""
     labels = [_label(layer.get("name")) for layer in layers]
@@ -675,7 +675,7 @@ def _layer_rows(
         left=_label_inches(labels, FONT - 1),
         bottom=0.42,
         top=top,
-        right=0.2,
+        right=right,
     )
     ax = fig.subplots()
     _style(ax)
@@ -740,17 +740,7 @@ def plot_batchnorm(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
     layers = _records(evidence.get("layers"))[:_MAX_BARS]
     if not layers:
         return []
-    labels = [_label(layer.get("name")) for layer in layers]
-    fig = _figure(
-        5.0,
-        1.0 + 0.3 * len(layers),
-        left=_label_inches(labels, FONT - 1),
-        bottom=0.42,
-        top=0.3,
-        right=0.45,
-    )
-    ax = fig.subplots()
-    _style(ax)
+    fig, ax, _ = _layer_rows(layers, row=0.3, top=0.3, right=0.45)
     trains = [_number(layer.get("train_change")) for layer in layers]
     evals = [_number(layer.get("eval_change")) for layer in layers]
     top = max(_finite([v for v in (*trains, *evals) if v is not None]), default=0.0) or 1.0
@@ -775,7 +765,7 @@ def plot_batchnorm(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
                 color=COLORS["fail"] if flagged else INK,
             )
     ax.set_xlim(0, top * 1.25)
-    ax.set_yticks(range(len(layers)), labels)
+    ax.set_yticks(range(len(layers)), [_label(layer.get("name")) for layer in layers])
     ax.set_ylim(len(layers) - 0.5, -0.7)
     ax.set_xlabel("relative change of the running statistics after one forward", fontsize=FONT - 1)
     ax.text(

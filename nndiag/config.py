@@ -164,6 +164,12 @@ class Config:
     # 3x its start for 5 steps, then fits by step 141 (our calibration). 30 steps is 6x
     # that and a tenth of the default budget.
     overfit_diverge_steps: int = 30
+    # Wall-clock seconds the training loop may take. A model whose steps cannot all fit
+    # stops at the step that would cross it and is judged on the steps it ran: what they
+    # show (fitted, diverged, a sign bug) stands; "not fitted yet" is a warn that says the
+    # budget was scaled down. Our calibration: healthy library models fit in 15-60 steps
+    # (under 25 s on 2 cores); vgg11_bn's 0.9 s steps need 141.
+    overfit_seconds: float = 60.0
     # At the end of the budget with the labels fitted (accuracy at the batch's ceiling),
     # the share of the loss left (final / initial, both above the batch's floor): at most
     # overfit_fitted_ratio passes (the loss fell 4x or more: fitted, only short of the

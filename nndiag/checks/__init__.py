@@ -154,10 +154,11 @@ BUILTIN: tuple[CheckSpec, ...] = (
         "overfit_small",
         "nndiag.checks.overfit:overfit_small",
         "Can the model fit ~20 samples to ~100% accuracy and ~0 loss, regularization off?",
-        why="at most overfit_steps training steps on 20 samples",
+        why="at most overfit_steps training steps on 20 samples, within overfit_seconds",
         settings=(
             "overfit_samples",
             "overfit_steps",
+            "overfit_seconds",
             "overfit_lr",
             "overfit_loss_ratio",
             "overfit_diverge_factor",

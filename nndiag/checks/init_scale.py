@@ -14,12 +14,13 @@ What is judged:
 - the weights feeding each activation (from the capture pass), against the rule of that
   activation (the same rule ``activation_stats`` recommends with); a layer is left out
   when a normalization ran since the previous activation (batch/layer/RMS norm re-sets the
-  scale, so the weights' scale cannot compound), and so are squeeze-excitation gates;
+  scale, so the weights' scale cannot compound: a run of off layers ends there), and so
+  are squeeze-excitation gates and the layer feeding each gate;
 - the output layer is ``initial_loss``'s to judge and is left out here (the last weight
-  matrix the backend lists, also when an activation follows it, as in SqueezeNet); so is
-  the last hidden layer when it alone is off: it only rescales the logits (torchvision's
-  MobileNetV3 draws its classifier's hidden layer at std 0.01, 0.17x He), which
-  ``initial_loss`` measures;
+  matrix the backend lists, the last to run once a capture ran, also when an activation
+  follows it, as in SqueezeNet); so is the last hidden layer when it alone is off: it only
+  rescales the logits (torchvision's MobileNetV3 draws its classifier's hidden layer at std
+  0.01, 0.17x He), which ``initial_loss`` measures;
 - identical rows (output units) in any weight matrix but the output layer's.
 
 Verdict: a layer whose std is off its rule by more than ``init_scale_warn`` (either way)
@@ -56,6 +57,11 @@ def _identical_rows(matrix: np.ndarray) -> tuple[int, int]:
     return int(shared.sum()), int(shared.max(initial=0))
 
 
+def _parent(name: str) -> str:
+    """The module an activation runs in (``a.se.act1`` and ``a.se.gate:sigmoid`` -> ``a.se``)."""
+    return name.split("#", 1)[0].split(":", 1)[0].rpartition(".")[0]
+
+
 def _name(name: str) -> str:
     """A layer's name as a reader sees it (``nn.Sequential`` names layers by index)."""
     return f"layer {name}" if name.isdigit() else (name or "(the model)")
@@ -75,7 +81,13 @@ def init_scale(session: Session, config: Config) -> CheckResult:
     output = list(matrices)[-1]
     rows: list[dict[str, Any]] = []
     judged: list[tuple[LayerRecord, float, float, float]] = []  # layer, std, target, ratio
+    in_order: list[tuple[LayerRecord, float] | None] = []  # None: a layer left out
     seen: set[str] = set()
+    # Squeeze-excitation: the module holding a gate also holds the layer that feeds it
+    # (torchvision's fc1 before scale_activation, timm's conv_reduce before gate). That
+    # branch only scales the gate's input: torchvision draws it with fan_out, 5x He on
+    # EfficientNet, and its fc2 the reverse.
+    gated = {_parent(layer.name) for layer in layers if _is_gate(layer)} - {""}
     for layer in layers:
         weight = layer.weight_layer
         if weight is None or weight not in matrices or weight in seen:
@@ -94,6 +106,8 @@ def init_scale(session: Session, config: Config) -> CheckResult:
             reason = "normalized before the activation: scale-invariant"
         elif _is_gate(layer):
             reason = "gate (squeeze-excitation scale)"
+        elif _parent(layer.name) in gated:
+            reason = "squeeze-excitation branch (feeds a gate)"
         row = {
             "name": weight,
             "activation": layer.name,
@@ -111,6 +125,7 @@ def init_scale(session: Session, config: Config) -> CheckResult:
         rows.append(row)
         if reason is None:
             judged.append((layer, std, target, ratio))
+        in_order.append((layer, ratio) if reason is None else None)
 
     # Runs of consecutive judged layers all off the same way: their ratios compound.
     findings: list[tuple[Status, str, str, LayerRecord | None]] = []  # status, cause, text
@@ -167,7 +182,11 @@ def init_scale(session: Session, config: Config) -> CheckResult:
         )
 
     by_name = {row["name"]: row for row in rows}
-    for layer, _, _, ratio in judged:
+    for entry in in_order:
+        if entry is None:  # a normalization, a gate or the output: the scale re-sets
+            close()
+            continue
+        layer, ratio = entry
         off = math.isfinite(ratio) and (
             ratio < 1 / config.init_scale_warn or ratio > config.init_scale_warn
         )
@@ -245,7 +264,7 @@ def init_scale(session: Session, config: Config) -> CheckResult:
             text += (
                 f" {left} layer(s) not judged: "
                 f"{metrics['normalized_left_out']} normalized before their activation, the "
-                "rest output layers or gates."
+                "rest output layers, gates or the layers feeding them."
             )
         return CheckResult(
             CHECK, "pass", text + " No units initialized identically.", metrics, evidence

@@ -277,10 +277,9 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
             metrics["logit_std"] = spread
             hint = (
                 f"The scores at init are too confident (logit std {spread:.3g} across "
-                "classes; near 0 is uninformative): scale the last layer's weights down "
-                "(e.g. std 1e-2 or x0.01) and set its bias to 0 or to the log prior of the "
-                "labels. A last layer initialized at 1/sqrt(number of classes) rather than "
-                "1/sqrt(fan_in) gives a head with few classes large logits."
+                f"classes; near 0 is uninformative){_output_layer_scale(session, metrics)}: "
+                "scale the last layer's weights down (e.g. std 1e-2 or x0.01) and set its "
+                "bias to 0 or to the log prior of the labels."
             )
         else:
             hint = (
@@ -346,3 +345,34 @@ def _semantics(
             hint,
         )
     return None
+
+
+def _output_layer_scale(session: Session, metrics: dict[str, Any]) -> str:
+    """What the output layer's weights show, when their std is well above 1/sqrt(fan_in):
+    its std against that, and whether it was sized by the number of classes instead
+    (torchvision's EfficientNet draws U(+-1/sqrt(classes)): sized for 1000 classes, large
+    for 10)."""
+    try:
+        matrices = session.weights()
+    except Exception:  # the layer's numbers only sharpen the hint
+        return ""
+    if not matrices:
+        return ""
+    name, matrix = list(matrices.items())[-1]
+    fan_in, units = int(matrix.shape[1]), int(matrix.shape[0])
+    std = float(np.asarray(matrix, dtype=np.float64).std())
+    xavier = 1 / math.sqrt(fan_in)
+    if std < 2 * xavier:
+        return ""
+    metrics.update(output_layer=name, output_weight_std=std, output_fan_in=fan_in)
+    text = (
+        f"; the output layer {name} has weight std {std:.3g}, {std / xavier:.2g}x "
+        f"1/sqrt(fan_in {fan_in}) = {xavier:.3g}"
+    )
+    sized = "an init sized by the number of classes, not by fan_in"
+    bound = 1 / math.sqrt(units)
+    if abs(std * math.sqrt(3) / bound - 1) < 0.15:
+        text += f" (uniform within +-1/sqrt({units}) = +-{bound:.3g}: {sized})"
+    elif abs(std / bound - 1) < 0.15:
+        text += f" (std 1/sqrt({units}): {sized})"
+    return text

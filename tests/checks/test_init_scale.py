@@ -248,3 +248,71 @@ def test_jax_layers_normalized_by_an_rsqrt_are_not_judged_on_scale() -> None:
     result = nndiag.diagnose(subject, ["init_scale"])["init_scale"]
     assert result.status == "pass", result.summary()
     assert result.metrics["normalized_left_out"] == 3 and result.metrics["judged"] == 0
+
+
+class _HeadFirst(nn.Module):
+    """A tanh MLP that declares its head before its body: the head runs last, so it is the
+    output layer whatever the declaration order."""
+
+    def __init__(self, small: float) -> None:
+        super().__init__()
+        self.head = nn.Linear(100, CLASSES)
+        self.body = nn.ModuleList(nn.Linear(IN if i == 0 else 100, 100) for i in range(3))
+        with torch.no_grad():
+            for i, layer in enumerate(self.body):
+                nn.init.normal_(layer.weight, std=1 / math.sqrt(layer.in_features))
+                if i > 0:
+                    layer.weight.mul_(small)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.body:
+            x = torch.tanh(layer(x))
+        return self.head(x)
+
+
+@pytest.mark.parametrize("small", [1.0, 0.2])
+def test_the_output_layer_is_the_one_that_runs_last(small: float) -> None:
+    torch.manual_seed(0)
+    subject = nndiag.Subject(_HeadFirst(small), torch_models._classification(0))
+    result = nndiag.diagnose(subject, ["init_scale"])["init_scale"]
+    assert result.metrics["output_layer"] == "head"
+    if small == 1.0:
+        assert result.status == "pass", result.summary()
+    else:  # body.1 and body.2 at 0.2x Xavier: 0.04x over two layers
+        assert result.status == "fail" and result.metrics["cause"] == "too_small"
+        assert "body.1" in result.message and "body.2" in result.message
+
+
+class _NormalizedMiddle(nn.Module):
+    """Four ReLU layers at 0.25x He with a batch norm after the second: two runs of one
+    off layer each (warn), not one run of three compounding to 0.016x (fail)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(IN if i == 0 else 64, 64) for i in range(4))
+        self.norm = nn.BatchNorm1d(64)
+        self.out = nn.Linear(64, CLASSES)
+        with torch.no_grad():
+            for i, layer in enumerate(self.layers):
+                scale = 1.0 if i == 3 else 0.25
+                nn.init.normal_(layer.weight, std=scale * _he(layer.in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            x = torch.relu(self.norm(x) if i == 1 else x)
+        return self.out(x)
+
+
+def test_a_normalization_ends_a_run_of_off_layers() -> None:
+    torch.manual_seed(0)
+    subject = nndiag.Subject(_NormalizedMiddle(), torch_models._classification(0))
+    result = nndiag.diagnose(subject, ["init_scale"])["init_scale"]
+    assert result.status == "warn", result.summary()
+    statuses = {row["name"]: row["status"] for row in result.evidence["layers"]}
+    assert statuses == {
+        "layers.0": "warn",
+        "layers.1": "pass",
+        "layers.2": "warn",
+        "layers.3": "pass",
+    }, statuses

@@ -308,3 +308,23 @@ def test_a_path_selects_the_subjects_defined_under_it(project: Project) -> None:
     every = project.run("--nndiag", "--collect-only", "-q")
     assert "nndiag::nested::numerics" in every.stdout.lines
     assert "nndiag::mlp::numerics" in every.stdout.lines
+
+
+def test_last_failed_reruns_only_the_failed_checks(project: Project) -> None:
+    first = project.run("--nndiag", "-p", "no:randomly")
+    assert first.ret == pytest.ExitCode.TESTS_FAILED
+    # A fail and a broken factory's errors: what --lf reruns.
+    failed = {
+        line.split()[1] for line in first.stdout.lines if line.startswith(("FAILED", "ERROR"))
+    }
+    assert {"nndiag::mixer::batch_independence", "nndiag::broken_factory::initial_loss"} <= failed
+    again = project.run("--nndiag", "--lf", "--collect-only", "-q", "-p", "no:randomly")
+    # Only what failed is collected: no passing check, no ordinary test; and its subject's
+    # factory alone is built when it runs.
+    assert set(_ids(again)) == failed, again.stdout.str()
+    project.log.unlink()
+    rerun = project.run("--nndiag", "--lf", "-p", "no:randomly")
+    assert rerun.ret == pytest.ExitCode.TESTS_FAILED
+    built = {event for event, _ in project.events() if event.startswith("factory:")}
+    assert built == {f"factory:{nodeid.split('::')[1]}" for nodeid in failed}
+    rerun.stdout.fnmatch_lines(["*merged with * kept from earlier runs*"])

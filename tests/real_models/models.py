@@ -102,6 +102,11 @@ def mobilenet_v3_small(seed: int = 0) -> nndiag.Subject:
     return nndiag.Subject(model, _images(seed), name="mobilenet_v3_small")
 
 
+def efficientnet_b0(seed: int = 0) -> nndiag.Subject:
+    model = _vision("efficientnet_b0", seed)
+    return nndiag.Subject(model, _images(seed), name="efficientnet_b0")
+
+
 def squeezenet1_1(seed: int = 0) -> nndiag.Subject:
     model = _vision("squeezenet1_1", seed)
     return nndiag.Subject(model, _images(seed), name="squeezenet1_1")
@@ -414,6 +419,7 @@ HEALTHY: dict[str, Factory] = {
     "resnet18": resnet18,
     "mobilenet_v3_small": mobilenet_v3_small,
     "squeezenet1_1": squeezenet1_1,
+    "efficientnet_b0": efficientnet_b0,
     "timm_resnet10t": resnet10t,
     "timm_vit_tiny": vit_tiny,
     "gpt2": gpt2,

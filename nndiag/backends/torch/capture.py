@@ -104,6 +104,7 @@ class Recorder(ModuleMode):
         self.weight: tuple[str, nn.Module] | None = None
         self.seen: dict[str, int] = {}
         self.normalized = False  # a normalization ran since the last activation
+        self.ran: dict[str, None] = {}  # weight layers in the order they first ran
 
     def __enter__(self) -> Recorder:
         self.seen = {}
@@ -116,6 +117,7 @@ class Recorder(ModuleMode):
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
             self.weight = (self.names[module], module)
+            self.ran.setdefault(self.names[module], None)
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))

@@ -241,6 +241,7 @@ class TorchSession(SessionBase):
         # The user's trainable tensors, by id: inside isolation only a stale reference
         # reaches them.
         self._originals = {id(p): n for n, p in self.model.named_parameters() if p.requires_grad}
+        self._ran: list[str] = []  # weight layers in the order the last capture ran them
         with self.isolated("validation"):
             self.task = self._probe()
 
@@ -653,6 +654,7 @@ class TorchSession(SessionBase):
                 with recorder:
                     self._run_model(inputs.rows(batch.X, slice(0, left)))
                 left -= len(batch)
+        self._ran = list(recorder.ran)
         return recorder.layers()
 
     # -- batch normalization -----------------------------------------------------------
@@ -751,7 +753,10 @@ class TorchSession(SessionBase):
             matrix = _numpy(w.reshape(w.shape[0], -1))
             matrix.setflags(write=False)  # a view of the user's tensor
             found[name] = matrix
-        return found
+        # Once a capture ran, in the order the layers ran: a module may declare its head
+        # before its body, and the output layer is the one that runs last.
+        order = {name: i for i, name in enumerate(self._ran)}
+        return dict(sorted(found.items(), key=lambda item: order.get(item[0], -1)))
 
 
 def _statistics(module: nn.Module) -> bool:

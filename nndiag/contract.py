@@ -207,12 +207,15 @@ class Objective(Protocol):
     dtype the objective was opened with (float64 for the gradient check)."""
 
     names: list[str]
-    shapes: Mapping[str, tuple[int, ...]]
     note: str  # said in the result, e.g. that float32 parameters were promoted
     # Relative precision of the least precise dtype the loss is computed in: float64's
     # eps, or float32's for a model that rounds parts of its forward to float32 (the
     # norms of many transformers) inside the float64 copy.
     resolution: float
+
+    @property
+    def shapes(self) -> Mapping[str, tuple[int, ...]]:
+        """Each tensor's shape, by name (read-only: a backend may keep any mapping)."""
 
     def value_and_grad(self) -> tuple[float, dict[str, Any]]:
         """Loss and analytic gradients (numpy; None where no gradient reached)."""

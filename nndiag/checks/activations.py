@@ -135,6 +135,21 @@ def _is_gate(layer: LayerRecord) -> bool:
     return layer.kind in ("sigmoid", "hardsigmoid") and ("gate" in name or "scale" in name)
 
 
+def _parent(name: str) -> str:
+    """The module an activation runs in (``a.se.act1`` and ``a.se.gate:sigmoid`` -> ``a.se``)."""
+    return name.split("#", 1)[0].split(":", 1)[0].rpartition(".")[0]
+
+
+def gate_branch(layers: list[LayerRecord]) -> set[str]:
+    """The gates and the activations of each gate's own module: a squeeze-excitation
+    block's hidden unit (torchvision's ``activation`` beside ``scale_activation``, timm's
+    ``act1`` beside ``gate``). That branch sees one pooled vector per sample, nearly alike
+    across samples at init, so its few units are on or off for all of them (a coin flip
+    each): neither a collapse nor dead units, and only the gate's input scale."""
+    gated = {_parent(layer.name) for layer in layers if _is_gate(layer)} - {""}
+    return {x.name for x in layers if _is_gate(x) or _parent(x.name) in gated}
+
+
 def activation_stats(session: Session, config: Config) -> CheckResult:
     """Fail when activation std collapses or explodes with depth, or tanh/sigmoid
     saturate; recommends Xavier/He with numbers."""
@@ -153,8 +168,9 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
         "saturation_warn": config.saturation_warn,
         "saturation_fail": config.saturation_fail,
     }
-    gates = [layer for layer in layers if _is_gate(layer)]
-    layers = [layer for layer in layers if not _is_gate(layer)] or layers
+    branch = gate_branch(layers)
+    gates = [layer for layer in layers if layer.name in branch]
+    layers = [layer for layer in layers if layer.name not in branch] or layers
     # An activation over the class scores (SqueezeNet's last ReLU) is the output layer:
     # initial_loss judges its scale, and a small one there is by design.
     task = session.task
@@ -252,8 +268,8 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
             "pass",
             f"Activation std stays healthy over {len(layers)} layers: {profile}."
             + (
-                f" {len(gates)} sigmoid gate(s) (squeeze-excitation scales) left out: a "
-                "small output is their job."
+                f" {len(gates)} squeeze-excitation gate layer(s) left out (the sigmoid "
+                "scales and the units feeding them): a small or all-alike output is their job."
                 if gates
                 else ""
             ),
@@ -287,6 +303,7 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
             "No ReLU units in the forward pass (only ReLU-family "
             "outputs can be exactly 0 for every sample).",
         )
+    branch = gate_branch(captured)
     rows: list[dict[str, Any]] = []
     for layer in layers:
         dead = int((np.asarray(layer.fires) == 0).sum())
@@ -296,10 +313,12 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
                 "units": layer.units,
                 "dead": dead,
                 "dead_fraction": dead / layer.units,
+                "gate_branch": layer.name in branch,
             }
         )
     samples = layers[0].count // max(layers[0].units, 1)
-    worst = max(rows, key=lambda r: r["dead_fraction"])
+    judged = [r for r in rows if not r["gate_branch"]] or rows
+    worst = max(judged, key=lambda r: r["dead_fraction"])
     metrics = {
         "layers": len(rows),
         "worst_layer": worst["name"],
@@ -309,6 +328,7 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
         "samples": samples,
         "warn_above": config.dead_warn,
         "fail_above": config.dead_fail,
+        "gate_branch_left_out": len(rows) - len(judged),
     }
     evidence = {"layers": rows, "warn": config.dead_warn, "fail": config.dead_fail}
     profile = ", ".join(f"{r['name']} {r['dead_fraction']:.0%}" for r in rows[:8])
@@ -328,7 +348,7 @@ def dead_neurons(session: Session, config: Config) -> CheckResult:
     limit = config.dead_fail if status == "fail" else config.dead_warn
     bad = next(  # the first layer past the limit
         r
-        for r in rows
+        for r in judged
         if (r["dead_fraction"] >= limit if status == "fail" else r["dead_fraction"] > limit)
     )
     return CheckResult(

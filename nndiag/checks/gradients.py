@@ -12,9 +12,10 @@ down to one coordinate.
 Kinks (ReLU, max-pool) crossed by the step spoil a centered difference by an amount that
 shrinks with the step; a wrong gradient does not shrink (docs/calibration.md: one-sided
 differences at a kink agree for h <= 1e-6). Steps are tried from large to small until the
-error is small. Models computing parts in float32 inside the float64 copy (norms of
-transformers) give the loss a noise floor: it is measured, and steps and tolerance follow
-from it (and the result says so). With a regularization knob, the check runs at strength
+error is small. A torch forward's casts to float32 run in float64 during the check (the
+backend's objective); a model that still computes parts below float64 gives the loss a
+noise floor: it is measured, and steps and tolerance follow from it (and the result says
+so). With a regularization knob, the check runs at strength
 0 and again at a strength where the penalty's gradient is as large as the data term's.
 """
 
@@ -108,7 +109,7 @@ def _compare(
     errors: list[tuple[float, float]] = []
     tried: list[tuple[float, float, float, float]] = []  # (h, numeric, uncertainty, error)
     best: _Finding | None = None
-    one_sided = math.inf
+    sided: list[float] = []  # per step, the better one-sided difference's error
     for h in _ladder(steps, errors, analytic, loss, floor, config):
         up, down = sides(h)
         numeric = (up - down) / (2 * h)
@@ -123,10 +124,11 @@ def _compare(
             best = _Finding(error, raw, analytic, numeric, h)
         if not noisy and error <= config.gradient_warn:
             break
-        one_sided = min(
-            one_sided,
-            relative_error(analytic, (up - loss) / h, config.gradient_zero, noise),
-            relative_error(analytic, (loss - down) / h, config.gradient_zero, noise),
+        sided.append(
+            min(
+                relative_error(analytic, (up - loss) / h, config.gradient_zero, noise),
+                relative_error(analytic, (loss - down) / h, config.gradient_zero, noise),
+            )
         )
     if noisy:
         # Both neighbours' changes: two estimates can agree by chance.
@@ -143,14 +145,21 @@ def _compare(
         best.resolution = noise / max(abs(analytic), abs(numeric), 1e-300)
         return best
     assert best is not None
+    # Kinks: the error shrinks with the step (halves or better over the steps tried).
+    shrinks = len(errors) >= 2 and errors[-1][1] < 0.5 * errors[0][1]
+    # The side on the point's own linear piece agrees at every step that crosses the kink;
+    # a one-sided difference's O(h) truncation can meet a wrong gradient at one step only
+    # (it changes 10x from step to step), so one agreeing step alone is no kink unless the
+    # centered error shrinks too.
+    agreeing = [e for e in sided if e <= config.gradient_fail]
     if (
         best.error > config.gradient_warn
-        and one_sided < best.error
-        and one_sided <= (config.gradient_fail)
+        and agreeing
+        and (len(agreeing) >= 2 or shrinks)
+        and min(agreeing) < best.error
     ):
-        best.error, best.kink = one_sided, True
-    # Kinks: the error shrinks with the step (halves or better over the steps tried).
-    if len(errors) >= 2 and errors[-1][1] < 0.5 * errors[0][1]:
+        best.error, best.kink = min(agreeing), True
+    if shrinks:
         best.kink = True
     best.errors = errors
     return best

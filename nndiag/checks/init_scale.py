@@ -38,7 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from nndiag.checks.activations import _HE_KINDS, _init_advice, _is_gate, recommended_std
+from nndiag.checks.activations import (
+    _HE_KINDS,
+    _init_advice,
+    _is_gate,
+    gate_branch,
+    recommended_std,
+)
 from nndiag.config import Config
 from nndiag.contract import LayerRecord, Session
 from nndiag.results import CheckResult, Status
@@ -55,11 +61,6 @@ def _identical_rows(matrix: np.ndarray) -> tuple[int, int]:
     _, counts = np.unique(keys, return_counts=True)
     shared = counts[counts > 1]
     return int(shared.sum()), int(shared.max(initial=0))
-
-
-def _parent(name: str) -> str:
-    """The module an activation runs in (``a.se.act1`` and ``a.se.gate:sigmoid`` -> ``a.se``)."""
-    return name.split("#", 1)[0].split(":", 1)[0].rpartition(".")[0]
 
 
 def _name(name: str) -> str:
@@ -87,7 +88,7 @@ def init_scale(session: Session, config: Config) -> CheckResult:
     # (torchvision's fc1 before scale_activation, timm's conv_reduce before gate). That
     # branch only scales the gate's input: torchvision draws it with fan_out, 5x He on
     # EfficientNet, and its fc2 the reverse.
-    gated = {_parent(layer.name) for layer in layers if _is_gate(layer)} - {""}
+    branch = gate_branch(layers)
     for layer in layers:
         weight = layer.weight_layer
         if weight is None or weight not in matrices or weight in seen:
@@ -106,7 +107,7 @@ def init_scale(session: Session, config: Config) -> CheckResult:
             reason = "normalized before the activation: scale-invariant"
         elif _is_gate(layer):
             reason = "gate (squeeze-excitation scale)"
-        elif _parent(layer.name) in gated:
+        elif layer.name in branch:
             reason = "squeeze-excitation branch (feeds a gate)"
         row = {
             "name": weight,

@@ -222,3 +222,46 @@ def test_a_screen_that_only_kinks_explain_passes_and_says_so() -> None:
     assert result.status == "pass", result.summary()
     assert result.metrics["kinks_explained"] is True
     assert "kinks" in result.message
+
+
+class Float32Inside(nn.Module):
+    """A norm and a softmax that ask for float32 whatever the input's dtype, as
+    transformers' RMSNorm and eager attention do; ``scale`` plants a gradient error."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(IN, WIDTH)
+        self.fc2 = nn.Linear(WIDTH, 10)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        dtype = h.dtype
+        h32 = h.float()
+        h = (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+        h = h * F.softmax(h, dim=-1, dtype=torch.float32).to(torch.float32).to(dtype)
+        weight = _ScaledGrad.apply(self.fc2.weight, self.scale)
+        return F.linear(torch.tanh(h), weight, self.fc2.bias)
+
+
+def test_casts_to_float32_inside_forward_are_computed_in_float64() -> None:
+    torch.manual_seed(0)
+    model = Float32Inside()
+    result = _check(model)
+    assert result.status == "pass", result.summary()
+    assert result.metrics["internal_precision"] < 1e-15
+    assert result.metrics["max_rel_error"] < 1e-7
+    assert "computed them in float64" in result.message
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    # the same casts outside the check still run in float32
+    assert model(torch.randn(2, IN)).dtype == torch.float32
+
+
+def test_a_one_percent_error_behind_float32_casts_fails() -> None:
+    for seed in range(4):
+        torch.manual_seed(seed)
+        config = nndiag.Config(seed=seed)
+        subject = nndiag.Subject(Float32Inside(1.01), _classification(seed))
+        result = nndiag.diagnose(subject, ["gradient_check"], config)["gradient_check"]
+        assert result.status == "fail", result.summary()
+        assert result.metrics["worst_tensor"] == "fc2.weight"

@@ -232,7 +232,7 @@ def test_a_run_cut_by_the_time_budget_warns_and_says_so() -> None:
     assert "overfit_seconds" in result.hint
     # With the default budget the same model fits, well inside it.
     fitted = _overfit(_subject())
-    assert fitted.status == "pass" and fitted.metrics["seconds"] < fitted.metrics["seconds_budget"]
+    assert fitted.status == "pass" and fitted.cost.seconds < fitted.metrics["seconds_budget"]
 
 
 def test_evidence_within_the_cut_run_still_fails() -> None:

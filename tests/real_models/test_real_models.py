@@ -42,12 +42,13 @@ SILENT = ("input_stats", "init_scale")
 KNOWN: dict[tuple[str, int, str], str] = {}
 
 # Stock models with a real problem a check must find, at every seed, with its cause:
-# (model, check) -> cause.
-FINDINGS: dict[tuple[str, str], str] = {
-    # The ReLU over SqueezeNet's class scores dies for some classes within 60 Adam steps.
-    ("squeezenet1_1", "overfit_small"): "dead_units",
+# (model, check) -> the causes the evidence may show.
+FINDINGS: dict[tuple[str, str], tuple[str, ...]] = {
+    # SqueezeNet's ReLUs (the one over the class scores, or a fire module's squeeze) die
+    # under Adam 1e-3 on 16 samples, at some seeds after a spike of the loss (the LR).
+    ("squeezenet1_1", "overfit_small"): ("dead_units", "lr_too_high"),
     # torchvision sizes EfficientNet's classifier by 1/sqrt(classes): large logits for 10.
-    ("efficientnet_b0", "initial_loss"): "too_high",
+    ("efficientnet_b0", "initial_loss"): ("too_high",),
 }
 
 
@@ -77,7 +78,7 @@ def test_healthy_model_passes(name: str, seed: int, check: str) -> None:
     finding = FINDINGS.get((name, check))
     if finding is not None:
         assert result.status == "fail", result.summary()
-        assert result.metrics["cause"] == finding, result.summary()
+        assert result.metrics["cause"] in finding, result.summary()
         return
     assert result.status not in ("fail", "error"), result.summary()
     if check in SILENT:
@@ -131,6 +132,7 @@ def test_squeezenet_cannot_overfit_because_its_output_relu_dies() -> None:
     # A true finding: SqueezeNet's last conv feeds a ReLU on the class scores, and under
     # Adam 1e-3 on 16 samples units of it die; the cause must be named, not "plateau".
     result = healthy_report("squeezenet1_1", 0)["overfit_small"]
+    assert result.metrics["cause"] == "dead_units"
     assert "classifier.2" in result.message and "dead_neurons" in (result.hint or "")
 
 
@@ -160,6 +162,10 @@ def test_efficientnet_head_is_flagged_with_its_cause_and_its_gates_are_not() -> 
     ("name", "seed", "check"),
     [
         ("mobilenet_v3_small", 1, "dead_neurons"),  # half of an 8-unit SE ReLU: not "more"
+        # 7 of the 8 units of a squeeze-excitation ReLU off for every sample at init (the
+        # pooled inputs are alike): left out with the gate, in both checks
+        ("mobilenet_v3_small", 12, "dead_neurons"),
+        ("mobilenet_v3_small", 12, "activation_stats"),
         ("squeezenet1_1", 4, "activation_stats"),  # the ReLU over the class scores is small
         ("t5", 4, "overfit_small"),  # 99.6% of 256 token targets is "~100%"
         ("resnet18", 5, "gradient_check"),  # 3.4e-5 that shrinks with the step: kinks
@@ -257,3 +263,25 @@ def test_learning_rate_10_diverges_on_a_real_model() -> None:
     result = nndiag.diagnose(models.squeezenet_lr_10(0), ["learning_rate"])["learning_rate"]
     assert result.status == "fail" and result.metrics["cause"] == "diverged", result.summary()
     assert result.metrics["works_high"] < 10.0 and "too high" in result.hint
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_one_percent_gradient_error_in_llama_fails_at_every_seed(seed: int) -> None:
+    # Llama's RMSNorm, rotary embedding and softmax ask for float32: the check keeps them in
+    # float64 (and says so), so the differences resolve far below 1%; a one-sided
+    # difference that meets the wrong gradient at one step is no kink.
+    config = nndiag.Config(seed=seed)
+    result = nndiag.diagnose(models.llama_grad_one_percent(seed), ["gradient_check"], config)
+    check = result["gradient_check"]
+    assert check.status == "fail", check.summary()
+    assert check.metrics["worst_tensor"].startswith("model.model.layers.1.mlp.up_proj")
+    assert check.metrics["failed"] == 1
+    assert "computed them in float64" in check.message
+
+
+def test_healthy_llama_and_t5_gradients_are_float64_clean() -> None:
+    for name in ("llama", "t5"):
+        check = healthy_report(name, 0)["gradient_check"]
+        assert check.status == "pass", check.summary()
+        assert check.metrics["internal_precision"] < 1e-15  # no float32 left in the forward
+        assert check.metrics["max_rel_error"] < 1e-6, check.summary()

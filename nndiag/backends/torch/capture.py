@@ -29,6 +29,8 @@ def _activation_kinds() -> dict[Any, str]:
         ),
         "tanh": (torch.tanh, torch.tanh_, torch.Tensor.tanh, torch.Tensor.tanh_),
         "sigmoid": (torch.sigmoid, torch.sigmoid_, torch.Tensor.sigmoid, torch.Tensor.sigmoid_),
+        # MobileNetV3's squeeze-excitation gate: seen, so that it can be left out as one
+        "hardsigmoid": (F.hardsigmoid,),
     }.items():
         kinds.update(dict.fromkeys(funcs, kind))
     for func in (
@@ -55,6 +57,7 @@ _ACTIVATION_MODULES = tuple(
         "ReLU6",
         "Tanh",
         "Sigmoid",
+        "Hardsigmoid",
         "LeakyReLU",
         "GELU",
         "SiLU",

@@ -560,8 +560,8 @@ class TorchSession(SessionBase):
             for put, value in captured:  # e.g. a class-weight tensor the loss closes over
                 put(value.double())
             objective = _Objective(self, private.trainable, X, y)
-            objective.note = note
             objective.resolution = objective.precision()
+            objective.note = " ".join(filter(None, [note, _kept_note(objective.casts.kept)]))
             yield objective
         finally:
             for put, value in captured:
@@ -792,6 +792,7 @@ class _Objective:
         self.shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         self.base = {n: p.detach().clone() for n, p in self.params.items()}
         self.X, self.y = X, y
+        self.casts = _Float64Casts()
         # Rows whose gradient autograd zeroes by design while forward reads them: an
         # nn.Embedding's padding_idx row. Shifts leave them alone, or every batch holding
         # the padding token would look like a wrong gradient.
@@ -818,7 +819,8 @@ class _Objective:
 
     def _loss(self) -> torch.Tensor:
         _seed(self.session.config.seed, self.session._devices)  # same dropout mask each time
-        return self.session._run_loss(self.session._run_model(self.X), self.y)
+        with self.casts:
+            return self.session._run_loss(self.session._run_model(self.X), self.y)
 
     def values(self) -> dict[str, Any]:
         found = {n: b.cpu().numpy() for n, b in self.base.items()}
@@ -858,6 +860,17 @@ class _Objective:
                     self.params[name].copy_(self.base[name])
 
 
+def _kept_note(kept: Mapping[str, int]) -> str:
+    """The result's note on lower-precision casts that ran in float64 (one forward's)."""
+    if not kept:
+        return ""
+    shown = ", ".join(sorted(kept)[:3]) + (", ..." if len(kept) > 3 else "")
+    return (
+        f"The forward asks for float32 or lower in {sum(kept.values())} place(s) ({shown}): "
+        "the check computed them in float64."
+    )
+
+
 def _power_iterates(module: nn.Module) -> bool:
     """A module under the hook-based ``torch.nn.utils.spectral_norm``: it refines its
     singular-vector estimate only in training mode, and in eval mode from a fresh init the
@@ -876,6 +889,40 @@ def _norm(t: torch.Tensor) -> float:
 
 def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).all())
+
+
+_LOWER = (torch.float32, torch.float16, torch.bfloat16)
+_CASTS = (torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16)
+
+
+class _Float64Casts(TorchFunctionMode):
+    """Keeps a float64 forward in float64 where the model asks for a lower float dtype: a
+    cast (``x.float()``, ``x.to(torch.float32)``) or a ``dtype=`` argument (``softmax(...,
+    dtype=torch.float32)``). transformers' RMSNorm, T5's variance and eager attention's
+    softmax compute in float32 whatever the model's dtype; their rounding, 1e-7 relative,
+    would swamp the centered differences of a float64 check. Counts what it kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: dict[str, int] = {}
+
+    def _keep(self, what: str) -> None:
+        self.kept[what] = self.kept.get(what, 0) + 1
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in _CASTS:
+            self._keep(f"Tensor.{func.__name__}()")
+            return torch.Tensor.double(*args[:1])
+        if kwargs.get("dtype") in _LOWER:
+            self._keep(f"{getattr(func, '__name__', 'a call')}(dtype={kwargs['dtype']})")
+            kwargs["dtype"] = torch.float64
+        if func is torch.Tensor.to:
+            lowered = [a in _LOWER for a in args]
+            if any(lowered):
+                self._keep("Tensor.to(<lower float>)")
+                args = tuple(torch.float64 if low else a for a, low in zip(args, lowered))
+        return func(*args, **kwargs)
 
 
 class _DtypeWatch(TorchFunctionMode):

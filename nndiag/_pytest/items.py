@@ -29,7 +29,7 @@ from nndiag._pytest.plan import (
     stray_overrides,
     valid_name,
 )
-from nndiag._pytest.reporting import make_payload
+from nndiag._pytest.reporting import drawn_plots, make_payload
 from nndiag._pytest.settings import Settings
 from nndiag.checks import registry
 from nndiag.core import Runner, error_result
@@ -348,6 +348,10 @@ class CheckItem(pytest.Item):
         result; the short summary leads with the verdict and the measured numbers; a skip is
         located at the subject's factory rather than in nndiag."""
         if report.when == "setup" and self.nndiag_payload is not None:
+            if hasattr(self.config, "workerinput") and self.result is not None:
+                # Drawn here, outside the timed setup: xdist workers draw their results'
+                # plots in parallel, and the controller only assembles the page.
+                self.nndiag_payload["plots"] = drawn_plots(self.result)
             setattr(report, REPORT_ATTRIBUTE, self.nndiag_payload)
         result = self.result
         if report.when in ("setup", "call") and result is not None:

@@ -20,7 +20,7 @@ from nndiag._pytest.common import PAYLOAD_VERSION
 from nndiag._pytest.settings import ALL_CHECKS, Settings
 from nndiag.results import STATES, CheckResult, Report, environment, load_report
 
-__all__ = ["Reporter", "make_payload", "outcome_of"]
+__all__ = ["Reporter", "drawn_plots", "make_payload", "outcome_of"]
 
 _SHOWN = {
     "pass": "pass",
@@ -75,6 +75,27 @@ def make_payload(
         "order": list(order),
         "frameworks": environment()["frameworks"],
         "xfail": xfail,
+    }
+
+
+def drawn_plots(result: CheckResult) -> list[dict[str, Any]] | None:
+    """The result's plots for the HTML page as plain data, or None without the renderer's
+    dependencies (the controller then says why the page is missing)."""
+    try:
+        from nndiag.report.plots import plots_for
+    except ImportError:
+        return None
+    return [dataclasses.asdict(plot) for plot in plots_for(result)]
+
+
+def _plots(payloads: list[dict[str, Any]]) -> dict[tuple[str, str], list[Any]]:
+    """Plots drawn by the workers, by (subject, check)."""
+    from nndiag.report.plots import Plot
+
+    return {
+        (p["result"]["subject"], p["result"]["check"]): [Plot(**plot) for plot in p["plots"]]
+        for p in payloads
+        if isinstance(p.get("plots"), list)
     }
 
 
@@ -200,7 +221,10 @@ class Reporter:
             self.notes.append(f"HTML report skipped: {exc}")
             return
         try:
-            self.written.append(report.to_html(report_dir / "nndiag.html"))
+            from nndiag.report import write_html
+
+            page = write_html(report, report_dir / "nndiag.html", plots=_plots(payloads))
+            self.written.append(page)
         except Exception as exc:  # the JSON is the source of truth; say why the page is missing
             self.notes.append(
                 f"HTML report failed: {type(exc).__name__}: {exc} (re-render it "

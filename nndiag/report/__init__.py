@@ -166,6 +166,8 @@ def render_html(
     report: Report,
     against: Report | None = None,
     search: str | os.PathLike[str] | None = None,
+    *,
+    plots: Mapping[tuple[str, str], list[Plot]] | None = None,
 ) -> str:
     """Render ``report`` as one self-contained HTML page.
 
@@ -179,6 +181,8 @@ def render_html(
         search: A search result's JSON file (``SearchResult.to_json``): the page gets a
             "Hyperparameter search" section, linking to the ``.html`` page beside that
             file. Absent: no section; unreadable: a one-line note.
+        plots: Plots already drawn, by (subject, check): the pytest plugin's xdist workers
+            draw their own results' plots in parallel; the rest are drawn here.
 
     Returns:
         The page's HTML source.
@@ -187,7 +191,7 @@ def render_html(
     # Python-only values are already normalised, so a re-read JSON file renders identically.
     document = report.to_dict()
     normal = Report.from_dict(document)
-    context = _context(normal, document["meta"])
+    context = _context(normal, document["meta"], plots or {})
     context["comparison"] = None
     if against is not None:
         from nndiag.report.compare import compare
@@ -197,7 +201,13 @@ def render_html(
     return _environment().get_template(TEMPLATE).render(**context)
 
 
-def write_html(report: Report, path: str | os.PathLike[str], against: Report | None = None) -> Path:
+def write_html(
+    report: Report,
+    path: str | os.PathLike[str],
+    against: Report | None = None,
+    *,
+    plots: Mapping[tuple[str, str], list[Plot]] | None = None,
+) -> Path:
     """Write the HTML page of ``report`` to ``path`` (creating parent folders).
 
     A ``search.json`` in the page's folder (see ``nndiag search``) adds the
@@ -207,6 +217,7 @@ def write_html(report: Report, path: str | os.PathLike[str], against: Report | N
         report: The report to render.
         path: Where the page goes; an existing file is replaced.
         against: An earlier report to compare with (see :func:`render_html`).
+        plots: Plots already drawn (see :func:`render_html`).
 
     Returns:
         The path written, as a :class:`~pathlib.Path`.
@@ -215,7 +226,7 @@ def write_html(report: Report, path: str | os.PathLike[str], against: Report | N
 
     beside = Path(path).parent / SEARCH_JSON
     search = beside if beside.exists() else None
-    return write_atomic(path, render_html(report, against, search=search))
+    return write_atomic(path, render_html(report, against, search=search, plots=plots))
 
 
 @lru_cache(maxsize=1)
@@ -232,7 +243,9 @@ def _environment() -> Environment:
     )
 
 
-def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
+def _context(
+    report: Report, meta: Mapping[str, Any], plots: Mapping[tuple[str, str], list[Plot]]
+) -> dict[str, Any]:
     checks = report.checks
     subjects: dict[str, SubjectView] = {}
     for name in report.subjects:
@@ -243,7 +256,8 @@ def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
         while anchor in used:  # names that differ only in whitespace, or repeated results
             anchor += "~"
         used.add(anchor)
-        subjects[result.subject].results.append(_result_view(result, anchor))
+        drawn = plots.get((result.subject, result.check))
+        subjects[result.subject].results.append(_result_view(result, anchor, drawn))
     for view in subjects.values():
         for check in checks:
             found = [r for r in view.results if r.check == check]
@@ -290,7 +304,7 @@ def _context(report: Report, meta: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _result_view(result: CheckResult, anchor: str) -> ResultView:
+def _result_view(result: CheckResult, anchor: str, drawn: list[Plot] | None) -> ResultView:
     metrics = [
         Row(str(k), format_value(v), bool(_THRESHOLD_KEY.search(str(k).lower())))
         for k, v in result.metrics.items()
@@ -318,7 +332,7 @@ def _result_view(result: CheckResult, anchor: str) -> ResultView:
         metrics=[row for row in metrics if not row.threshold],
         thresholds=[row for row in metrics if row.threshold] + extra,
         cost=_cost_text(result.cost.forward, result.cost.backward, result.cost.seconds),
-        plots=plots_for(result),
+        plots=plots_for(result) if drawn is None else drawn,
         tables=_tables(result.check, evidence),
         counterexample=counterexample,
         open=result.state in _OPEN and not result.stale,

@@ -90,7 +90,11 @@ def plots_for(result: CheckResult) -> list[Plot]:
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.simplefilter("ignore", UserWarning)
             return [
-                Plot(alt=alt, uri=figure_to_data_uri(fig), wide=fig.get_figwidth() > WIDE_INCHES)
+                Plot(
+                    alt=alt,
+                    uri=figure_to_data_uri(fig),
+                    wide=bool(fig.get_figwidth() > WIDE_INCHES),
+                )
                 for alt, fig in plotter(evidence)
             ]
     except Exception as exc:  # a bad evidence value must cost one plot, not the page

@@ -192,6 +192,15 @@ def test_xdist_gives_the_serial_results_and_writes_once(project: Project) -> Non
         f"factory:{s}" for s in ("mlp", "huge_init", "warns", "mixer", "broken_factory")
     }
 
+    # The workers drew their results' plots (in parallel): the page shows the same images
+    # the serial run's controller drew.
+    def images(directory: str) -> list[str]:
+        page = (project.path / directory / "nndiag.html").read_text()
+        return re.findall(r"data:image/png;base64,[A-Za-z0-9+/=]+", page)
+
+    assert images("parallel") == images("serial")
+    assert len(images("serial")) >= 10
+
 
 def test_without_nndiag_the_plugin_does_nothing(project: Project) -> None:
     result = project.run()

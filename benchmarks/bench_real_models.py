@@ -34,7 +34,7 @@ def _forward_backward_seconds(subject: nndiag.Subject, repeats: int = 5) -> floa
     return statistics.median(times[1:])
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "vit_tiny"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "vit_tiny"])
 def test_default_checks_on_a_library_model(benchmark: pytest.FixtureRequest, name: str) -> None:
     factory = models.vit_tiny if name == "vit_tiny" else models.HEALTHY[name]
     subject = factory(0)

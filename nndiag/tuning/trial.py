@@ -29,6 +29,8 @@ EXPLODE = 3.0
 LEARNING_RATE_NAMES = ("lr", "learning_rate")
 # Validation rows held out of a single stored batch when no validation data is given.
 HOLDOUT = 0.2
+# Validation batches read from a given iterable (each up to the subject's rows per batch).
+VALIDATION_BATCHES = 256
 # At most this many training losses are kept per trial (every k-th step beyond that).
 MAX_CURVE = 200
 _IGNORE = -100  # targets cross-entropy leaves out (torch's and transformers' default)
@@ -201,9 +203,18 @@ def _split(
     from."""
     stored: list[Batch] = list(getattr(session, "batches", subject.batches))
     if validation is not None:
-        held = subject.backend.read_batches(subject.model, validation, 1_000_000)
+        from nndiag.backends.base import check_consistent
+
+        held = subject.backend.read_batches(subject.model, validation, VALIDATION_BATCHES)
+        try:  # validated like the subject's data: the trained model must accept it
+            check_consistent([stored[0], *held])
+        except InvalidSubject as exc:  # "data (batch k)": k counts the training batch
+            index = int("".join(c for c in exc.argument if c.isdigit()) or 1) - 1
+            problem = exc.problem.replace("batch 0's", "the training data's")
+            raise InvalidSubject(f"validation (batch {index})", problem, exc.fix) from None
         count = sum(len(b) for b in held)
-        return stored, held, f"the given validation data ({count} samples)"
+        first = f"the first {len(held)} batches of " if len(held) == VALIDATION_BATCHES else ""
+        return stored, held, f"{first}the given validation data ({count} samples)"
     if len(stored) > 1:
         return (
             stored[:-1],

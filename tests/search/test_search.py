@@ -351,3 +351,15 @@ def test_the_task_is_read_where_the_factory_builds(tmp_path: Path) -> None:
     assert result.direction == "minimize" and len(result.trials) == 2
     with pytest.raises(InvalidSetting, match="factory.*raised RuntimeError: never builds"):
         run(always_broken, tmp_path / "x", trials=2)
+
+
+def test_validation_data_of_another_sample_shape_is_refused_by_name(tmp_path: Path) -> None:
+    Xv, yv = h.validation_data()
+    wide = np.concatenate([Xv, Xv], axis=1)
+    # A list of batches: the second differs from the training data's feature count. The
+    # trial fails naming it, before any training step.
+    result = run(h.regression, tmp_path, trials=1, validation=[(Xv, yv), (wide, yv)])
+    (trial,) = result.trials
+    assert trial.state == "fail", trial
+    assert trial.reason.startswith("validation (batch 1): its samples have X of shape")
+    assert "the training data's" in trial.reason

@@ -436,6 +436,9 @@ def plot_gradient_check(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]
     tensors = _records(evidence.get("tensors"))
     if not tensors:
         return []
+    screened = not any("rel_error" in t or t.get("no_grad") for t in tensors)
+    if screened:  # the screens passed: no tensor has a difference of its own
+        tensors = _screen_rows(evidence, len(tensors)) or tensors
     shown = tensors[:_MAX_BARS]
     bands = dict(_GRAD_BANDS)
     given = evidence.get("bands")
@@ -507,12 +510,18 @@ def plot_gradient_check(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]
             widths.append(max(error, left))
             hatches.append("")
     bars = ax.barh(ys, [w - left for w in widths], left=left, height=0.62, color=colors)
-    for bar, hatch, error, value in zip(bars, hatches, errors, raw):
-        if hatch:
+    for bar, hatch, error, value, tensor in zip(bars, hatches, errors, raw, shown):
+        cleared = "rel_error" not in tensor and not tensor.get("no_grad")
+        if hatch and cleared:  # a group it belonged to passed: no number of its own
+            bar.set_width(0)
+            error = left
+        elif hatch:
             bar.set_hatch(hatch)
             bar.set_alpha(0.45)
         text = _fmt(error) if error is not None else ("missing" if value is None else str(value))
-        if error == 0:
+        if cleared:
+            text = "cleared with its group"
+        elif error == 0:
             text = "0 (exact)"
         ax.text(
             min(bar.get_width() + left, right),
@@ -530,10 +539,30 @@ def plot_gradient_check(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]
         "relative error |analytic - numeric| / max(|analytic|, |numeric|)", fontsize=FONT - 1
     )
     alt = "relative gradient error per tensor, log scale"
+    if screened and tensors and "direction" in str(tensors[0].get("name")):
+        alt = "relative gradient error of each whole-model screen, log scale"
     if len(tensors) > len(shown):
         alt += f" (first {len(shown)} of {len(tensors)} tensors)"
         ax.set_title(f"first {len(shown)} of {len(tensors)} tensors", fontsize=FONT, loc="left")
     return [(alt, fig)]
+
+
+def _screen_rows(evidence: Mapping[str, Any], count: int) -> list[Mapping[str, Any]]:
+    """One bar per whole-model screen (its best step's error), for a run that passed on
+    the screens alone."""
+    warn, fail = _number(evidence.get("warn")) or 0.0, _number(evidence.get("fail")) or 0.0
+    rows: list[Mapping[str, Any]] = []
+    for i, screen in enumerate(_records(evidence.get("screens")), start=1):
+        tried = [_number(pair[1]) for pair in screen.get("errors") or () if len(pair) == 2]
+        found = [e for e in tried if e is not None]
+        if not found:
+            continue
+        error = min(found)
+        status = "pass" if error <= warn else "warn" if error <= fail else "fail"
+        rows.append(
+            {"name": f"direction {i}, all {count} tensors", "rel_error": error, "status": status}
+        )
+    return rows
 
 
 _MAX_HISTOGRAMS = 30

@@ -143,3 +143,41 @@ def test_tick_labels_are_plain_text() -> None:
         "0",
         "2.5e-7",
     ]
+
+
+def _texts(figure: object) -> list[str]:
+    axes = figure.axes[0]  # type: ignore[attr-defined]
+    ticks = [label.get_text() for label in axes.get_yticklabels()]
+    return ticks + [text.get_text().strip() for text in axes.texts]
+
+
+def test_gradient_plot_of_a_screened_pass_shows_the_screens_not_missing_tensors() -> None:
+    tensors = [{"name": f"t{i}", "shape": [3], "status": "pass", "no_grad": False} for i in "ab"]
+    evidence = {
+        "tensors": tensors,
+        "screens": [{"errors": [[1e-5, 3e-9], [1e-6, 2e-8]]}, {"errors": [[1e-5, 5e-7]]}],
+        "warn": 1e-6,
+        "fail": 1e-4,
+    }
+    ((alt, figure),) = plots.plot_gradient_check(evidence)
+    texts = _texts(figure)
+    assert "direction 1, all 2 tensors" in texts and "direction 2, all 2 tensors" in texts
+    assert "3.00e-9" in texts and "5.00e-7" in texts and "missing" not in texts
+    assert "whole-model screen" in alt
+
+
+def test_gradient_plot_marks_tensors_a_passing_group_cleared() -> None:
+    evidence = {
+        "tensors": [
+            {"name": "a", "status": "pass", "no_grad": False, "judged_error": 0.0},
+            {"name": "b", "status": "fail", "no_grad": False, "rel_error": 0.01},
+            {"name": "c", "status": "warn", "no_grad": True, "judged_error": 0.0},
+        ],
+        "warn": 1e-6,
+        "fail": 1e-4,
+    }
+    ((_, figure),) = plots.plot_gradient_check(evidence)
+    texts = _texts(figure)
+    assert "cleared with its group" in texts  # a
+    assert "missing" in texts  # c: no gradient at all
+    assert texts.count("cleared with its group") == 1

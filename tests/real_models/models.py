@@ -107,6 +107,12 @@ def efficientnet_b0(seed: int = 0) -> nndiag.Subject:
     return nndiag.Subject(model, _images(seed), name="efficientnet_b0")
 
 
+def vgg11_bn(seed: int = 0) -> nndiag.Subject:
+    """133M parameters, 0.9 s a training step on 2 cores: for the cost and memory
+    benchmarks, not the test run."""
+    return nndiag.Subject(_vision("vgg11_bn", seed), _images(seed), name="vgg11_bn")
+
+
 def squeezenet1_1(seed: int = 0) -> nndiag.Subject:
     model = _vision("squeezenet1_1", seed)
     return nndiag.Subject(model, _images(seed), name="squeezenet1_1")

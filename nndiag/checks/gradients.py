@@ -300,14 +300,17 @@ def _ladder(
     floor: float,
     config: Config,
 ) -> Iterator[float]:
-    """The given steps, then ever smaller ones while the error keeps shrinking with the
-    step (kinks crossed: a deep ReLU net crosses many along one direction) and rounding
-    still leaves room below it; a wrong gradient's error does not shrink, so it stops."""
+    """The given steps, then ever smaller ones while the error still shrinks with the step
+    over the last two decades (kinks crossed: a deep ReLU net crosses many along one
+    direction, and not monotonically: resnet18's 3e-2 at h = 1e-6 and 1e-7 falls to 4e-9 at
+    1e-9) and rounding still leaves room below it; a wrong gradient's error stays flat, so
+    it stops within two steps."""
     yield from steps
     h = min(steps)
     while len(errors) >= 2 and h > _SMALLEST_STEP:
-        (_, before), (_, now) = errors[-2], errors[-1]
-        if now <= config.gradient_warn or now > before / 3:
+        now = errors[-1][1]
+        earlier = errors[-3][1] if len(errors) >= 3 else errors[-2][1] * 3
+        if now <= config.gradient_warn or now > 0.8 * earlier:
             return
         h /= 10
         if max(_noise(loss, h), 2 * floor / h) > now * max(abs(analytic), 1e-300) / 10:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -210,15 +211,30 @@ def test_a_nan_gradient_with_a_finite_loss_fails() -> None:
     assert "NaN/Inf" in result.message and "fc1" in result.message
 
 
-def test_a_screen_that_only_kinks_explain_passes_and_says_so() -> None:
-    # Seed 16 of the PyTorch-default ReLU MLP: the whole-model direction crosses ReLU
-    # kinks (relative error ~0.04), while every group of tensors re-measured on its own
-    # agrees. A directional derivative is the sum of the groups' parts: not a wrong gradient.
+def test_kinks_the_steps_cross_are_resolved_by_smaller_steps() -> None:
+    # Seed 16 of the PyTorch-default ReLU MLP: at h = 1e-5 ... 1e-7 the whole-model
+    # direction crosses ReLU kinks (relative error ~0.04); smaller steps cross none.
     from tests.models import default_relu_mlp
 
-    result = nndiag.diagnose(default_relu_mlp(16), ["gradient_check"], nndiag.Config(seed=16))[
-        "gradient_check"
-    ]
+    config = nndiag.Config(seed=16)
+    result = nndiag.diagnose(default_relu_mlp(16), ["gradient_check"], config)["gradient_check"]
+    assert result.status == "pass", result.summary()
+    assert not result.metrics["localized"] and "resolved by smaller ones" in result.message
+    assert max(e for s in result.evidence["screens"] for _, e in s["errors"]) > 1e-3
+
+
+def test_a_screen_that_only_kinks_explain_passes_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With no step below 1e-7 the same screen stays off, while every group of tensors
+    # re-measured on its own agrees. A directional derivative is the sum of the groups'
+    # parts: not a wrong gradient.
+    from nndiag.checks import gradients
+    from tests.models import default_relu_mlp
+
+    monkeypatch.setattr(gradients, "_SMALLEST_STEP", 1e-7)
+    config = nndiag.Config(seed=16)
+    result = nndiag.diagnose(default_relu_mlp(16), ["gradient_check"], config)["gradient_check"]
     assert result.status == "pass", result.summary()
     assert result.metrics["kinks_explained"] is True
     assert "kinks" in result.message

@@ -918,7 +918,7 @@ class _Float64Casts(TorchFunctionMode):
             self._keep(f"{getattr(func, '__name__', 'a call')}(dtype={kwargs['dtype']})")
             kwargs["dtype"] = torch.float64
         if func is torch.Tensor.to:
-            lowered = [a in _LOWER for a in args]
+            lowered = [isinstance(a, torch.dtype) and a in _LOWER for a in args]
             if any(lowered):
                 self._keep("Tensor.to(<lower float>)")
                 args = tuple(torch.float64 if low else a for a, low in zip(args, lowered))

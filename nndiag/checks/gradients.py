@@ -309,8 +309,8 @@ def _ladder(
     h = min(steps)
     while len(errors) >= 2 and h > _SMALLEST_STEP:
         now = errors[-1][1]
-        earlier = errors[-3][1] if len(errors) >= 3 else errors[-2][1] * 3
-        if now <= config.gradient_warn or now > 0.8 * earlier:
+        flat = len(errors) >= 3 and now > 0.8 * errors[-3][1]  # < 20% down over two decades
+        if now <= config.gradient_warn or flat:
             return
         h /= 10
         if max(_noise(loss, h), 2 * floor / h) > now * max(abs(analytic), 1e-300) / 10:

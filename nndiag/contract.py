@@ -34,6 +34,7 @@ __all__ = [
     "Objective",
     "Ownership",
     "Session",
+    "Sides",
     "Step",
     "Task",
     "Trainer",
@@ -202,6 +203,22 @@ class Ownership:
     stale: tuple[tuple[int, ...], ...] = ()
 
 
+@dataclass(frozen=True)
+class Sides:
+    """The loss at +h and -h along a direction, and how many winners of the forward's
+    non-smooth operations (a ReLU's side, a max-pool's argmax, a clamp's piece, a
+    comparison's outcome) differ between the two points (``crossings``), and between the
+    objective's own point and each of them (``up_changed``, ``down_changed``): a
+    difference is evidence about a smooth segment only where none changed. None where the
+    backend cannot record winners."""
+
+    up: float
+    down: float
+    crossings: int | None
+    up_changed: int | None = None
+    down_changed: int | None = None
+
+
 class Objective(Protocol):
     """The subject's loss on one batch as a function of its trainable tensors, in the
     dtype the objective was opened with (float64 for the gradient check)."""
@@ -224,6 +241,11 @@ class Objective(Protocol):
         """Loss with each named tensor shifted by ``scale`` times the given numpy array
         (``scale`` saves the check a tensor-sized temporary per evaluation); the point is
         left as it was."""
+
+    def sides(self, shifts: Mapping[str, Any], h: float) -> Sides:
+        """The loss at the point shifted by +h and by -h times ``shifts``, with the
+        winners of every non-smooth operation compared between the two (two forward
+        passes)."""
 
     def move(self, shifts: Mapping[str, Any]) -> None:
         """Shift the point itself (on nndiag's private copy)."""

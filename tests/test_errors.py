@@ -354,7 +354,6 @@ def test_float_targets_and_integer_arrays_from_numpy() -> None:
         ({"gradient_warn": 1e-3}, "Config.gradient_warn: 0.001 is past gradient_fail"),
         ({"collapse_fail": 0.2}, "Config.collapse_fail: 0.2 is past collapse_warn"),
         ({"init_scale_warn": 0.5}, "Config.init_scale_warn: is a factor either way, above 1"),
-        ({"gradient_kinks_ok": 1e-3}, "Config.gradient_kinks_ok: 0.001 is past gradient_fail"),
         ({"batchnorm_gap_warn": 2.0}, "Config.batchnorm_gap_warn: is a fraction, at most 1"),
         ({"batchnorm_eval_rtol": -1.0}, "Config.batchnorm_eval_rtol: must be a finite number"),
     ],

@@ -49,6 +49,7 @@ from nndiag.contract import (
     NonFinite,
     NormLayer,
     Ownership,
+    Sides,
     Step,
     Task,
     Vocabulary,
@@ -617,15 +618,45 @@ class _Objective:
             for n in self.names
         }
 
-    def value(self, shifts: Mapping[str, Any], scale: float = 1.0) -> float:
+    def sides(self, shifts: Mapping[str, Any], h: float) -> Sides:
+        """Winners are the zero pattern of ``model.activations(X)`` (a ReLU's off units):
+        the protocol exposes no other non-smooth operation, and without the method the
+        crossings are unknown."""
+        up, at_up = self.value(shifts, h), self._zeros(shifts, h)
+        down, at_down = self.value(shifts, -h), self._zeros(shifts, -h)
+        here = self._zeros({}, 0.0)
+        if at_up is None or at_down is None or here is None:
+            return Sides(up, down, None)
+        return Sides(
+            up, down, _changed(at_up, at_down), _changed(here, at_up), _changed(here, at_down)
+        )
+
+    def _zeros(self, shifts: Mapping[str, Any], scale: float) -> list[np.ndarray] | None:
+        activations = getattr(self.session.model, "activations", None)
+        if not callable(activations):
+            return None
+        with self._shifted(shifts, scale), self.session.calling("model", "model.activations(X)"):
+            found = activations(self.X)
+        return [np.asarray(a) == 0 for a in found.values()]
+
+    @contextmanager
+    def _shifted(self, shifts: Mapping[str, Any], scale: float) -> Iterator[None]:
         for name, shift in shifts.items():
             np.multiply(shift, scale, out=self.params[name])
             self.params[name] += self.base[name]
         try:
-            return self.session._loss(self.X, self.y, reseed=True)[0]
+            yield
         finally:
             for name in shifts:
                 np.copyto(self.params[name], self.base[name])
+
+    def value(self, shifts: Mapping[str, Any], scale: float = 1.0) -> float:
+        with self._shifted(shifts, scale):
+            return self.session._loss(self.X, self.y, reseed=True)[0]
+
+
+def _changed(first: list[np.ndarray], second: list[np.ndarray]) -> int:
+    return sum(int((a != b).sum()) for a, b in zip(first, second))
 
 
 class _Trainer:

@@ -181,7 +181,6 @@ BUILTIN: tuple[CheckSpec, ...] = (
             "gradient_steps",
             "gradient_warn",
             "gradient_fail",
-            "gradient_kinks_ok",
             "gradient_batch",
             "gradient_zero",
             "gradient_jitter",

@@ -1,41 +1,53 @@
-"""``gradient_check``: analytic against numeric gradients, in float64.
+"""``gradient_check``: analytic against numeric gradients, in float64, on a smooth segment.
 
-Cost does not grow with the number of parameter tensors when the gradients are right:
-after one backward pass, the whole model is screened along two independent random
-directions (a centered difference each: 2 forward passes per step tried), each tensor's
-part scaled so that every tensor contributes alike to the directional derivative — a 1%
-error in one tensor of sixty still shows. Only a screen that fails is localized: each
-tensor is checked along its own part of the direction, and a tensor fails only when an
-independent re-measurement (a fresh direction) fails too; the worst one is then bisected
-down to one coordinate.
+Few rows: the check differentiates ``gradient_batch`` rows (4 by default) of the first
+batch, whatever the subject's batch size or loader: "loss functions that contain kinks will
+have fewer kinks with fewer datapoints" (CS231n notes), and the verdict and cost then do
+not depend on how the data is fed.
 
-Kinks (ReLU, max-pool) crossed by the step spoil a centered difference by an amount that
-shrinks with the step; a wrong gradient does not shrink (docs/calibration.md: one-sided
-differences at a kink agree for h <= 1e-6). Steps are tried from large to small until the
-error is small. A torch forward's casts to float32 run in float64 during the check (the
-backend's objective); a model that still computes parts below float64 gives the loss a
-noise floor: it is measured, and steps and tolerance follow from it (and the result says
-so). With a regularization knob, the check runs at strength
-0 and again at a strength where the penalty's gradient is as large as the data term's.
+Kinks are recorded, not guessed: every centered difference runs the forward at x+h and
+x-h with the winners of its non-smooth operations recorded (a ReLU's side, a max-pool's
+argmax, a clamp's piece, a comparison's outcome; ``Objective.sides``). A difference is
+evidence only where no winner changed; where some did, the step shrinks until none does.
+A disagreement on a smooth segment is then confirmed at a step ten times smaller (a real
+error stays, truncation falls a hundredfold), never excused.
+
+Per-tensor sensitivity at flat cost: after one backward pass, the whole model is screened
+along two random directions whose part in each tensor holds that tensor's own gradient
+direction and a random part orthogonal to it, scaled so that every tensor adds the same
+amount to the directional derivative: a 1% error in any one tensor moves the screen by 1%
+of one tensor's share, far above float64's resolution. Only a screen that disagrees is
+localized, by bisecting the tensors in groups along the same direction (the parts add up),
+and a tensor fails only when an independent re-measurement (a fresh direction) fails too.
+
+A torch forward's casts to float32 run in float64 during the check; a model that still
+computes parts below float64 gives the loss a noise floor: it is measured, and steps and
+tolerance follow from it (and the result says so). With a regularization knob, the check
+runs again at a strength whose penalty is as large as the data loss.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from nndiag.config import Config
-from nndiag.contract import Objective, Session
+from nndiag.contract import Objective, Session, Sides
 from nndiag.results import CheckResult
 
 CHECK = "gradient_check"
 # Below this a float64 centered difference is mostly rounding, whatever the loss.
 _SMALLEST_STEP = 1e-11
 BANDS = {"good": 1e-7, "kinks_ok": 1e-4, "wrong": 1e-2}  # CS231n notes
+# A tensor's gain (1 / its gradient norm) is clipped to this multiple of the median
+# tensor's: a near-zero gradient would otherwise get a huge step along its part.
+_GAIN_CLIP = 1e3
+# Tensors without a gradient checked one by one before the rest are named as a group.
+_MISSING_CHECKED = 8
 
 
 def relative_error(analytic: float, numeric: float, zero: float, noise: float = 0.0) -> float:
@@ -58,16 +70,6 @@ def band(error: float) -> str:
     return "wrong"
 
 
-def _sides(f: Objective, name: str, direction: np.ndarray, h: float) -> tuple[float, float]:
-    """The loss at +h and -h along ``direction``."""
-    return f.value({name: direction}, h), f.value({name: direction}, -h)
-
-
-def _difference(f: Objective, name: str, direction: np.ndarray, h: float) -> float:
-    up, down = _sides(f, name, direction, h)
-    return (up - down) / (2 * h)
-
-
 def _noise(loss: float, h: float) -> float:
     """Rounding error of a centered difference: a few ulps of the loss over the step."""
     return 4 * float(np.finfo(np.float64).eps) * max(abs(loss), 1.0) / h
@@ -75,187 +77,170 @@ def _noise(loss: float, h: float) -> float:
 
 @dataclass
 class _Finding:
-    error: float  # what the verdict uses: rounding noise discounted, kinks ruled out
-    raw: float  # the notes' relative error of the best centered difference
+    """One directional derivative, analytic against numeric."""
+
+    error: float  # what the verdict uses: rounding noise discounted, over the scale
+    raw: float  # the notes' relative error at the step the verdict uses
     analytic: float
     numeric: float
     step: float
-    kink: bool = False
+    # True: no winner changed at ``step``; None: the backend records no winners; False:
+    # winners changed at every step down to the rounding limit (no evidence either way).
+    smooth: bool | None = True
+    confirmed: bool = False  # a disagreement seen again at a ten times smaller step
+    one_sided: bool = False  # from the side a unit on its kink stays on
     errors: list[tuple[float, float]] = field(default_factory=list)  # (h, error) as tried
+    crossings: list[tuple[float, int | None]] = field(default_factory=list)  # (h, changed)
     resolution: float = 0.0  # relative uncertainty of the numeric estimate (noisy losses)
 
 
-def _compare(
-    sides: Callable[[float], tuple[float, float]],
-    analytic: float,
-    loss: float,
-    floor: float,
-    steps: tuple[float, ...],
-    config: Config,
+@dataclass
+class _Probe:
+    """What every measurement of one run shares: the objective at its point, the loss
+    there, its noise floor, and the share each tensor adds to a screen."""
+
+    f: Objective
+    loss: float
+    floor: float
+    config: Config
+    rows: int
+
+    @property
+    def noisy(self) -> bool:
+        return _is_noisy(self.floor, self.loss)
+
+    def rounding(self, h: float) -> float:
+        return max(_noise(self.loss, h), 2 * self.floor / h)
+
+    def measure(
+        self, part: dict[str, np.ndarray], analytic: float, *, against: float | None
+    ) -> _Finding:
+        """The directional derivative along ``part``; its error relative to ``against``
+        (one tensor's share of a balanced direction), else the notes' relative error."""
+        if self.noisy:
+            return _noisy(self, part, analytic)
+        return _smooth(self, part, analytic, against)
+
+
+def _steps(config: Config) -> Iterator[float]:
+    """The configured steps, then smaller ones by decades."""
+    yield from config.gradient_steps
+    h = min(config.gradient_steps)
+    while h > _SMALLEST_STEP:
+        h /= 10
+        yield h
+
+
+def _smooth(
+    probe: _Probe, part: dict[str, np.ndarray], analytic: float, against: float | None
 ) -> _Finding:
-    """Centered differences over ``steps`` (then smaller ones while kinks shrink away),
-    stopping once one agrees; ``sides(h)`` gives the loss at +h and -h.
-
-    A step that crosses a kink (a ReLU unit changing sides) spoils the centered difference
-    but not both one-sided ones: the side that stays on the point's own linear piece
-    matches the analytic gradient. A wrong gradient matches neither side.
-
-    With a noise floor (float32 inside the model) no step is exact: the change between
-    successive steps estimates the truncation error, the floor over the step the rounding
-    error, and the verdict is taken at the step whose estimate is most precise, with that
-    uncertainty discounted (never at whichever step happens to agree best).
-    """
-    noisy = _is_noisy(floor, loss)
+    """Centered differences over the step ladder: a step at which winners changed is
+    skipped; the first smooth one that agrees ends it; a smooth disagreement is taken
+    once a ten times smaller step shows it again (a wrong gradient's error does not
+    shrink; truncation's and an unrecorded kink's do)."""
+    config = probe.config
+    found: _Finding | None = None
     errors: list[tuple[float, float]] = []
-    tried: list[tuple[float, float, float, float]] = []  # (h, numeric, uncertainty, error)
-    best: _Finding | None = None
-    sided: list[float] = []  # per step, the better one-sided difference's error
-    for h in _ladder(steps, errors, analytic, loss, floor, config):
-        up, down = sides(h)
-        numeric = (up - down) / (2 * h)
-        noise = max(_noise(loss, h), 2 * floor / h)
-        if noisy:
-            noise += abs(numeric - tried[-1][1]) if tried else math.inf
-        error = relative_error(analytic, numeric, config.gradient_zero, noise)
-        tried.append((h, numeric, noise, error))
-        errors.append((h, error))
-        if not noisy and (best is None or error < best.error):
-            raw = relative_error(analytic, numeric, config.gradient_zero)
-            best = _Finding(error, raw, analytic, numeric, h)
-        if not noisy and error <= config.gradient_warn:
+    crossings: list[tuple[float, int | None]] = []
+    numeric = 0.0
+    for h in _steps(config):
+        # Rounding is discounted from the error; a smaller step is useful while it would
+        # not hide a tenth of an error at the fail threshold.
+        scale = against or max(abs(analytic), abs(numeric))
+        if errors and probe.rounding(h) > 0.1 * config.gradient_fail * scale:
             break
-        sided.append(
-            min(
-                relative_error(analytic, (up - loss) / h, config.gradient_zero, noise),
-                relative_error(analytic, (loss - down) / h, config.gradient_zero, noise),
-            )
+        sides = probe.f.sides(part, h)
+        numeric = (sides.up - sides.down) / (2 * h)
+        crossed = sides.crossings
+        if crossed:
+            one = _one_sided(probe, part, h, sides)
+            numeric, crossed = (numeric, crossed) if one is None else (one, 0)
+        size = against or max(abs(analytic), abs(numeric))
+        gap = abs(analytic - numeric) if math.isfinite(numeric) else math.inf
+        error = max(gap - probe.rounding(h), 0.0) / size if size > config.gradient_zero else 0.0
+        errors.append((h, error))
+        crossings.append((h, sides.crossings))
+        if crossed:
+            continue
+        now = _Finding(
+            error, relative_error(analytic, numeric, config.gradient_zero), analytic, numeric, h
         )
-    if noisy:
-        # Both neighbours' changes: two estimates can agree by chance.
-        spread = [
-            t[2] + (abs(tried[i + 1][1] - t[1]) if i + 1 < len(tried) else math.inf)
-            for i, t in enumerate(tried)
-        ]
-        i = int(np.argmin(spread))
-        h, numeric, _, _ = tried[i]
-        noise = spread[i]
-        error = relative_error(analytic, numeric, config.gradient_zero, noise)
-        raw = relative_error(analytic, numeric, config.gradient_zero)
-        best = _Finding(error, raw, analytic, numeric, h)
-        best.resolution = noise / max(abs(analytic), abs(numeric), 1e-300)
-        return best
-    assert best is not None
-    # Kinks: the error shrinks with the step (halves or better over the steps tried).
-    shrinks = len(errors) >= 2 and errors[-1][1] < 0.5 * errors[0][1]
-    # The side on the point's own linear piece agrees at every step that crosses the kink;
-    # a one-sided difference's O(h) truncation can meet a wrong gradient at one step only
-    # (it changes 10x from step to step), so one agreeing step alone is no kink unless the
-    # centered error shrinks too.
-    agreeing = [e for e in sided if e <= config.gradient_fail]
-    if (
-        best.error > config.gradient_warn
-        and agreeing
-        and (len(agreeing) >= 2 or shrinks)
-        and min(agreeing) < best.error
-    ):
-        best.error, best.kink = min(agreeing), True
-    if shrinks:
-        best.kink = True
-    best.errors = errors
-    return best
-
-
-def _checked(
-    f: Objective,
-    name: str,
-    grad: np.ndarray,
-    direction: np.ndarray,
-    loss: float,
-    config: Config,
-    floor: float = 0.0,
-) -> _Finding:
-    """One tensor along ``direction``: see :func:`_compare`."""
-    analytic = float(np.vdot(grad, direction))
-    steps = _steps(config, floor, loss)
-    found = _compare(lambda h: _sides(f, name, direction, h), analytic, loss, floor, steps, config)
+        now.smooth = None if sides.crossings is None else True
+        now.one_sided = bool(sides.crossings)
+        if error <= config.gradient_warn:
+            found = now
+            break
+        if found is not None and error >= 0.5 * found.error:
+            found, now.confirmed = now, True
+            break
+        found = now
+    if found is None:  # winners changed at every step: no evidence either way
+        h, error = errors[-1]
+        found = _Finding(error, error, analytic, math.nan, h, smooth=False)
+    found.errors, found.crossings = errors, crossings
     return found
 
 
-def _localize(
-    f: Objective,
-    name: str,
-    grad: np.ndarray,
-    direction: np.ndarray,
-    loss: float,
-    config: Config,
-    rng: np.random.Generator,
-    h: float,
-) -> dict[str, Any]:
-    """Bisect the direction's support towards the coordinate with the largest mismatch,
-    at the step ``h`` the tensor's own check settled on."""
-    flat = np.flatnonzero(direction)
-    rng.shuffle(flat)
-    while len(flat) > 1:
-        halves = np.array_split(flat, 2)
-        gaps = []
-        for half in halves:
-            part = np.zeros_like(direction)
-            part.flat[half] = direction.flat[half]
-            gaps.append(abs(float(np.vdot(grad, part)) - _difference(f, name, part, h)))
-        flat = halves[int(np.argmax(gaps))]
-    index = int(flat[0])
-    unit = np.zeros_like(direction)
-    unit.flat[index] = 1.0
-    numeric = _difference(f, name, unit, h)
-    analytic = float(grad.flat[index])
-    return {
-        "tensor": name,
-        "index": [int(i) for i in np.unravel_index(index, grad.shape)],
-        "analytic": analytic,
-        "numeric": numeric,
-        "rel_error": relative_error(analytic, numeric, config.gradient_zero, _noise(loss, h)),
-    }
+def _one_sided(probe: _Probe, part: dict[str, np.ndarray], h: float, sides: Sides) -> float | None:
+    """Where winners changed between x-h and x+h but not between x and one of them (a unit
+    that sits on its kink at x), the difference on that side, from x, x+-h and x+-2h
+    (second order: (-3 L(x) + 4 L(x+h) - L(x+2h)) / 2h), if no winner changed at x+-2h
+    either; else None."""
+    for sign, near, changed in (
+        (1.0, sides.up, sides.up_changed),
+        (-1.0, sides.down, sides.down_changed),
+    ):
+        if changed != 0:
+            continue
+        far = probe.f.sides(part, 2 * h)
+        value, moved = (far.up, far.up_changed) if sign > 0 else (far.down, far.down_changed)
+        if moved == 0:
+            return sign * (-3 * probe.loss + 4 * near - value) / (2 * h)
+    return None
 
 
-def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Random +/-1 entries (the jitter off exact kinks)."""
-    return (rng.random(shape, dtype=np.float32) < 0.5).astype(np.float64) * 2 - 1
-
-
-def _direction(
-    rng: np.random.Generator, shapes: dict[str, tuple[int, ...]], grads: dict[str, Any]
-) -> dict[str, np.ndarray]:
-    """A random normal direction over every tensor, each part scaled by 1/|grad| (the gain
-    clipped to 1e-2..1e2 of the median) so that each tensor adds about as much to the directional
-    derivative; normal, not +/-1, entries: a sign pattern can cancel exactly."""
-    norms = {n: float(np.linalg.norm(g)) if g is not None else 0.0 for n, g in grads.items()}
-    positive = [v for v in norms.values() if v > 0]
-    typical = float(np.median(positive)) if positive else 1.0
-    direction = {}
-    for name, shape in shapes.items():
-        part = rng.standard_normal(shape, dtype=np.float32).astype(np.float64)
-        norm = norms.get(name, 0.0)
-        gain = typical / norm if norm > 0 else 1.0
-        direction[name] = part * min(max(gain, 1e-2), 1e2) / math.sqrt(max(part.size, 1))
-    rms = math.sqrt(sum(float(np.vdot(d, d)) for d in direction.values()) / _size(direction))
-    return {n: d / (rms or 1.0) for n, d in direction.items()}
-
-
-def _size(direction: dict[str, np.ndarray]) -> int:
-    return max(sum(d.size for d in direction.values()), 1)
-
-
-def _analytic(grads: dict[str, Any], direction: dict[str, np.ndarray]) -> float:
-    return float(sum(np.vdot(g, direction[n]) for n, g in grads.items() if g is not None))
+def _noisy(probe: _Probe, part: dict[str, np.ndarray], analytic: float) -> _Finding:
+    """With a noise floor (float32 inside the model) no step is exact: over a wide ladder
+    (1e-2 down to 1e-8, half a decade apart) the change between successive steps
+    estimates the truncation error and the floor over the step the rounding error; the
+    verdict is taken at the step whose estimate is most precise, with that uncertainty
+    discounted (never at whichever step happens to agree best)."""
+    config = probe.config
+    tried: list[tuple[float, float, float]] = []  # (h, numeric, rounding)
+    for k in range(4, 17):
+        h = 10.0 ** (-k / 2)
+        sides = probe.f.sides(part, h)
+        tried.append((h, (sides.up - sides.down) / (2 * h), probe.rounding(h)))
+    spread = [  # both neighbours' changes: two estimates can agree by chance
+        noise
+        + (abs(numeric - tried[i - 1][1]) if i > 0 else math.inf)
+        + (abs(tried[i + 1][1] - numeric) if i + 1 < len(tried) else math.inf)
+        for i, (_, numeric, noise) in enumerate(tried)
+    ]
+    i = int(np.argmin(spread))
+    h, numeric, _ = tried[i]
+    error = relative_error(analytic, numeric, config.gradient_zero, spread[i])
+    found = _Finding(
+        error, relative_error(analytic, numeric, config.gradient_zero), analytic, numeric, h, None
+    )
+    found.resolution = spread[i] / max(abs(analytic), abs(numeric), 1e-300)
+    found.errors = [
+        (t[0], relative_error(analytic, t[1], config.gradient_zero, s))
+        for t, s in zip(tried, spread)
+    ]
+    return found
 
 
 def _noise_floor(f: Objective, direction: dict[str, np.ndarray], loss: float) -> float:
     """How much the loss jitters under a tiny move: float64 rounding for a float64 model;
-    far more when the model rounds parts of its computation to float32."""
-    delta = 1e-9
-    up, down = f.value(direction, delta), f.value(direction, -delta)
+    far more when the model rounds parts of its computation to float32. A move that
+    crossed a kink bends the loss too: it is retried smaller, up to twice."""
+    for delta in (1e-9, 1e-10, 1e-11):
+        sides = f.sides(direction, delta)
+        if not sides.crossings:
+            break
     eps = float(np.finfo(np.float64).eps) * max(abs(loss), 1.0)
-    return max(abs(up + down - 2 * loss) / 2, eps)
+    return max(abs(sides.up + sides.down - 2 * loss) / 2, eps)
 
 
 def _is_noisy(floor: float, loss: float) -> bool:
@@ -263,70 +248,62 @@ def _is_noisy(floor: float, loss: float) -> bool:
     return floor > 1e3 * float(np.finfo(np.float64).eps) * max(abs(loss), 1.0)
 
 
-def _steps(config: Config, floor: float, loss: float) -> tuple[float, ...]:
-    """The configured steps when the loss is float64-clean; with a noise floor a wide
-    ladder (1e-2 down to 1e-8, half a decade apart) from which the most precise estimate is
-    taken: where rounding and truncation balance depends on the model."""
-    if not _is_noisy(floor, loss):
-        return tuple(sorted(config.gradient_steps, reverse=True))
-    return tuple(10.0 ** (-k / 2) for k in range(4, 17))
+def _norms(grads: dict[str, Any]) -> dict[str, float]:
+    return {n: float(np.linalg.norm(g)) if g is not None else 0.0 for n, g in grads.items()}
 
 
-def _screen(
-    f: Objective,
-    grads: dict[str, Any],
-    direction: dict[str, np.ndarray],
-    loss: float,
-    floor: float,
-    steps: tuple[float, ...],
-    config: Config,
-) -> _Finding:
-    """The whole model along ``direction``: see :func:`_compare`."""
-    return _compare(
-        lambda h: (f.value(direction, h), f.value(direction, -h)),
-        _analytic(grads, direction),
-        loss,
-        floor,
-        steps,
-        config,
-    )
+def _gains(norms: dict[str, float]) -> dict[str, float]:
+    """1 / each tensor's gradient norm, clipped to _GAIN_CLIP times the median tensor's
+    (a tensor without a gradient gets the median's: its part must still move the loss
+    where the graph is cut)."""
+    positive = [v for v in norms.values() if v > 0]
+    typical = float(np.median(positive)) if positive else 1.0
+    return {n: min(1 / v, _GAIN_CLIP / typical) if v > 0 else 1 / typical for n, v in norms.items()}
 
 
-def _ladder(
-    steps: tuple[float, ...],
-    errors: list[tuple[float, float]],
-    analytic: float,
-    loss: float,
-    floor: float,
-    config: Config,
-) -> Iterator[float]:
-    """The given steps, then ever smaller ones while the error still shrinks with the step
-    over the last two decades (kinks crossed: a deep ReLU net crosses many along one
-    direction, and not monotonically: resnet18's 3e-2 at h = 1e-6 and 1e-7 falls to 4e-9 at
-    1e-9) and rounding still leaves room below it; a wrong gradient's error stays flat, so
-    it stops within two steps."""
-    yield from steps
-    h = min(steps)
-    while len(errors) >= 2 and h > _SMALLEST_STEP:
-        now = errors[-1][1]
-        flat = len(errors) >= 3 and now > 0.8 * errors[-3][1]  # < 20% down over two decades
-        if now <= config.gradient_warn or flat:
-            return
-        h /= 10
-        if max(_noise(loss, h), 2 * floor / h) > now * max(abs(analytic), 1e-300) / 10:
-            return
-        yield h
+def _part(rng: np.random.Generator, grad: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
+    """One tensor's part of a balanced direction before its gain: the unit gradient plus a
+    random normal part orthogonal to it (so that an error of any shape shows, not only a
+    rescaled gradient; the part adds exactly 1 to the derivative along the unit
+    gradient), in float32 (a direction need not be precise, only known exactly), and its
+    squared norm."""
+    part = rng.standard_normal(shape, dtype=np.float32)
+    norm = float(np.linalg.norm(grad)) if grad is not None else 0.0
+    if norm == 0:
+        return part, float(np.vdot(part, part))
+    unit = (grad / norm).astype(np.float32)
+    along = float(np.vdot(part, unit))
+    squared = float(np.vdot(part, part)) - along**2 + 1.0
+    part += np.float32(1.0 - along) * unit
+    return part, squared
 
 
-def _tensor_status(error: float, config: Config) -> str:
-    if error <= config.gradient_warn:
-        return "pass"
-    return "warn" if error <= config.gradient_fail else "fail"
+def _direction(
+    rng: np.random.Generator, shapes: dict[str, tuple[int, ...]], grads: dict[str, Any]
+) -> tuple[dict[str, np.ndarray], float]:
+    """A balanced direction over every tensor: each tensor's part times its gain and a
+    random sign, so each adds +/- the same amount (one tensor's share) to the directional
+    derivative; scaled to unit rms entry. Returns it and the share."""
+    gains = _gains(_norms(grads))
+    parts, total, size = {}, 0.0, 0
+    for name, shape in shapes.items():
+        parts[name], squared = _part(rng, grads.get(name), shape)
+        total += squared * gains[name] ** 2
+        size += parts[name].size
+    rms = math.sqrt(total / max(size, 1)) or 1.0
+    for name, part in parts.items():
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        part *= np.float32(sign * gains[name] / rms)
+    return parts, 1 / rms
+
+
+def _analytic(grads: dict[str, Any], direction: dict[str, np.ndarray]) -> float:
+    return float(sum(np.vdot(g, direction[n]) for n, g in grads.items() if g is not None))
 
 
 def gradient_check(session: Session, config: Config) -> CheckResult:
-    """Fail when analytic gradients disagree with centered differences (float64), also at a
-    regularization strength > 0 when the subject has a knob."""
+    """Fail when analytic gradients disagree with centered differences (float64) on a
+    smooth segment, also at a regularization strength > 0 when the subject has a knob."""
     first = session.rows(config.gradient_batch)
     rng = np.random.default_rng(config.seed)
     if session.has_regularization:
@@ -335,66 +312,84 @@ def gradient_check(session: Session, config: Config) -> CheckResult:
         note = f" {f.note}" if f.note else ""
         # Move off exact kinks (zero biases behind dead units sit on ReLU's corner): a
         # +/-jitter of the tensor's rms, far larger than the steps, far smaller than it.
-        jitter = {name: _signs(rng, f.shapes[name]) for name in f.names}
         f.move(
             {
                 name: config.gradient_jitter
                 * (float(np.sqrt(np.vdot(v, v) / max(v.size, 1))) or 1.0)
-                * jitter[name]
+                * _signs(rng, f.shapes[name])
                 for name, v in f.values().items()
             }
         )
-        result = _run(session, f, first, config, rng, note, strength=None)
+        result = _run(session, f, first, config, rng, note)
         if result.status == "fail" or not session.has_regularization:
             return result
-        strength = _comparable_strength(session, f)
-        if strength is None:
+        penalty = _penalty(session, f)
+        if penalty is None:
             return result
+        strength, moved = penalty
         session.set_regularization(strength)
-        regularized = _run(session, f, first, config, rng, note, strength=strength)
-        if regularized.status == "fail":
-            return CheckResult(
-                CHECK,
-                "fail",
-                f"Gradients are right at regularization 0 but wrong at strength {strength:.3g}: "
-                f"{regularized.message}",
-                {**regularized.metrics, "failed_strength": strength},
-                regularized.evidence,
-                "Gradients wrong only when reg > 0: the penalty's gradient does not match its "
-                "loss term (e.g. reg * W in the gradient against 0.5 * reg * sum(W**2) in the "
-                "loss, a layer left out of either, or reg * sum(W) instead of its square).",
-            )
-        metrics = {**result.metrics, "checked_strength": strength}
+        regularized = _run(session, f, first, config, rng, note)
+        return _with_penalty(result, regularized, strength, moved)
+
+
+def _signs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random +/-1 entries (the jitter off exact kinks)."""
+    return (rng.random(shape, dtype=np.float32) < 0.5).astype(np.float64) * 2 - 1
+
+
+def _penalty(session: Session, f: Objective) -> tuple[float, bool] | None:
+    """A strength whose penalty is as large as the data loss, sized from the *loss*
+    (a penalty is linear in its strength: one more loss at strength 1 measures it), and
+    whether the analytic gradient moves with the strength at all. None where the loss
+    does not rise with it (regularization_loss judges that)."""
+    loss, data = f.value_and_grad()
+    session.set_regularization(1.0)
+    raised, total = f.value_and_grad()
+    session.set_regularization(0.0)
+    rise = raised - loss
+    if not (math.isfinite(rise) and rise > 0):
+        return None
+    moved = any(
+        total.get(n) is not None and bool(np.any(total[n] != g))
+        for n, g in data.items()
+        if g is not None
+    )
+    return max(abs(loss), 1e-3) / rise, moved
+
+
+def _with_penalty(
+    result: CheckResult, regularized: CheckResult, strength: float, moved: bool
+) -> CheckResult:
+    if regularized.status == "fail":
+        cause = (
+            "the analytic gradient does not change with the strength while the loss rises: "
+            "the gradient ignores the penalty term. "
+            if not moved
+            else ""
+        )
         return CheckResult(
             CHECK,
-            result.status if regularized.status == "pass" else regularized.status,
-            f"{result.message} Checked again at regularization strength {strength:.3g} (the "
-            f"penalty's gradient as large as the data term's): "
-            f"{regularized.metrics.get('max_rel_error', 0.0):.2g}.",
-            metrics,
-            result.evidence,
-            result.hint or regularized.hint,
+            "fail",
+            f"Gradients are right at regularization 0 but wrong at strength {strength:.3g} "
+            f"(the penalty as large as the data loss): {cause}{regularized.message}",
+            {**regularized.metrics, "failed_strength": strength, "penalty_ignored": not moved},
+            regularized.evidence,
+            "Add the penalty's gradient to the gradients (reg * W for 0.5 * reg * sum(W**2) "
+            "in the loss)."
+            if not moved
+            else "Gradients wrong only when reg > 0: the penalty's gradient does not match "
+            "its loss term (e.g. reg * W in the gradient against 0.5 * reg * sum(W**2) in "
+            "the loss, a layer left out of either, or reg * sum(W) instead of its square).",
         )
-
-
-def _comparable_strength(session: Session, f: Objective) -> float | None:
-    """A strength at which the penalty's gradient norm equals the data gradient's: the
-    penalty is linear in the strength, so one more gradient at strength 1 measures it."""
-    _, data = f.value_and_grad()
-    session.set_regularization(1.0)
-    _, total = f.value_and_grad()
-    session.set_regularization(0.0)
-    data_norm = math.sqrt(sum(float(np.vdot(g, g)) for g in data.values() if g is not None))
-    penalty = math.sqrt(
-        sum(
-            float(np.vdot(total[n] - g, total[n] - g))
-            for n, g in data.items()
-            if g is not None and total.get(n) is not None
-        )
+    return CheckResult(
+        CHECK,
+        result.status if regularized.status == "pass" else regularized.status,
+        f"{result.message} Checked again at regularization strength {strength:.3g} (the "
+        f"penalty as large as the data loss): {regularized.metrics.get('max_rel_error', 0.0):.2g}.",
+        {**result.metrics, "checked_strength": strength},
+        result.evidence,
+        result.hint or regularized.hint,
     )
-    if not (math.isfinite(penalty) and penalty > 0 and data_norm > 0):
-        return None
-    return data_norm / penalty
 
 
 def _run(
@@ -404,9 +399,43 @@ def _run(
     config: Config,
     rng: np.random.Generator,
     note: str,
-    strength: float | None,
 ) -> CheckResult:
     loss, grads = f.value_and_grad()
+    broken = _nonfinite(session, loss, grads, note)
+    if broken is not None:
+        return broken
+    shapes = dict(f.shapes)
+    directions = [_direction(rng, shapes, grads) for _ in range(2)]
+    probe = _Probe(f, loss, _noise_floor(f, directions[0][0], loss), config, len(first))
+    # Two independent directions: the random parts of one can be nearly blind to an
+    # error that is not a rescaled gradient.
+    screens = [probe.measure(d, _analytic(grads, d), against=share) for d, share in directions]
+    missing = [n for n in f.names if grads[n] is None]
+    at = max(range(len(screens)), key=lambda i: (screens[i].smooth is False, screens[i].error))
+    worst = screens[at]
+    suspicious = worst.error > config.gradient_fail or worst.smooth is False or bool(missing)
+    if suspicious:
+        tensors = _per_tensor(probe, grads, *directions[at], rng)
+    else:
+        tensors = [_row(n, f.shapes[n]) for n in f.names]
+    metrics, evidence = _evidence(probe, screens, tensors, first, suspicious)
+    coordinates: list[dict[str, Any]] = evidence["coordinates"]
+    failed = [t for t in tensors if t["status"] == "fail"]
+    checked = [t for t in failed if "_grad" in t]
+    if checked:
+        t = max(checked, key=lambda t: t["judged_error"])
+        coordinates.append(_localize(probe, t["name"], t["_grad"], t["_dir"], rng, t["step"]))
+    for t in tensors:
+        t.pop("_grad", None)
+        t.pop("_dir", None)
+    if failed:
+        return _failure(session, tensors, failed, coordinates, metrics, evidence, note)
+    return _verdict(probe, screens, tensors, metrics, evidence, note)
+
+
+def _nonfinite(
+    session: Session, loss: float, grads: dict[str, Any], note: str
+) -> CheckResult | None:
     if not math.isfinite(loss):
         return CheckResult(
             CHECK,
@@ -417,216 +446,218 @@ def _run(
             "Fix the non-finite loss first (see initial_loss and numerics).",
         )
     broken = [n for n, g in grads.items() if g is not None and not np.isfinite(g).all()]
-    if broken:
-        return CheckResult(
-            CHECK,
-            "fail",
-            f"The analytic gradient of {', '.join(broken[:4])} holds NaN/Inf while the loss "
-            f"is finite ({loss:.4g}).{note}",
-            {"loss": loss, "nonfinite_tensors": len(broken), "worst_tensor": broken[0]},
-            {},
-            f"The backward pass of {broken[0]} is wrong: check {session.words.custom_backward} "
-            "(see numerics for the operation that makes it).",
-        )
-    direction = _direction(rng, dict(f.shapes), grads)
-    floor = _noise_floor(f, direction, loss)
-    steps = _steps(config, floor, loss)
-    noisy = _is_noisy(floor, loss)
-    # With a noise floor the judged error already discounts what the steps cannot resolve.
-    tolerance = config.gradient_fail
-    # Always a second, independent direction: one direction can be nearly blind to a
-    # tensor (its share of the directional derivative happens to be small).
-    directions = [direction, _direction(rng, dict(f.shapes), grads)]
-    screens = [_screen(f, grads, d, loss, floor, steps, config) for d in directions]
-    missing = [n for n in f.names if grads[n] is None]
-    at = max(range(len(screens)), key=lambda i: screens[i].error)
-    worst_screen, direction = screens[at], directions[at]  # localize where it failed
-    suspicious = worst_screen.error > tolerance or bool(missing)
-    tensors: list[dict[str, Any]] = []
-    coordinates: list[dict[str, Any]] = []
-    localized = suspicious
-    if suspicious:
-        tensors = _per_tensor(f, grads, direction, loss, config, rng, floor)
-    else:
-        tensors = [
-            {"name": n, "shape": list(f.shapes[n]), "status": "pass", "no_grad": False}
-            for n in f.names
-        ]
+    if not broken:
+        return None
+    return CheckResult(
+        CHECK,
+        "fail",
+        f"The analytic gradient of {', '.join(broken[:4])} holds NaN/Inf while the loss "
+        f"is finite ({loss:.4g}).{note}",
+        {"loss": loss, "nonfinite_tensors": len(broken), "worst_tensor": broken[0]},
+        {},
+        f"The backward pass of {broken[0]} is wrong: check {session.words.custom_backward} "
+        "(see numerics for the operation that makes it).",
+    )
+
+
+def _evidence(
+    probe: _Probe,
+    screens: list[_Finding],
+    tensors: list[dict[str, Any]],
+    first: Any,
+    localized: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    config = probe.config
     failed = [t for t in tensors if t["status"] == "fail"]
-    if failed:
-        checked = [t for t in failed if "_grad" in t]
-        if checked:
-            worst = max(checked, key=lambda t: t["judged_error"])
-            coordinates.append(
-                _localize(
-                    f,
-                    worst["name"],
-                    worst["_grad"],
-                    worst["_dir"],
-                    loss,
-                    config,
-                    rng,
-                    worst["step"],
-                )
-            )
-    for t in tensors:
-        t.pop("_grad", None)
-        t.pop("_dir", None)
+    worst = max(screens, key=lambda s: s.error)
     metrics: dict[str, Any] = {
         "tensors": len(tensors),
         "failed": len(failed),
         "directions": len(screens),
-        "max_rel_error": (max(t["judged_error"] for t in failed) if failed else worst_screen.error),
+        "max_rel_error": max(t["judged_error"] for t in failed) if failed else worst.error,
         "worst_tensor": max(failed, key=lambda t: t["judged_error"])["name"] if failed else None,
         "screen_errors": [s.error for s in screens],
-        "raw_rel_error": worst_screen.raw,
-        "steps": list(steps),
-        "noise_floor": floor,
+        "raw_rel_error": worst.raw,
+        "steps": sorted({h for s in screens for h, _ in s.errors}, reverse=True),
+        "crossings": [[c for _, c in s.crossings] for s in screens],
+        "noise_floor": probe.floor,
         "warn_above": config.gradient_warn,
-        "fail_above": tolerance,
+        "fail_above": config.gradient_fail,
         "batch": len(first),
-        "loss": loss,
+        "rows": len(first),
+        "loss": probe.loss,
         "localized": localized,
+        "internal_precision": probe.f.resolution,
     }
-    if strength is not None:
-        metrics["strength"] = strength
     evidence = {
         "tensors": tensors,
-        "coordinates": coordinates,
+        "coordinates": [],
         "screens": [
-            {"errors": s.errors, "kink": s.kink, "resolution": s.resolution} for s in screens
+            {
+                "errors": s.errors,
+                "error": s.error,
+                "crossings": s.crossings,
+                "smooth": s.smooth,
+                "resolution": s.resolution,
+            }
+            for s in screens
         ],
         "bands": BANDS,
         "warn": config.gradient_warn,
-        "fail": tolerance,
+        "fail": config.gradient_fail,
     }
-    lower = f.resolution > 1e-12  # some operation of the forward rounds to float32 or less
-    metrics["internal_precision"] = f.resolution
-    floor_note = (
-        f" The loss has a noise floor of {floor:.2g} (parts of the model compute in "
-        f"float32): steps h = {', '.join(f'{h:.2g}' for h in steps)}; the differences "
-        f"resolve gradients to {max(s.resolution for s in screens):.2g} (relative), which "
-        "the verdict discounts."
-        if noisy
-        else " Parts of the forward compute in float32 or less, yet the loss's noise floor "
-        f"is {floor:.2g}: the float64 steps apply."
-        if lower
-        else ""
-    )
-    if failed:
-        return _failure(session, tensors, failed, coordinates, metrics, evidence, config, note)
+    return metrics, evidence
+
+
+def _verdict(
+    probe: _Probe,
+    screens: list[_Finding],
+    tensors: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    evidence: dict[str, Any],
+    note: str,
+) -> CheckResult:
+    """The result of a run in which no tensor failed."""
+    config = probe.config
+    count = len(tensors)
     unused = [t["name"] for t in tensors if t.get("no_grad") and t["status"] == "warn"]
-    error = worst_screen.error
     if unused:
         return CheckResult(
             CHECK,
             "warn",
-            f"{len(unused)} / {len(tensors)} tensors get no gradient and do not affect the "
+            f"{len(unused)} / {count} tensors get no gradient and do not affect the "
             f"loss: {', '.join(unused[:5])}.{note}",
             metrics,
             evidence,
             f"{', '.join(unused[:4])} get no gradient and do not affect the loss: unused "
             "parameters.",
         )
-    kink = any(s.kink for s in screens)
-    raw = worst_screen.raw
-    beyond = f", {error:.2g} beyond what the differences resolve" if raw > error else ""
-    summary = (
-        f"relative error {raw:.2g}{beyond} along {len(screens)} random whole-model "
-        f"direction{'s' if len(screens) > 1 else ''} ({band(error)})"
-    )
-    if localized and error > tolerance and noisy:
-        # Float32 noise inside the model: the groups' differences resolve less than the
-        # screen's, so their agreement cannot clear it.
+    where = _segment_note(probe, screens)
+    unresolved = [t for t in tensors if t.get("unresolved")]
+    if unresolved:
+        names = ", ".join(t["name"] for t in unresolved[:4])
         return CheckResult(
             CHECK,
             "warn",
-            f"The whole-model screens disagree with centered differences (relative error "
-            f"{raw:.2g}{beyond}), but no group of the {len(tensors)} tensors confirms it "
-            f"within what the differences resolve.{floor_note}{note}",
+            f"{len(unresolved)} / {count} parameter tensors could not be checked: winners "
+            f"of non-smooth operations changed at every step down to the rounding limit "
+            f"({names}); the others match centered differences.{where}{note}",
+            metrics,
+            evidence,
+            "Their gradients are neither confirmed nor refuted: check them with fewer rows "
+            "(gradient_batch) or another seed.",
+        )
+    worst = max(screens, key=lambda s: s.error)
+    raw, error = worst.raw, worst.error
+    summary = (
+        f"relative error {raw:.2g} along {len(screens)} random whole-model directions "
+        f"({band(raw)}), {error:.2g} of one tensor's share"
+    )
+    cleared = f"every group of the {count} tensors re-measured on its own agrees"
+    if probe.noisy and metrics["localized"] and error > config.gradient_fail:
+        return CheckResult(
+            CHECK,
+            "warn",
+            f"The whole-model screens disagree with centered differences ({summary}), "
+            f"but no group of the {count} tensors confirms it within what the differences "
+            f"resolve.{where}{note}",
             metrics,
             evidence,
             "No tensor's gradient is confirmed wrong, but parts of the model compute in "
             "float32, which limits the check's resolution; a gradient error near 1% may "
             "hide in that noise.",
         )
-    if localized and error > tolerance:
-        # The screens disagreed, yet every group of tensors agrees when re-measured on its
-        # own (in float64, without noise). A directional derivative is the sum of the
-        # groups' parts, so a wrong gradient would show in a group: kinks crossed along
-        # the whole-model direction explain the screen, and the gradients pass.
-        metrics["kinks_explained"] = True
+    if worst.smooth is False and metrics["localized"]:
         return CheckResult(
             CHECK,
             "pass",
-            f"Gradients of all {len(tensors)} parameter tensors match centered differences "
-            "when re-measured group by group over the step ladder. The whole-model screen "
-            f"disagreed (relative error {raw:.2g}{beyond}) from kinks (ReLU, max-pool) "
-            "crossed along its direction: no group confirms it, and a wrong gradient "
-            f"would show in the group of the tensor it feeds.{floor_note}{note}",
+            f"Gradients of all {count} parameter tensors match centered differences: the "
+            f"whole-model direction crossed kinks at every step, and {cleared} on a smooth "
+            f"segment.{where}{note}",
             metrics,
             evidence,
         )
-    # The notes' bands: below 1e-4 is "usually okay for objectives with kinks", and the
-    # ladder saw the error shrink with the step (kinks crossed), so such an error passes.
-    kinks_ok = kink and error <= config.gradient_kinks_ok
-    if error > config.gradient_warn and not kinks_ok:
-        why = (
-            "the error shrinks with the step: kinks (ReLU, max-pool) crossed by it"
-            if kink
-            else "between the warn and fail thresholds"
-        )
+    if error > config.gradient_fail:
         return CheckResult(
             CHECK,
             "warn",
-            f"Gradients of all {len(tensors)} parameter tensors match only loosely: {summary}; "
-            f"{why}.{floor_note}{note}",
+            f"The whole-model screen disagrees with centered differences ({summary}) where "
+            f"no winner changed, yet {cleared}: the disagreement is unexplained.{where}{note}",
             metrics,
             evidence,
-            "Errors between 1e-6 and 1e-4 are fine for objectives with kinks (notes); if the "
-            "model is smooth, look at its backward.",
+            "Rerun with another seed; if it stays, check the backward passes of the "
+            "model's custom operations.",
         )
-    kink_note = (
-        f" The error shrank with the step (kinks crossed) and is below "
-        f"{config.gradient_kinks_ok:g} (gradient_kinks_ok; the notes' band for objectives "
-        "with kinks)."
-        if kinks_ok and error > config.gradient_warn
-        else " Kinks crossed by larger steps were resolved by smaller ones."
-        if kink
-        else ""
-    )
+    if error > config.gradient_warn:
+        return CheckResult(
+            CHECK,
+            "warn",
+            f"Gradients of all {count} parameter tensors match only loosely: {summary}, "
+            f"between the warn and fail thresholds.{where}{note}",
+            metrics,
+            evidence,
+            "A smooth segment's error above 1e-6 is unusual in float64: look at the "
+            "model's custom backward passes.",
+        )
     return CheckResult(
         CHECK,
         "pass",
-        f"Gradients of all {len(tensors)} parameter tensors match centered differences: "
-        f"{summary}.{kink_note}{floor_note}{note}",
+        f"Gradients of all {count} parameter tensors match centered differences: "
+        f"{summary}.{where}{note}",
         metrics,
         evidence,
     )
 
 
+def _segment_note(probe: _Probe, screens: list[_Finding]) -> str:
+    """What the differences stand on: rows, smooth segment or noise floor."""
+    rows = probe.rows
+    if probe.noisy:
+        resolution = max(s.resolution for s in screens)
+        return (
+            f" On {rows} rows; the loss has a noise floor of {probe.floor:.2g} (parts of "
+            f"the model compute in float32): the differences resolve gradients to "
+            f"{resolution:.2g} (relative), which the verdict discounts."
+        )
+    if any(s.smooth is None for s in screens):
+        return (
+            f" On {rows} rows; this model exposes no winners of its non-smooth operations, "
+            "so a disagreement counts only where a ten times smaller step shows it again."
+        )
+    crossed = sum(c or 0 for s in screens for _, c in s.crossings)
+    steps = ", ".join(f"{s.step:.0e}" for s in screens if s.smooth)
+    sided = any(s.one_sided for s in screens)
+    if not steps:
+        return f" On {rows} rows; {crossed} winners changed along the whole-model directions."
+    return (
+        f" On {rows} rows, where no winner of a non-smooth operation changed (h = {steps}"
+        + (f"; {crossed} changed at larger steps, which were not used" if crossed else "")
+        + ("; a unit sitting on its kink measured from the side it stays on" if sided else "")
+        + ")."
+    )
+
+
 def _per_tensor(
-    f: Objective,
+    probe: _Probe,
     grads: dict[str, Any],
     direction: dict[str, np.ndarray],
-    loss: float,
-    config: Config,
+    share: float,
     rng: np.random.Generator,
-    floor: float,
 ) -> list[dict[str, Any]]:
-    """Find the tensors behind a failed screen by bisection: a group of tensors is checked
-    along its part of the direction, and only a group that disagrees is split, so k wrong
-    tensors of T cost about k log T differences rather than T. A tensor fails only when an
-    independent re-measurement (a fresh direction) fails too. Tensors without a gradient
-    are checked one by one up to a budget, the rest named as a group."""
+    """Find the tensors behind a disagreeing screen by bisection: a group of tensors is
+    checked along its part of the direction (the parts' derivatives add up to the
+    screen's), and only a group that disagrees, or crossed kinks at every step, is split:
+    k wrong tensors of T cost about k log T differences rather than T. Tensors without a
+    gradient are checked one by one up to a budget, the rest named as a group."""
+    f, config = probe.f, probe.config
     rows = {n: _row(n, f.shapes[n]) for n in f.names}
     present = [n for n in f.names if grads[n] is not None]
     missing = [n for n in f.names if grads[n] is None]
     for name in missing[:_MISSING_CHECKED]:
-        rows[name] = _single(f, name, grads, direction[name], loss, config, rng, floor)
+        rows[name] = _single(probe, name, grads, direction[name], rng)
     rest = missing[_MISSING_CHECKED:]
     if rest:
-        group = _group(f, grads, direction, rest, loss, config, floor)
+        group = _group(probe, grads, direction, rest, share)
         cut = group.error > config.gradient_fail  # else none of them affects the loss: unused
         for name in rest:
             rows[name] |= {
@@ -638,23 +669,17 @@ def _per_tensor(
     while todo:
         names = todo.pop()
         if len(names) == 1:
-            rows[names[0]] = _single(
-                f, names[0], grads, direction[names[0]], loss, config, rng, floor
-            )
+            rows[names[0]] = _single(probe, names[0], grads, direction[names[0]], rng)
             continue
-        found = _group(f, grads, direction, names, loss, config, floor)
-        if found.error > config.gradient_fail:
+        found = _group(probe, grads, direction, names, share)
+        if found.error > config.gradient_fail or found.smooth is False:
             half = len(names) // 2
             todo += [names[:half], names[half:]]
     return list(rows.values())
 
 
-# Tensors without a gradient checked one by one before the rest are named as a group.
-_MISSING_CHECKED = 8
-
-
 def _row(name: str, shape: tuple[int, ...]) -> dict[str, Any]:
-    """A tensor that a passing group cleared (no difference of its own)."""
+    """A tensor that a passing screen or group cleared (no difference of its own)."""
     return {
         "name": name,
         "shape": list(shape),
@@ -665,56 +690,63 @@ def _row(name: str, shape: tuple[int, ...]) -> dict[str, Any]:
 
 
 def _group(
-    f: Objective,
+    probe: _Probe,
     grads: dict[str, Any],
     direction: dict[str, np.ndarray],
     names: list[str],
-    loss: float,
-    config: Config,
-    floor: float,
+    share: float,
 ) -> _Finding:
     part = {n: direction[n] for n in names}
     analytic = _analytic({n: grads[n] for n in names}, part)
-    steps = _steps(config, floor, loss)
-    found = _compare(
-        lambda h: (f.value(part, h), f.value(part, -h)), analytic, loss, floor, steps, config
-    )
-    return found
+    return probe.measure(part, analytic, against=share)
+
+
+def _fresh(rng: np.random.Generator, grad: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """An independent direction for one tensor, at unit rms entry."""
+    part, squared = _part(rng, grad, shape)
+    return part / np.float32(math.sqrt(squared / max(part.size, 1)) or 1.0)
 
 
 def _single(
-    f: Objective,
+    probe: _Probe,
     name: str,
     grads: dict[str, Any],
     part: np.ndarray,
-    loss: float,
-    config: Config,
     rng: np.random.Generator,
-    floor: float,
 ) -> dict[str, Any]:
+    """One tensor along its own part: it fails only when an independent re-measurement
+    (a fresh direction) disagrees too; a disagreement seen once warns."""
+    config, shape = probe.config, probe.f.shapes[name]
     grad = grads[name]
     missing = grad is None
-    g = np.zeros(f.shapes[name]) if missing else grad
-    found = _checked(f, name, g, part, loss, config, floor)
-    if found.error > config.gradient_fail:
-        fresh = rng.standard_normal(f.shapes[name]).astype(np.float64)
-        again = _checked(f, name, g, fresh, loss, config, floor)
-        if again.error <= config.gradient_fail:
-            found = again
-        else:
-            part = fresh if again.error > found.error else part
+    g = np.zeros(shape) if missing else grad
+    found = probe.measure({name: part}, float(np.vdot(g, part)), against=None)
+    seen = found.error > config.gradient_fail and found.smooth is not False
+    confirmed = False
+    if seen:
+        fresh = _fresh(rng, grad, shape)
+        again = probe.measure({name: fresh}, float(np.vdot(g, fresh)), against=None)
+        confirmed = again.error > config.gradient_fail and again.smooth is not False
+        if confirmed and again.error > found.error:
+            found, part = again, fresh
     status = _tensor_status(found.error, config)
+    if seen and not confirmed:
+        status = "warn"
+    if found.smooth is False:
+        status = "warn"
     if missing and found.error == 0.0:
         status = "warn"  # the loss does not depend on it: an unused parameter
     return {
         "name": name,
-        "shape": list(f.shapes[name]),
+        "shape": list(shape),
         "rel_error": found.raw,
         "judged_error": found.error,
         "analytic": found.analytic,
         "numeric": found.numeric,
         "step": found.step,
-        "kink": found.kink,
+        "smooth": found.smooth,
+        "unresolved": found.smooth is False,
+        "confirmed": confirmed,
         "band": band(found.raw),
         "status": status,
         "tolerance": config.gradient_fail,
@@ -727,6 +759,53 @@ def _single(
     }
 
 
+def _tensor_status(error: float, config: Config) -> str:
+    if error <= config.gradient_warn:
+        return "pass"
+    return "warn" if error <= config.gradient_fail else "fail"
+
+
+def _localize(
+    probe: _Probe,
+    name: str,
+    grad: np.ndarray,
+    direction: np.ndarray,
+    rng: np.random.Generator,
+    h: float,
+) -> dict[str, Any]:
+    """Bisect the direction's support towards the coordinate with the largest mismatch,
+    at the step ``h`` the tensor's own check settled on."""
+    f = probe.f
+
+    def difference(part: np.ndarray) -> float:
+        return (f.value({name: part}, h) - f.value({name: part}, -h)) / (2 * h)
+
+    flat = np.flatnonzero(direction)
+    rng.shuffle(flat)
+    while len(flat) > 1:
+        halves = np.array_split(flat, 2)
+        gaps = []
+        for half in halves:
+            part = np.zeros_like(direction)
+            part.flat[half] = direction.flat[half]
+            gaps.append(abs(float(np.vdot(grad, part)) - difference(part)))
+        flat = halves[int(np.argmax(gaps))]
+    index = int(flat[0])
+    unit = np.zeros_like(direction)
+    unit.flat[index] = 1.0
+    numeric = difference(unit)
+    analytic = float(grad.flat[index])
+    return {
+        "tensor": name,
+        "index": [int(i) for i in np.unravel_index(index, grad.shape)],
+        "analytic": analytic,
+        "numeric": numeric,
+        "rel_error": relative_error(
+            analytic, numeric, probe.config.gradient_zero, probe.rounding(h)
+        ),
+    }
+
+
 def _failure(
     session: Session,
     tensors: list[dict[str, Any]],
@@ -734,7 +813,6 @@ def _failure(
     coordinates: list[dict[str, Any]],
     metrics: dict[str, Any],
     evidence: dict[str, Any],
-    config: Config,
     note: str,
 ) -> CheckResult:
     worst = max(failed, key=lambda t: t["judged_error"])
@@ -746,15 +824,20 @@ def _failure(
             f"numeric {c['numeric']:.4g}"
         )
     names = ", ".join(f"{t['name']} ({t['judged_error']:.2g})" for t in failed[:5])
-    steps = f"{worst['step']:.2g}" if "step" in worst else "the screens' steps"
-    confirmed = (
-        ", confirmed along an independent direction" if "analytic" in worst else " (as a group)"
-    )
+    if "step" in worst:
+        smooth = (
+            "where no winner of a non-smooth operation changed"
+            if worst.get("smooth")
+            else "at two steps a decade apart"
+        )
+        how = f"{smooth} (h = {worst['step']:.2g}), confirmed along an independent direction"
+    else:
+        how = "as a group"
     message = (
         f"{len(failed)} / {len(tensors)} parameter tensors disagree with centered "
-        f"differences: {names}. Greatest relative error {worst['judged_error']:.2g} in "
-        f"{worst['name']} ({band(worst['judged_error'])}){where}; allowed "
-        f"{metrics['fail_above']:.2g} after ruling out kinks (h = {steps}){confirmed}."
+        f"differences on {metrics['rows']} rows: {names}. Greatest relative error "
+        f"{worst['judged_error']:.2g} in {worst['name']} ({band(worst['judged_error'])})"
+        f"{where}; allowed {metrics['fail_above']:.2g}, measured {how}."
     )
     cut = [t["name"] for t in failed if t["no_grad"] or t.get("zero_grad")]
     if cut:

@@ -22,6 +22,17 @@ def test_penalty_gradient_bugs_fail_only_at_positive_strength(bug: str) -> None:
     assert "penalty's gradient does not match" in result.hint
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_gradient_that_ignores_the_penalty_fails_and_says_so(seed: int) -> None:
+    # The loss adds 0.5 * reg * sum(W**2), the grads never add reg * W. The strength the
+    # check uses is sized from the loss: sized from the gradient it was 0 and skipped.
+    subject = nndiag.Subject(M.net(seed, bugs=frozenset({"reg_grad_missing"})), M.data(seed))
+    result = nndiag.diagnose(subject, ["gradient_check"])["gradient_check"]
+    assert result.status == "fail", result.summary()
+    assert result.metrics["penalty_ignored"] is True
+    assert "ignores the penalty term" in result.message and "reg * W" in (result.hint or "")
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_a_right_penalty_passes_at_both_strengths(seed: int) -> None:
     subject = nndiag.Subject(M.net(seed, reg=1e-3), M.data(seed))

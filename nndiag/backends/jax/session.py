@@ -22,6 +22,7 @@ from nndiag.backends.base import (
 )
 from nndiag.backends.jax.capture import JaxprRecorder, is_array, is_float, subjaxpr
 from nndiag.backends.jax.compile import jit_or_eager, untraceable
+from nndiag.backends.jax.kinks import three_points
 from nndiag.backends.jax.numerics import NonFiniteSearch, nonfinite_count
 from nndiag.backends.state import NumberSnapshot, holders, rng_guard
 from nndiag.contract import (
@@ -32,6 +33,7 @@ from nndiag.contract import (
     NonFinite,
     NormLayer,
     Ownership,
+    Sides,
     Step,
     Task,
     Vocabulary,
@@ -521,6 +523,7 @@ class _Objective:
 
     note = ""
     resolution = 2.0**-52  # float64 throughout
+    _sides: Callable[..., Any] | None = None  # sides()'s program, compiled on first use
 
     def __init__(self, session: JaxSession, batch: Batch) -> None:
         self.session = session
@@ -582,6 +585,33 @@ class _Objective:
             point[i] = point[i] + scale * jnp.asarray(shift, dtype=jnp.float64)
         self.session.count(forward=1)
         return float(self._value(point, self.X, self.y, self.strength))
+
+    def sides(self, shifts: Mapping[str, Any], h: float) -> Sides:
+        """The loss at +h and -h times ``shifts`` and the winners of its non-smooth
+        operations compared between the two (:mod:`nndiag.backends.jax.kinks`), from one
+        compiled program: one trace of the loss, evaluated at both points. A loss that
+        cannot be traced gets two :meth:`value` calls and unknown crossings."""
+        up, down = list(self.base), list(self.base)
+        for name, shift in shifts.items():
+            i = self.index[name]
+            step = jnp.asarray(shift, dtype=jnp.float64)
+            up[i] = up[i] + h * step  # as value() builds them: the same numbers
+            down[i] = down[i] + (-h) * step
+        if self._sides is None:
+            loss = self._loss
+            self._sides = jit_or_eager(lambda *args: three_points(loss, *args))
+        try:
+            found = self._sides(self.base, up, down, self.X, self.y, self.strength)
+        except Exception as exc:
+            if not untraceable(exc):
+                raise
+            self._sides = lambda *args: None  # Python control flow on values: no jaxpr
+            found = None
+        if found is None:
+            return Sides(self.value(shifts, h), self.value(shifts, -h), None)
+        high, low, changed, up_changed, down_changed = found
+        self.session.count(forward=2)  # the base point's winners come along: not counted
+        return Sides(float(high), float(low), int(changed), int(up_changed), int(down_changed))
 
 
 def _depends_on_inputs(jaxpr: Any, inputs: Sequence[bool] | None = None) -> list[bool]:

@@ -19,6 +19,7 @@ from nndiag.backends.base import PROBE_ROWS, SessionBase, check_default_targets,
 from nndiag.backends.state import NumberSnapshot, holders, references, rng_guard
 from nndiag.backends.torch import inputs
 from nndiag.backends.torch.capture import Recorder
+from nndiag.backends.torch.kinks import Winners, changed
 from nndiag.backends.torch.numerics import NonFiniteWatch
 from nndiag.contract import (
     Batch,
@@ -28,6 +29,7 @@ from nndiag.contract import (
     NonFinite,
     NormLayer,
     Ownership,
+    Sides,
     Step,
     Task,
     Vocabulary,
@@ -793,6 +795,7 @@ class _Objective:
         self.base = {n: p.detach().clone() for n, p in self.params.items()}
         self.X, self.y = X, y
         self.casts = _Float64Casts()
+        self._winners: list[torch.Tensor] | None = None  # at the point, once asked for
         # Rows whose gradient autograd zeroes by design while forward reads them: an
         # nn.Embedding's padding_idx row. Shifts leave them alone, or every batch holding
         # the padding token would look like a wrong gradient.
@@ -829,6 +832,7 @@ class _Objective:
         return found
 
     def move(self, shifts: Mapping[str, Any]) -> None:
+        self._winners = None
         with torch.no_grad():
             for name, shift in shifts.items():
                 self.base[name] += self._shift(name, shift, self.base[name].device)
@@ -845,6 +849,23 @@ class _Objective:
             for n, p in self.params.items()
         }
         return loss.item(), grads
+
+    def sides(self, shifts: Mapping[str, Any], h: float) -> Sides:
+        if self._winners is None:  # the point's own, once per point
+            with Winners() as here:
+                self.value({})
+            self._winners = here.winners
+        with Winners() as up:
+            high = self.value(shifts, h)
+        with Winners() as down:
+            low = self.value(shifts, -h)
+        return Sides(
+            high,
+            low,
+            changed(up.winners, down.winners),
+            changed(self._winners, up.winners),
+            changed(self._winners, down.winners),
+        )
 
     def value(self, shifts: Mapping[str, Any], scale: float = 1.0) -> float:
         with torch.no_grad():

@@ -125,36 +125,21 @@ def diagnose(
     subject: nndiag.Subject, seed: int, position: str, factor: float, share: float, fb: float
 ) -> Run:
     start = time.perf_counter()
+    where = dict(model=subject.name, seed=seed, position=position, factor=factor, share=share)
     try:
         result = nndiag.diagnose(subject, checks=[CHECK], config=nndiag.Config(seed=seed))[CHECK]
     except Exception as exc:  # the sweep goes on; the row says what broke
         seconds = time.perf_counter() - start
-        return Run(
-            model=subject.name,
-            seed=seed,
-            position=position,
-            factor=factor,
-            share=share,
-            status="raised",
-            named="-",
-            worst=None,
-            failed=[],
-            seconds=seconds,
-            ratio=seconds / fb,
-            message=f"{type(exc).__name__}: {exc}",
-        )
-    seconds = time.perf_counter() - start
+        failure = f"{type(exc).__name__}: {exc}"
+        return Run(**where, status="raised", named="-", worst=None, failed=[], seconds=seconds,
+                   ratio=seconds / fb, message=failure)  # fmt: skip
     return Run(
-        model=subject.name,
-        seed=seed,
-        position=position,
-        factor=factor,
-        share=share,
+        **where,
         status=result.status,
         named=handwritten.named(result, position) if position else "-",
         worst=handwritten.worst_tensor(result),
         failed=handwritten.failed_tensors(result),
-        seconds=seconds,
+        seconds=time.perf_counter() - start,
         ratio=result.cost.seconds / fb,
         message=result.message,
     )

@@ -103,6 +103,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("nndiag"):
         return
+    _one_thread_per_worker(config)
     from nndiag._pytest.session import NndiagSession
 
     session = NndiagSession.from_config(config)  # raises pytest.UsageError on bad settings
@@ -112,6 +113,17 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         # Registered only with xdist present: pluggy rejects hooks it has no spec for.
         config.pluginmanager.register(_XdistHooks(session), "nndiag-xdist")
+
+
+def _one_thread_per_worker(config: pytest.Config) -> None:
+    """Under ``-n N``: workers run torch and BLAS with one thread each unless the user set
+    ``OMP_NUM_THREADS`` (set before the workers start, read when they import torch)."""
+    from nndiag import _threads
+
+    if hasattr(config, "workerinput"):
+        _threads.limit_loaded()
+    elif config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None):
+        _threads.one_thread_for_workers()
 
 
 class _NndiagHooks:

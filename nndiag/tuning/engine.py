@@ -21,6 +21,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nndiag import _threads
 from nndiag.errors import BackendUnavailable, InvalidSetting, InvalidSettingType, describe
 from nndiag.tuning.result import SearchResult, StageRange, TrialRecord
 from nndiag.tuning.space import (
@@ -40,7 +42,7 @@ from nndiag.tuning.space import (
     narrow,
     validate_space,
 )
-from nndiag.tuning.trial import EXPLODE, Outcome, run_trial
+from nndiag.tuning.trial import EXPLODE, Outcome, run_trial, seeded_globals
 
 if TYPE_CHECKING:
     from nndiag.subject import Subject
@@ -133,23 +135,45 @@ def search(
     store = _storage(optuna, plan["storage"])
     _stage(optuna, store, plan, 0)  # created (tables too) before any worker process starts
     children = []
-    if jobs > 1:
-        import multiprocessing
+    with _one_thread_per_job(jobs):
+        if jobs > 1:
+            import multiprocessing
 
-        context = multiprocessing.get_context("spawn")
-        for _ in range(jobs - 1):
-            child = context.Process(target=_child, args=(plan,), daemon=False)
-            child.start()
-            children.append(child)
-    try:
-        _work(optuna, store, plan, progress, jobs)
-    finally:
-        for child in children:
-            child.join()
+            context = multiprocessing.get_context("spawn")
+            for _ in range(jobs - 1):
+                child = context.Process(target=_child, args=(plan,), daemon=False)
+                child.start()
+                children.append(child)
+        try:
+            _work(optuna, store, plan, progress, jobs)
+        finally:
+            for child in children:
+                child.join()
     return collect(optuna, store, plan)
 
 
+@contextlib.contextmanager
+def _one_thread_per_job(jobs: int) -> Iterator[None]:
+    """With several jobs on one machine, each (this process too) trains with one thread
+    unless the user set ``OMP_NUM_THREADS``; this process's setting is restored after."""
+    if jobs == 1:
+        yield
+        return
+    before = _threads.one_thread_for_workers()
+    torch = sys.modules.get("torch") if before else None
+    threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        _threads.restore(before)
+        if torch is not None and threads is not None:
+            torch.set_num_threads(threads)
+
+
 def _child(plan: dict[str, Any]) -> None:
+    _threads.limit_loaded()
     optuna = _optuna()
     _work(optuna, _storage(optuna, plan["storage"]), plan, None, 1)
 
@@ -443,7 +467,8 @@ def _direction(plan: Mapping[str, Any], space: Mapping[str, Param]) -> str:
     failure = ""
     for point in points:
         try:
-            subject = plan["factory"](point)
+            with seeded_globals(plan["seed"]):  # the caller's generators stay as they were
+                subject = plan["factory"](point)
             task = subject.backend.session(subject, Config(seed=plan["seed"])).task
         except Exception as exc:
             failure = failure or f"factory({point}) raised {type(exc).__name__}: {exc}"

@@ -9,8 +9,11 @@ optimizer library: the pruner is asked through ``should_prune``.
 from __future__ import annotations
 
 import math
+import random
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,7 +126,8 @@ def _train(
     from nndiag.config import Config
     from nndiag.subject import MAX_BATCHES, Subject
 
-    subject = factory(params)
+    with seeded_globals(seed):  # the model's init: the same in any worker, in any order
+        subject = factory(params)
     if not isinstance(subject, Subject):
         raise InvalidSubject(
             "factory", f"returned {describe(subject)}", "return nndiag.Subject(model, data, ...)"
@@ -254,3 +258,23 @@ def _measure(session: Session, trainer: Trainer, held: list[Batch], classify: bo
     if not classify:
         return weighted / sum(len(b) for b in held)
     return hits / total if total else float("nan")
+
+
+@contextmanager
+def seeded_globals(seed: int) -> Iterator[None]:
+    """Python's, numpy's and (when loaded) torch's global generators seeded with ``seed``
+    for the block, and left as they were after it: a factory that draws its model's
+    weights from them gets the same ones for the same trial in every process."""
+    import numpy as np
+
+    with ExitStack() as stack:
+        state, legacy = random.getstate(), np.random.get_state()
+        stack.callback(random.setstate, state)
+        stack.callback(np.random.set_state, legacy)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            stack.enter_context(torch.random.fork_rng(devices=[]))
+            torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        yield

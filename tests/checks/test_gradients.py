@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -226,6 +227,35 @@ def test_kinks_crossed_at_larger_steps_are_recorded_and_never_used() -> None:
     for screen in screens:
         for (h, error), (_, changed) in zip(screen["errors"], screen["crossings"]):
             assert error < 1e-6 or changed, (h, error, changed)
+
+
+class _Scaled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad * 1.01
+
+
+def test_every_tensor_wrong_fails_within_a_counted_budget() -> None:
+    # A backward that scales the whole gradient by 1.01 (a wrong custom loss): all 20
+    # tensors of a 10-layer MLP are wrong. Twelve are confirmed one by one; the groups
+    # that still disagree are named as such rather than measured tensor by tensor.
+    layers: list[nn.Module] = []
+    for i in range(10):
+        layers += [nn.Linear(IN if i == 0 else WIDTH, WIDTH if i < 9 else 10), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1])
+    torch.manual_seed(0)
+    subject = nndiag.Subject(
+        model, _classification(0), loss=lambda out, y: _Scaled.apply(F.cross_entropy(out, y))
+    )
+    result = nndiag.diagnose(subject, ["gradient_check"])["gradient_check"]
+    assert result.status == "fail", result.summary()
+    assert result.metrics["failed"] == 12 and result.metrics["tensors"] == 20
+    assert "8 more tensors sit in groups that disagree" in result.message
+    assert result.cost.forward < 200, result.cost
 
 
 class Staircase(nn.Module):

@@ -24,18 +24,21 @@ pytestmark = pytest.mark.slow
 CHECK = "gradient_check"
 FACTOR = 1.01
 
-# model -> (factory, seeds, positions). About 2 minutes of one CPU thread in all (seed 0,
-# on a 2-core machine): relu_mlp (8 tensors) and conv_bn_cnn (10) are planted in every
-# tensor at two seeds (~0.1 and ~0.2 s a diagnosis); cifar_resnet18 at width 16 (16x
-# fewer FLOPs than the original's 64, same 62 tensors: ~4-6 s a diagnosis), torchvision's
-# resnet18 (~8-11 s) and the tiny GPT-2 (~1 s) at 6 positions, seed 0. Keep the file under
-# ~4 minutes: a slower gradient_check calls for fewer positions here, not more.
+# model -> (factory, seeds, positions), seeds 0-1 everywhere. About 6 minutes of one CPU
+# thread in all on a 2-core machine: relu_mlp (8 tensors) and conv_bn_cnn (10) are planted
+# in every tensor (~0.1 and ~0.2 s a diagnosis); the CIFAR ResNet18 at width 16 (16x fewer
+# FLOPs than the original's 64, same 62 tensors), torchvision's resnet18, mobilenet_v3_small,
+# efficientnet_b0 (3-8 s a failing diagnosis) and the tiny GPT-2 and Llama (~1 s) at 6
+# stratified positions. benchmarks/gradient_sweep.py runs 12 and more.
 PLAN: dict[str, tuple[handwritten.Factory, tuple[int, ...], int]] = {
     "relu_mlp": (handwritten.relu_mlp, (0, 1), 12),
     "conv_bn_cnn": (handwritten.conv_bn_cnn, (0, 1), 12),
-    "cifar_resnet18": (functools.partial(handwritten.cifar_resnet18, width=16), (0,), 6),
-    "resnet18": (models.resnet18, (0,), 6),
-    "gpt2": (models.gpt2, (0,), 6),
+    "cifar_resnet18": (functools.partial(handwritten.cifar_resnet18, width=16), (0, 1), 6),
+    "resnet18": (models.resnet18, (0, 1), 6),
+    "mobilenet_v3_small": (models.mobilenet_v3_small, (0, 1), 6),
+    "efficientnet_b0": (models.efficientnet_b0, (0, 1), 6),
+    "gpt2": (models.gpt2, (0, 1), 6),
+    "llama": (models.llama, (0, 1), 6),
 }
 
 

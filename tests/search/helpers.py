@@ -56,6 +56,14 @@ def regression(params: dict[str, Any]) -> nndiag.Subject:
     return nndiag.Subject(Linear(), (X, y), optimizer=sgd, regularization="reg")
 
 
+def random_init(params: dict[str, Any]) -> nndiag.Subject:
+    """As most factories are written: the weights drawn from numpy's global generator."""
+    X, y, _, _ = regression_data()
+    model = Linear()
+    model.params["W"] = np.random.randn(DIM, 1) * 0.3
+    return nndiag.Subject(model, (X, y), optimizer=sgd, regularization="reg")
+
+
 def validation_data() -> tuple[np.ndarray, np.ndarray]:
     _, _, Xv, yv = regression_data()
     return Xv, yv

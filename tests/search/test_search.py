@@ -173,6 +173,26 @@ def test_two_worker_processes_split_a_study_without_duplicates(tmp_path: Path) -
     assert len({(t.stage, t.params["lr"]) for t in result.trials}) == 10
 
 
+def test_the_same_seed_gives_the_same_trials_in_one_or_two_workers(tmp_path: Path) -> None:
+    # The factory draws its weights from numpy's global generator: each trial seeds the
+    # global generators from (seed, stage, trial) before calling it, so a worker process's
+    # own state does not change the trials' values, the next stage's range or the best.
+    settings = {"trials": [4, 4], "stages": 2, "steps": [h.STEPS, h.STEPS], "pruner": "none"}
+    one = run(h.random_init, tmp_path, study="serial", **settings)
+    two = run(h.random_init, tmp_path, study="parallel", jobs=2, **settings)
+
+    def key(result: nndiag.SearchResult) -> list[tuple[Any, ...]]:
+        return sorted((t.stage, t.number, t.params["lr"], t.value) for t in result.trials)
+
+    assert key(one) == key(two)
+    assert one.best_value == two.best_value and one.best_params == two.best_params
+    np.random.seed(0)
+    drawn = np.random.rand()
+    np.random.seed(0)
+    run(h.random_init, tmp_path, study="again", trials=2)
+    assert np.random.rand() == drawn  # the caller's global generator is left as it was
+
+
 def test_two_workers_on_one_sqlite_storage(tmp_path: Path) -> None:
     shared_study(sqlite(tmp_path), "shared")
 

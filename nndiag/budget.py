@@ -1,5 +1,6 @@
-"""A wall-clock budget per check: a check still running when it is spent is stopped, its
-result is an ``error`` naming the budget, and the run goes on with the next check.
+"""A wall-clock safety cap per check: a check still running when it is spent is stopped,
+its result is a ``skip`` ("not run to the end", never a verdict: verdicts come from budgets
+that count work), and the run goes on with the next check.
 
 The stop is an exception raised by ``SIGALRM`` in the main thread, where pytest and
 ``diagnose()`` run checks; it derives from ``BaseException`` so that neither nndiag's

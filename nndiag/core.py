@@ -69,15 +69,15 @@ class Runner:
             function = spec.load()  # a registered check that fails to import: an error result
             with session.isolated(check), time_budget(self.config.check_seconds):
                 result = function(session, self.config)
-        except BudgetExceeded as exc:
+        except BudgetExceeded as exc:  # a safety cap, not a verdict: what ran says nothing
             result = CheckResult(
                 check,
-                "error",
-                f"{check} {exc} (Config.check_seconds) and was stopped; the model is "
-                "restored and the other checks ran.",
-                {"budget_seconds": exc.seconds},
-                hint=f"raise check_seconds in [tool.nndiag], or shrink the check's own "
-                f"budget settings ({', '.join(spec.settings[:3]) or 'see its section'})",
+                "skip",
+                f"Not run to the end: {check} {exc} (Config.check_seconds, a safety cap) and "
+                "was stopped with no verdict; the model is restored and the other checks ran.",
+                {"budget_seconds": exc.seconds, "stopped": True},
+                hint=f"raise check_seconds in [tool.nndiag] (0: no cap), or shrink the check's "
+                f"own work budget ({', '.join(spec.settings[:3]) or 'see its section'})",
             )
         except Exception as exc:  # the model's fault or nndiag's: a result either way
             result = error_result(check, exc)

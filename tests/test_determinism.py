@@ -3,6 +3,7 @@ seed: a verdict that flips with the seed is a flake, and nobody can gate CI on a
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -34,6 +35,31 @@ def test_the_same_seed_gives_the_same_report(name: str) -> None:
     first = nndiag.diagnose(subject(), config=config)
     second = nndiag.diagnose(subject(), config=config)
     assert _without_timings(first) == _without_timings(second)
+
+
+class _Sleepy:
+    """A forward hook that sleeps: a slow machine, a loaded CI runner."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        self.calls += 1
+        time.sleep(0.002)
+
+
+@pytest.mark.parametrize("name", ["cnn_batchnorm", "double_softmax"])
+def test_a_slow_forward_gets_the_same_verdicts(name: str) -> None:
+    # No clock in a verdict: every budget that decides one counts work (steps, passes,
+    # rows), so a forward that takes longer changes the seconds and nothing else.
+    factory = models.HEALTHY.get(name) or getattr(models, name)
+    config = nndiag.Config(seed=3)
+    quick = nndiag.diagnose(factory(3), config=config)
+    subject, sleepy = factory(3), _Sleepy()
+    subject.model.register_forward_hook(sleepy)
+    slow = nndiag.diagnose(subject, config=config)
+    assert sleepy.calls > 50  # it ran slowly throughout
+    assert _without_timings(slow) == _without_timings(quick)
 
 
 @pytest.mark.slow

@@ -198,15 +198,19 @@ class _HangsWhenTraining(nn.Module):
         return self.fc(x)
 
 
-def test_a_check_past_its_budget_is_an_error_and_the_run_goes_on() -> None:
+def test_a_check_past_its_safety_cap_is_skipped_and_the_run_goes_on() -> None:
     model = _HangsWhenTraining()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     subject = nndiag.Subject(model, (torch.randn(16, 4), torch.arange(16) % 3))
     config = nndiag.Config(check_seconds=0.5)
+    # torch imports sympy on the first optimizer step: an alarm landing inside that import
+    # would leave it half-done for every later test of this process.
+    torch.optim.Adam([nn.Parameter(torch.zeros(1))]).step()
     report = nndiag.diagnose(subject, ["overfit_small", "initial_loss"], config)
     stopped = report["overfit_small"]
-    assert stopped.status == "error", stopped.summary()
-    assert "time budget of 0.5 s (Config.check_seconds)" in stopped.message
+    assert stopped.status == "skip", stopped.summary()  # no verdict from a clock
+    assert stopped.message.startswith("Not run to the end")
+    assert "time budget of 0.5 s (Config.check_seconds, a safety cap)" in stopped.message
     assert report["initial_loss"].status == "pass"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and model.fc.weight.grad is None

@@ -154,11 +154,10 @@ BUILTIN: tuple[CheckSpec, ...] = (
         "overfit_small",
         "nndiag.checks.overfit:overfit_small",
         "Can the model fit ~20 samples to ~100% accuracy and ~0 loss, regularization off?",
-        why="at most overfit_steps training steps on 20 samples, within overfit_seconds",
+        why="at most overfit_steps training steps on 20 samples",
         settings=(
             "overfit_samples",
             "overfit_steps",
-            "overfit_seconds",
             "overfit_lr",
             "overfit_loss_ratio",
             "overfit_diverge_factor",

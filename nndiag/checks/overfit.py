@@ -12,9 +12,11 @@ named must be the one the evidence shows:
   ``overfit_diverge_steps`` steps in a row or at the end of the budget (a spike that
   recovers is not divergence: training goes on through it);
 - ``dead_units``: the run did not fit and a ReLU layer is at least ``dead_fail`` dead;
-- ``flat`` / ``slow`` / ``plateau``: the shape of the loss curve;
-- ``time_budget`` (a warn): the steps would take longer than ``overfit_seconds``; the run
-  stopped before fitting and is judged only on what those steps show.
+- ``flat`` / ``slow`` / ``plateau``: the shape of the loss curve.
+
+The budget is ``overfit_steps`` steps, a count: the same verdict on a fast machine and a
+slow one, serially and under xdist (a wall-clock budget once turned a fail into a warn on a
+loaded machine).
 
 Identical inputs with different targets cap the accuracy the model can reach (and put a
 floor under a cross-entropy): both are computed from the batch and used in the verdict.
@@ -23,7 +25,6 @@ floor under a cross-entropy): both are computed from the batch and used in the v
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from typing import Any
 
@@ -165,7 +166,6 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
     above = 0  # consecutive steps above overfit_diverge_factor x the start
     negative_at: int | None = None
     with session.trainer(batch, default_lr=config.overfit_lr) as trainer:
-        clock = time.perf_counter()
         for index in range(config.overfit_steps):
             step = trainer.step()
             loss, accuracy = step.loss, step.accuracy
@@ -191,12 +191,6 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
             if loss <= target and reached:
                 outcome = "fitted"
                 break
-            elapsed = time.perf_counter() - clock
-            # The next step would cross overfit_seconds; the first update is always seen.
-            if index >= 1 and elapsed * (index + 2) / (index + 1) > config.overfit_seconds:
-                outcome = "time"
-                break
-        seconds = time.perf_counter() - clock
         unchanged = trainer.unchanged()
         optimizer = trainer.optimizer
     if negative_at is not None:
@@ -210,7 +204,7 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
     # The loss's share of the way from its start to its floor that is left.
     span = abs(initial) - floor
     left = (final - floor) / span if span > 0 and math.isfinite(final) else math.nan
-    if outcome in ("budget", "time") and math.isfinite(final):
+    if outcome == "budget" and math.isfinite(final):
         if final > config.overfit_diverge_factor * abs(initial):
             outcome = "diverged"
     metrics: dict[str, Any] = {
@@ -225,7 +219,6 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
         "optimizer": optimizer,
         "never_updated": len(unchanged),
         "outcome": outcome,
-        "seconds_budget": config.overfit_seconds,  # the seconds taken are the result's cost
     }
     if classify:
         metrics["accuracy_ceiling"] = ceiling
@@ -256,7 +249,7 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
         accuracy is not None and accuracy >= ceiling - max(slack, _NEAR) - 1e-9
     )
     if outcome == "fitted" or (
-        outcome in ("budget", "time")
+        outcome == "budget"
         and reached
         and math.isfinite(left)
         and left <= config.overfit_loss_ratio
@@ -344,19 +337,6 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
             "loss_floor",
         )
 
-    if outcome == "time":
-        # Fewer steps than the budget's: not fitting yet is no evidence against the model.
-        return result(
-            "warn",
-            f"Stopped after {len(losses)} of {config.overfit_steps} steps, at the "
-            f"{config.overfit_seconds:g} s time budget ({seconds / len(losses):.2g} s a step), "
-            f"with {optimizer}: loss {initial:.4g} -> {final:.4g}{acc_text}, not fitted yet; "
-            "not judged." + frozen,
-            f"Raise overfit_seconds to give all {config.overfit_steps} steps (about "
-            f"{config.overfit_steps * seconds / len(losses):.2g} s at this pace), or lower "
-            "overfit_samples.",
-            "time_budget",
-        )
     captured = _layers_after(session, config, total)
     dead = _dead_layers(captured, config.dead_fail) or _dead_output(captured, session)
     if dead:

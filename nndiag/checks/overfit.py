@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from nndiag.config import Config
-from nndiag.contract import Batch, LayerRecord, Session
+from nndiag.contract import Batch, LayerRecord, Session, Trainer
 from nndiag.results import CheckResult, Status
 
 CHECK = "overfit_small"
@@ -139,21 +139,64 @@ def _dead_output(layers: list[LayerRecord], session: Session) -> list[tuple[Laye
     return [(last, fraction)] if fraction > 0 else []
 
 
-def _layers_after(session: Session, config: Config, rows: int) -> list[LayerRecord]:
-    """Activation statistics over the trained rows, read only once a run failed (a passing
-    run costs one forward pass per step and nothing more). The capture is cached per
-    (rows, bins): the bins differ from the activation checks' whenever the rows match, so
-    that their capture of the untrained model is never this one."""
-    bins = config.histogram_bins + (1 if rows == config.max_samples else 0)
+def _layers_after(trainer: Trainer, batch: Batch, config: Config) -> list[LayerRecord]:
+    """Activation statistics over the trained rows, read only when a run did not fit."""
     try:
-        return session.capture(rows=rows, bins=bins)
+        return trainer.capture(batch, bins=config.histogram_bins)
     except Exception:  # no activation evidence: the verdict then rests on the loss alone
         return []
 
 
+# A failure under nndiag's own optimizer whose cause a rate can explain: the rates tried
+# (multiples of overfit_lr) before the model is blamed, in the direction the cause points.
+_RETRIES = {
+    "flat": (10.0, 100.0),
+    "slow": (10.0, 100.0),
+    "plateau": (10.0, 0.1),
+    "lr_too_high": (0.1, 0.01),
+    "dead_units": (0.1, 0.01),
+}
+
+
 def overfit_small(session: Session, config: Config) -> CheckResult:
     """Fail when ~20 samples, regularization off, cannot be fitted within the step budget,
-    naming the cause the loss curve shows."""
+    naming the cause the loss curve shows. Where the optimizer was nndiag's choice (the
+    subject gave none) and the cause is one a rate explains, the lecture's remedy is tried
+    first: other rates, from the same weights; the model fails only when none fits."""
+    first = _overfit(session, config, None)
+    cause = first.metrics.get("cause")
+    own = "nndiag's default" in str(first.metrics.get("optimizer"))
+    if first.status != "fail" or cause not in _RETRIES or not own:
+        return first
+    tried = []
+    for factor in _RETRIES[str(cause)]:
+        lr = config.overfit_lr * factor
+        retry = _overfit(session, config, lr)
+        tried.append(f"{lr:g} ({retry.metrics.get('cause') or retry.status})")
+        if retry.status == "pass":
+            return CheckResult(
+                CHECK,
+                "pass",
+                f"{retry.message} nndiag's default {first.metrics['optimizer'].split(' ')[0]} "
+                f"did not fit ({cause}); at lr {lr:g} it does: the rate was nndiag's choice, "
+                "not the model's fault.",
+                {**retry.metrics, "default_cause": cause, "fitting_lr": lr},
+                retry.evidence,
+            )
+    return CheckResult(
+        CHECK,
+        "fail",
+        f"{first.message} The optimizer was nndiag's default; other rates did not fit "
+        f"either: {', '.join(tried)}.",
+        {**first.metrics, "rates_tried": [config.overfit_lr * f for f in _RETRIES[str(cause)]]},
+        first.evidence,
+        first.hint,
+    )
+
+
+def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
+    """One run from the check's starting weights (restored after it), at ``lr`` or the
+    optimizer's own rate."""
     total = len(session.rows(config.overfit_samples))
     batch = session.rows(total)
     if session.has_regularization:
@@ -165,7 +208,7 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
     outcome = "budget"
     above = 0  # consecutive steps above overfit_diverge_factor x the start
     negative_at: int | None = None
-    with session.trainer(batch, default_lr=config.overfit_lr) as trainer:
+    with session.trainer(batch, lr=lr, default_lr=config.overfit_lr, restore=True) as trainer:
         for index in range(config.overfit_steps):
             step = trainer.step()
             loss, accuracy = step.loss, step.accuracy
@@ -193,6 +236,9 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
                 break
         unchanged = trainer.unchanged()
         optimizer = trainer.optimizer
+        # The trained weights are restored when the block ends: read the dead-unit
+        # evidence now (one forward; a fitted run needs none).
+        captured = _layers_after(trainer, batch, config) if outcome != "fitted" else []
     if negative_at is not None:
         outcome = "unbounded"
 
@@ -337,7 +383,6 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
             "loss_floor",
         )
 
-    captured = _layers_after(session, config, total)
     dead = _dead_layers(captured, config.dead_fail) or _dead_output(captured, session)
     if dead:
         # The first dead layer is where the signal stops; every layer past it gets nothing.

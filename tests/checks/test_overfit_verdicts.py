@@ -226,3 +226,42 @@ def test_nan_at_once_and_a_loss_below_zero_fail_with_their_causes() -> None:
 
     unbounded = _overfit(_subject(loss=negated))
     assert unbounded.status == "fail" and unbounded.metrics["cause"] == "unbounded"
+
+
+def _polynomial_regression(seed: int = 0) -> nndiag.Subject:
+    """PyTorch's own regression example: a Linear(4, 1) on x, x^2, x^3, x^4 fitting a
+    random polynomial; its own SGD rate fits it, Adam at 1e-3 barely moves in 300 steps."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(20, 1, generator=g)
+    features = torch.cat([x**i for i in range(1, 5)], 1)
+    target = features @ (torch.randn(4, 1, generator=g) * 5) + 5 * torch.randn(1, generator=g)
+    torch.manual_seed(seed)
+    return nndiag.Subject(nn.Linear(4, 1), (features, target), loss=F.mse_loss)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nndiag_s_own_rate_is_tried_before_the_model_is_blamed(seed: int) -> None:
+    result = _overfit(_polynomial_regression(seed), seed)
+    assert result.status == "pass", result.summary()
+    assert result.metrics["default_cause"] in ("flat", "slow", "plateau")
+    assert result.metrics["fitting_lr"] > 1e-3
+    assert "nndiag's default Adam(lr=0.001) did not fit" in result.message
+
+
+def test_the_user_s_own_rate_is_their_choice_and_is_judged() -> None:
+    subject = _polynomial_regression(0)
+    subject = nndiag.Subject(
+        subject.model,
+        (subject.batches[0].X, subject.batches[0].y),
+        loss=F.mse_loss,
+        optimizer=lambda p: torch.optim.SGD(p, lr=1e-7),
+    )
+    result = _overfit(subject)
+    assert result.status == "fail" and result.metrics["cause"] == "flat", result.summary()
+    assert "rates_tried" not in result.metrics and "fitting_lr" not in result.metrics
+
+
+def test_a_model_bug_fails_at_every_rate_nndiag_tries() -> None:
+    result = _overfit(double_softmax(0))
+    assert result.status == "fail", result.summary()
+    assert result.metrics["rates_tried"] and "did not fit either" in result.message

@@ -93,6 +93,13 @@ class LayerRecord:
     # previous activation (or the input): the scale of the weights before it does not
     # compound through it.
     normalized: bool = False
+    # Whether its output multiplies another tensor of the forward (a squeeze-excitation
+    # sigmoid scaling the trunk, a GLU's activation): a gate, whose small or saturated
+    # output is its job; None where the backend does not follow the data.
+    gate: bool | None = None
+    # Whether its output holds one value per unit and sample (no spatial extent): the
+    # pooled vector a squeeze-excitation branch works on.
+    pooled: bool = False
 
     @property
     def mean(self) -> float:

@@ -129,8 +129,12 @@ def _layer_evidence(layer: LayerRecord) -> dict[str, Any]:
 
 
 def _is_gate(layer: LayerRecord) -> bool:
-    """A sigmoid that scales a signal rather than carrying it (squeeze-excitation's
-    ``scale_activation``, a ``gate``): a small, saturated output is its job, not collapse."""
+    """An activation whose output multiplies another tensor (squeeze-excitation's sigmoid
+    scaling the trunk, a GLU's activation): a small, saturated output is its job, not
+    collapse. Where the backend does not follow the data (``gate`` None), a sigmoid named
+    as a gate or a scale."""
+    if layer.gate is not None:
+        return layer.gate
     name = layer.name.lower()
     return layer.kind in ("sigmoid", "hardsigmoid") and ("gate" in name or "scale" in name)
 
@@ -141,13 +145,21 @@ def _parent(name: str) -> str:
 
 
 def gate_branch(layers: list[LayerRecord]) -> set[str]:
-    """The gates and the activations of each gate's own module: a squeeze-excitation
-    block's hidden unit (torchvision's ``activation`` beside ``scale_activation``, timm's
-    ``act1`` beside ``gate``). That branch sees one pooled vector per sample, nearly alike
-    across samples at init, so its few units are on or off for all of them (a coin flip
-    each): neither a collapse nor dead units, and only the gate's input scale."""
-    gated = {_parent(layer.name) for layer in layers if _is_gate(layer)} - {""}
-    return {x.name for x in layers if _is_gate(x) or _parent(x.name) in gated}
+    """The gates and, in each gate's own module, the activations that see the same pooled
+    vector as the gate does: a squeeze-excitation block's hidden unit, whether the block is
+    a module of its own (torchvision's ``activation`` beside ``scale_activation``) or
+    written inline in a residual block (whose trunk activations, not pooled, stay judged).
+    That branch sees one pooled vector per sample, nearly alike across samples at init, so
+    its few units are on or off for all of them (a coin flip each): neither a collapse nor
+    dead units, and only the gate's input scale."""
+    gates = [layer for layer in layers if _is_gate(layer)]
+    pooled = {_parent(g.name) for g in gates if g.pooled} - {""}
+    named = {_parent(g.name) for g in gates if g.gate is None} - {""}  # data not followed
+    return {g.name for g in gates} | {
+        x.name
+        for x in layers
+        if (x.pooled and _parent(x.name) in pooled) or _parent(x.name) in named
+    }
 
 
 def activation_stats(session: Session, config: Config) -> CheckResult:

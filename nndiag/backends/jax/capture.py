@@ -192,12 +192,17 @@ class JaxprRecorder:
         self.normalized = False  # a normalization ran since the last activation
         # Each weight leaf as (units, fan_in), learned from how forward applies it.
         self.matrices: dict[str, np.ndarray] = {}
+        # Activation outputs of this pass by variable, to see which of them multiply
+        # another array (the gates), and the layers whose output was a pooled vector.
+        self.outputs: dict[Any, str] = {}
+        self.gates: set[str] = set()
+        self.pooled: set[str] = set()
 
     def run(self, closed: Any, args: list[jax.Array]) -> None:
         """Evaluate ``closed`` (from ``jax.make_jaxpr``) on its flat ``args``, recording
         every activation on the way."""
         self.seen, self.weight = {}, None  # names count from the start of each pass
-        self.normalized = False
+        self.normalized, self.outputs = False, {}
         jaxpr = closed.jaxpr
         params = {v: n for v, n in zip(jaxpr.invars, self.leaf_names)}
         zeros = {v for v, c in zip(jaxpr.constvars, closed.consts) if not np.any(np.asarray(c))}
@@ -210,7 +215,23 @@ class JaxprRecorder:
 
     def layers(self) -> list[LayerRecord]:
         """Statistics of every layer seen so far, in the order they first ran."""
-        return self.stats.layers()
+        layers = self.stats.layers()
+        for layer in layers:
+            layer.gate, layer.pooled = layer.name in self.gates, layer.name in self.pooled
+        return layers
+
+    def _follow(self, eqn: Any, invals: list[Any]) -> None:
+        """An activation's output passed on unchanged in value is still it; one that
+        multiplies another (non-scalar) array is a gate."""
+        name = eqn.primitive.name
+        found = [self.outputs.get(a) if isinstance(a, Var) else None for a in eqn.invars]
+        if name in _SAME_VALUE or name == "broadcast_in_dim":
+            if found and found[0] is not None:
+                self.outputs[eqn.outvars[0]] = found[0]
+        elif name == "mul" and len(invals) == 2:
+            for mine, other, value in zip(found, reversed(found), reversed(invals)):
+                if mine is not None and other != mine and np.size(value) > 1:
+                    self.gates.add(mine)
 
     def _is_zero(self, atom: Any, zeros: set[Any]) -> bool:
         if isinstance(atom, Literal):
@@ -305,12 +326,13 @@ class JaxprRecorder:
                 self._record(*pending[1:])
                 pending = None
             if call is not None:
-                pending = (call, inline, outs[0], where)
+                pending = (call, inline, outs[0], where, eqn.outvars[0])
             else:
                 kind = named or self._kind(eqn, zeros, origin)
                 if kind is not None:
-                    self._record(kind, outs[0], where)
+                    self._record(kind, outs[0], where, eqn.outvars[0])
             self._track(eqn, invals, params, zeros)
+            self._follow(eqn, invals)
         if pending is not None:
             self._record(*pending[1:])
         return [read(a) for a in jaxpr.outvars]
@@ -375,12 +397,17 @@ class JaxprRecorder:
         self.seen[base] = self.seen.get(base, 0) + 1
         return base if self.seen[base] == 1 else f"{base}#{self.seen[base]}"
 
-    def _record(self, kind: str, out: Any, where: str) -> None:
+    def _record(self, kind: str, out: Any, where: str, var: Any = None) -> None:
         if not is_array(out) or not is_float(out):
             return
         name = self._layer_name(kind, where)
+        if var is not None:
+            self.outputs[var] = name
         x = np.asarray(out, dtype=np.float32)
         axis = self.weight.channel_axis if self.weight is not None else None
+        spatial = [d for i, d in enumerate(x.shape[1:], 1) if i != (axis or x.ndim - 1) % x.ndim]
+        if all(d == 1 for d in spatial):
+            self.pooled.add(name)
         if axis is not None and x.ndim > axis:
             x = np.moveaxis(x, axis, -1)  # a convolution's units are its channels
         x = x.reshape(-1, x.shape[-1]) if x.ndim >= 2 else x.reshape(-1, 1)

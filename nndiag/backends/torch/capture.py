@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, cast
 
 import torch
@@ -72,6 +73,40 @@ _ACTIVATION_MODULES = tuple(
 )
 
 
+# A multiplication: an activation output among its operands, with another tensor, is a gate.
+_MULTIPLY = frozenset(
+    {
+        torch.mul,
+        torch.multiply,
+        torch.Tensor.mul,
+        torch.Tensor.mul_,
+        torch.Tensor.__mul__,
+        torch.Tensor.__rmul__,
+        torch.Tensor.__imul__,
+    }
+)
+# Ops that pass a tensor on unchanged in value (a gate is often expanded or reshaped).
+_VIEWS = frozenset(
+    {
+        torch.Tensor.expand,
+        torch.Tensor.expand_as,
+        torch.Tensor.view,
+        torch.Tensor.view_as,
+        torch.Tensor.reshape,
+        torch.reshape,
+        torch.Tensor.unsqueeze,
+        torch.unsqueeze,
+        torch.Tensor.flatten,
+        torch.flatten,
+        torch.Tensor.__getitem__,
+        torch.Tensor.squeeze,
+        torch.Tensor.permute,
+        torch.Tensor.transpose,
+        torch.Tensor.contiguous,
+    }
+)
+
+
 def _normalizing() -> frozenset[Any]:
     """Functions that normalize their input: the norm layers' functional forms, and the
     ``rsqrt`` that hand-written RMS/layer norms (transformers' Llama and T5) divide by."""
@@ -108,11 +143,17 @@ class Recorder(ModuleMode):
         self.seen: dict[str, int] = {}
         self.normalized = False  # a normalization ran since the last activation
         self.ran: dict[str, None] = {}  # weight layers in the order they first ran
+        # Activation outputs of this pass (weakly: nothing batch-sized is kept), to see
+        # which of them multiply another tensor: the gates.
+        self.outputs: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
+        self.gates: set[str] = set()
+        self.pooled: set[str] = set()
 
     def __enter__(self) -> Recorder:
         self.seen = {}
         self.weight = None
         self.normalized = False
+        self.outputs = {}
         return super().__enter__()
 
     def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -126,12 +167,32 @@ class Recorder(ModuleMode):
         out = func(*args, **(kwargs or {}))
         if func in _NORMALIZING:
             self.normalized = True
+        if func in _MULTIPLY or func in _VIEWS:
+            self._follow(func, args, out)
         kind = _KINDS.get(func)
         if kind == "hardtanh" and _hardtanh_floor(args, kwargs) == 0.0:
             kind = "relu"  # nn.ReLU6 runs as hardtanh(x, 0, 6): a ReLU-family unit
         if kind is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
-            self._record(kind, out.detach())
+            name = self._record(kind, out.detach())
+            self.outputs[id(out)] = (weakref.ref(out), name)
         return out
+
+    def _recorded(self, x: Any) -> str | None:
+        """The activation ``x`` is the output of (or a view of), if any."""
+        found = self.outputs.get(id(x)) if isinstance(x, torch.Tensor) else None
+        return found[1] if found is not None and found[0]() is x else None
+
+    def _follow(self, func: Any, args: Any, out: Any) -> None:
+        names = [self._recorded(a) for a in args[:2]]
+        if func in _VIEWS:
+            if names and names[0] is not None and isinstance(out, torch.Tensor):
+                self.outputs[id(out)] = (weakref.ref(out), names[0])
+            return
+        tensors = [a for a in args[:2] if isinstance(a, torch.Tensor) and a.numel() > 1]
+        if len(tensors) == 2:
+            for name, other in zip(names, reversed(args[:2])):
+                if name is not None and self._recorded(other) != name:
+                    self.gates.add(name)
 
     def _layer_name(self, kind: str) -> str:
         top = self.stack[-1] if self.stack else None
@@ -145,8 +206,10 @@ class Recorder(ModuleMode):
         self.seen[base] = self.seen.get(base, 0) + 1
         return base if self.seen[base] == 1 else f"{base}#{self.seen[base]}"
 
-    def _record(self, kind: str, x: torch.Tensor) -> None:
+    def _record(self, kind: str, x: torch.Tensor) -> str:
         name = self._layer_name(kind)
+        if x.ndim <= 2 or all(d == 1 for d in x.shape[2:]):
+            self.pooled.add(name)
         conv = self.weight is not None and isinstance(self.weight[1], nn.modules.conv._ConvNd)
         if x.ndim >= 2:
             x = x.movedim(1, -1) if conv else x  # a conv layer's units are its channels
@@ -157,9 +220,12 @@ class Recorder(ModuleMode):
             self.feeds[name] = self.weight
         self.stats.add(name, kind, x.float().cpu().numpy(), normalized=self.normalized)
         self.normalized = False
+        return name
 
     def layers(self) -> list[LayerRecord]:
         layers = self.stats.layers()
+        for layer in layers:
+            layer.gate, layer.pooled = layer.name in self.gates, layer.name in self.pooled
         for layer in layers:  # weight statistics once, after the pass, not inside it
             if layer.name in self.feeds:
                 name, module = self.feeds[layer.name]

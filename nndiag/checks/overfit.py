@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from nndiag.checks.activations import gate_branch
 from nndiag.config import Config
 from nndiag.contract import Batch, LayerRecord, Session, Trainer
 from nndiag.results import CheckResult, Status
@@ -116,9 +117,12 @@ def _half_precision(session: Session, batch: Batch, optimizer: str) -> str | Non
 
 
 def _dead_layers(layers: list[LayerRecord], limit: float) -> list[tuple[LayerRecord, float]]:
+    """ReLU layers at least ``limit`` dead, less squeeze-excitation branches (a pooled
+    vector per sample: their few units are on or off for all samples by design)."""
     found = []
+    branch = gate_branch(layers)
     for layer in layers:
-        if layer.kind != "relu" or layer.fires is None or not layer.units:
+        if layer.kind != "relu" or layer.fires is None or not layer.units or layer.name in branch:
             continue
         fraction = float((np.asarray(layer.fires) == 0).sum()) / layer.units
         if fraction >= limit:

@@ -345,7 +345,15 @@ def param_updates(session: Session, config: Config) -> CheckResult:
             "The steps blow up: the learning rate is likely too high; lower it (the "
             "numerics check names where the NaN/Inf first appears).",
         )
-    if median is not None and not low <= median <= high:
+    off_band = median is not None and not low <= median <= high
+    if off_band and "nndiag's default" in optimizer:
+        # nndiag chose the rate: its update ratio says nothing about the user's rate.
+        ratio_text += (
+            f", outside {low:g}-{high:g} at nndiag's default rate, which is no finding about "
+            "yours (give the subject its optimizer to judge it)"
+        )
+        metrics["default_rate_off_band"] = True
+    elif off_band and median is not None:
         too_high = median > high
         metrics["cause"] = "lr_too_high" if too_high else "lr_too_low"
         return CheckResult(

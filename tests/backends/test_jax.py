@@ -144,8 +144,10 @@ def test_a_function_jit_cannot_trace_runs_eagerly() -> None:
         ["overfit_small", "gradient_check", "activation_stats"],
         nndiag.Config(overfit_steps=10),
     )
-    assert report["overfit_small"].metrics["steps"] == 10
-    assert report["overfit_small"].cost.backward == 10
+    # 10 steps of nndiag's Adam do not fit it; another rate, tried next, does (eagerly).
+    assert report["overfit_small"].status == "pass", report["overfit_small"].summary()
+    assert report["overfit_small"].metrics["default_cause"] is not None
+    assert report["overfit_small"].cost.backward > 10
     assert report["gradient_check"].status == "pass"
     # Capture traces apply_fn abstractly: a function that cannot be traced says so.
     assert report["activation_stats"].status == "error"

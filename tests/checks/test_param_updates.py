@@ -172,17 +172,34 @@ def test_a_tiny_learning_rate_warns_too_low() -> None:
     assert result.metrics["median_ratio"] < 1e-6 and "too low" in result.hint
 
 
+def _adam(lr: float) -> Any:
+    return lambda params: torch.optim.Adam(params, lr=lr)
+
+
+def _given(subject: nndiag.Subject, optimizer: Any) -> nndiag.Subject:
+    batch = subject.batches[0]
+    return nndiag.Subject(subject.model, (batch.X, batch.y), optimizer=optimizer)
+
+
 def test_a_huge_learning_rate_warns_too_high() -> None:
-    result = _run(T.he_relu_mlp(0), overfit_lr=1.0)  # nndiag's Adam at lr 1
+    result = _run(_given(T.he_relu_mlp(0), _adam(1.0)))
     assert result.status == "warn" and result.metrics["cause"] in ("lr_too_high", "diverged")
     assert result.metrics["median_ratio"] > 0.2 and "too high" in result.hint
 
 
 def test_the_band_is_a_setting() -> None:
-    result = _run(T.he_relu_mlp(0), param_update_ratio_high=1e-3)
+    result = _run(_given(T.he_relu_mlp(0), _adam(1e-3)), param_update_ratio_high=1e-3)
     assert result.status == "warn" and result.metrics["cause"] == "lr_too_high"
     with pytest.raises(ValueError, match="param_update_ratio_low"):
         nndiag.Config(param_update_ratio_low=1.0, param_update_ratio_high=0.1)
+
+
+def test_nndiag_s_own_rate_off_the_band_is_no_finding_about_the_user() -> None:
+    # No optimizer given: nndiag's Adam decides the ratio, so the band says nothing about
+    # the user's rate; the result passes and says so.
+    result = _run(T.he_relu_mlp(0), param_update_ratio_high=1e-3)
+    assert result.status == "pass", result.summary()
+    assert result.metrics["default_rate_off_band"] and "nndiag's default rate" in result.message
 
 
 def test_a_gradient_seen_on_one_batch_only_is_a_warning() -> None:
@@ -331,5 +348,7 @@ def test_jax_a_masked_update_is_not_updated() -> None:
 
 def test_jax_a_huge_learning_rate_warns() -> None:
     JM = _jax()
-    result = _run(JM.he_relu_mlp(0), overfit_lr=1.0)
+    from tests.backends.test_jax import _sgd  # an optax-shaped SGD, without optax
+
+    result = _run(_given(JM.he_relu_mlp(0), _sgd(3.0)))
     assert result.status == "warn" and result.metrics["median_ratio"] > 0.2

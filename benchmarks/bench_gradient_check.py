@@ -10,8 +10,6 @@ time; the verdict must be a pass.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 
 import pytest
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 import nndiag
+from benchmarks.bench_real_models import _forward_backward_seconds
 from tests.real_models import handwritten, models
 
 torch.set_num_threads(1)
@@ -40,17 +39,6 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def _forward_backward_seconds(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
-    times = []
-    for _ in range(4):
-        start = time.perf_counter()
-        model.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(X), y).backward()
-        times.append(time.perf_counter() - start)
-    model.zero_grad(set_to_none=True)
-    return statistics.median(times[1:])
-
-
 @pytest.mark.parametrize("rows", [16, 32, 64])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_passing_gradient_check_cost(
@@ -60,7 +48,7 @@ def test_passing_gradient_check_cost(
     X, y = _images(rows)
     subject = nndiag.Subject(model, (X, y))
     nndiag.diagnose(subject, ["gradient_check"])  # warm: the first run pays one-off set-up
-    baseline = _forward_backward_seconds(model, X, y)
+    baseline = _forward_backward_seconds(subject)
     found: dict[str, nndiag.CheckResult] = {}
 
     def run() -> None:

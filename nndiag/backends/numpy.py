@@ -602,11 +602,13 @@ class _Objective:
         self.shapes = {n: tuple(v.shape) for n, v in self.params.items()}
         self.base = {n: v.copy() for n, v in self.params.items()}
         self.X, self.y = X, y
+        self._here: list[np.ndarray] | None = None  # winners at the point, once asked for
 
     def values(self) -> dict[str, Any]:
         return dict(self.base)
 
     def move(self, shifts: Mapping[str, Any]) -> None:
+        self._here = None
         for name, shift in shifts.items():
             self.base[name] += shift
             np.copyto(self.params[name], self.base[name])
@@ -624,7 +626,9 @@ class _Objective:
         crossings are unknown."""
         up, at_up = self.value(shifts, h), self._zeros(shifts, h)
         down, at_down = self.value(shifts, -h), self._zeros(shifts, -h)
-        here = self._zeros({}, 0.0)
+        if self._here is None:  # the point's own, once per point
+            self._here = self._zeros({}, 0.0)
+        here = self._here
         if at_up is None or at_down is None or here is None:
             return Sides(up, down, None)
         return Sides(

@@ -1,7 +1,9 @@
 """Wall time of ``pytest --nndiag`` under pytest-xdist against a serial run of the same
 project, in the same session: ``-n 2`` (nndiag keeps each subject's checks on one worker)
 and ``-n 2 --dist load`` (xdist's own spreading, which builds a subject on every worker
-that draws one of its checks).
+that draws one of its checks). Two projects: six small CNN subjects, and ``examples/`` as
+it ships. No thread variable is set, as on a user's machine: the workers' one thread
+each is nndiag's doing.
 
 Run with ``pytest benchmarks/bench_xdist.py -s`` on a machine with at least two idle
 cores. The variants run interleaved, so drift hits them alike; the ratios (parallel over
@@ -52,8 +54,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
 def _run(root: Path, *options: str) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "--nndiag", "-q", "-p", "no:randomly", *options],
@@ -67,8 +72,13 @@ def _run(root: Path, *options: str) -> float:
     return elapsed
 
 
-def test_parallel_run_against_serial(benchmark: pytest.FixtureRequest, project: Path) -> None:
+@pytest.mark.parametrize("which", ["cnn_subjects", "examples"])
+def test_parallel_run_against_serial(
+    benchmark: pytest.FixtureRequest, project: Path, which: str
+) -> None:
     pytest.importorskip("xdist")
+    if which == "examples":
+        project = EXAMPLES
     variants = {"serial": (), "n2": ("-n", "2"), "n2_dist_load": ("-n", "2", "--dist", "load")}
     _run(project)  # bytecode, file system cache
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -81,7 +91,7 @@ def test_parallel_run_against_serial(benchmark: pytest.FixtureRequest, project: 
         benchmark.extra_info[f"{name}_over_serial"] = round(median[name] / median["serial"], 3)
     benchmark.extra_info.update({f"{k}_s": round(v, 2) for k, v in median.items()})
     print(
-        f"\n{SUBJECTS} subjects, default checks: serial {median['serial']:.1f} s, -n 2 "
+        f"\n{which}: serial {median['serial']:.1f} s, -n 2 "
         f"{median['n2']:.1f} s ({median['n2'] / median['serial']:.2f}x), -n 2 --dist load "
         f"{median['n2_dist_load']:.1f} s ({median['n2_dist_load'] / median['serial']:.2f}x)"
     )

@@ -42,6 +42,10 @@ class Accumulator:
             record.normalized = normalized
         elif record.units != x.shape[1]:
             return  # a layer whose width changes between calls: keep the first shape
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverged step's Inf/NaN
+            self._fold(record, kind, x)
+
+    def _fold(self, record: LayerRecord, kind: str, x: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
         n = x.size
         mean = float(x.sum(dtype=np.float64)) / n
@@ -65,6 +69,7 @@ class Accumulator:
         """Counts over fixed bins of a strided sample of at most HIST_VALUES values
         (``np.histogram`` is several times slower than binning by hand)."""
         sample = x[:: -(-x.size // HIST_VALUES)].ravel()
+        sample = sample[np.isfinite(sample)]  # a diverged step's NaN has no bin
         low, high = edges
         index = ((np.clip(sample, low, high) - low) * (self.bins / (high - low))).astype(np.intp)
         np.minimum(index, self.bins - 1, out=index)

@@ -72,7 +72,8 @@ def test_float16_nan_under_adam_names_eps_not_the_learning_rate() -> None:
     torch.manual_seed(0)
     model = _mlp(3, nn.ReLU, _he).half()
     X, y = _classification(0)
-    result = _overfit(nndiag.Subject(model, (X.half(), y)))
+    adam = torch.optim.Adam(model.parameters(), lr=1e-3)  # the user's, eps 1e-8
+    result = _overfit(nndiag.Subject(model, (X.half(), y), optimizer=adam))
     assert result.status == "fail" and result.metrics["cause"] == "precision"
     assert "float16" in result.message and "eps" in result.hint
     assert "divide it by 10" not in result.hint
@@ -265,3 +266,14 @@ def test_a_model_bug_fails_at_every_rate_nndiag_tries() -> None:
     result = _overfit(double_softmax(0))
     assert result.status == "fail", result.summary()
     assert result.metrics["rates_tried"] and "did not fit either" in result.message
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nndiags_own_adam_trains_float16_without_blaming_eps(seed: int) -> None:
+    torch.manual_seed(seed)
+    model = _mlp(3, nn.ReLU, _he).half()
+    X, y = _classification(seed)
+    result = _overfit(nndiag.Subject(model, (X.half(), y)), seed)
+    assert result.status == "pass", result.summary()
+    assert "eps=0.0001" in result.metrics["optimizer"]
+

@@ -38,6 +38,8 @@ from nndiag.errors import InvalidSubject, ModelError, describe
 
 __all__ = ["TorchSession", "rng_devices", "torch_rng_guard"]
 
+_FLOAT16_EPS = 1e-4  # nndiag's Adam on float16 parameters
+
 
 def rng_devices(model: nn.Module) -> list[int]:
     """The CUDA devices the model's parameters sit on, whose generators a check guards."""
@@ -612,6 +614,11 @@ class TorchSession(SessionBase):
         given = self.subject.optimizer
         if given is None:
             lr = default_lr
+            if any(p.dtype == torch.float16 for p in params):
+                # Adam's eps 1e-8 is 0 in float16 (its smallest normal is 6e-5): a zero
+                # second moment would divide by 0. nndiag's choice must not be the bug.
+                adam = torch.optim.Adam(params, lr=lr, eps=_FLOAT16_EPS)
+                return adam, f"Adam(lr={lr:g}, eps={_FLOAT16_EPS:g}) (nndiag's default)"
             return torch.optim.Adam(params, lr=lr), f"Adam(lr={lr:g}) (nndiag's default)"
         if isinstance(given, torch.optim.Optimizer):  # copy class and settings, never step it
             settings = {

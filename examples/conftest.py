@@ -40,6 +40,16 @@ def healthy_mlp() -> nndiag.Subject:
 
 
 @nndiag.subject
+def mlp_loader() -> nndiag.Subject:
+    """The healthy MLP fed as a training loop feeds it: a DataLoader of 32-row batches."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = seeded(MLP)
+    batches = DataLoader(TensorDataset(*blobs()), batch_size=32, shuffle=False)
+    return nndiag.Subject(model, batches, loss=model.loss, regularization="reg")
+
+
+@nndiag.subject
 def huge_last_layer() -> nndiag.Subject:
     """Bug: last-layer weights 50x too large, so the scores at init are overconfident."""
     model = seeded(MLP)

@@ -33,7 +33,7 @@ def test_a_tensor_and_a_loader_of_smaller_batches_get_the_same_verdicts(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "gpt2"])
 def test_library_models_get_the_same_verdicts_fed_either_way(name: str) -> None:
     from tests.real_models import models as library
 

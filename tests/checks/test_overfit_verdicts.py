@@ -276,4 +276,3 @@ def test_nndiags_own_adam_trains_float16_without_blaming_eps(seed: int) -> None:
     result = _overfit(nndiag.Subject(model, (X.half(), y)), seed)
     assert result.status == "pass", result.summary()
     assert "eps=0.0001" in result.metrics["optimizer"]
-

@@ -197,6 +197,24 @@ def test_two_workers_on_one_sqlite_storage(tmp_path: Path) -> None:
     shared_study(sqlite(tmp_path), "shared")
 
 
+def test_two_processes_on_one_storage_give_the_serial_trials(tmp_path: Path) -> None:
+    # Random-init weights, no pruner (which trials a median pruner stops depends on the
+    # order they finish in): the trials' values and the best are the serial run's.
+    storage = sqlite(tmp_path)
+    shared_study(storage, "two", "random_init", ", pruner='none'")
+    two = run(h.random_init, tmp_path, study="two", trials=[6, 6], stages=2, pruner="none")
+    (tmp_path / "serial").mkdir()
+    one = run(
+        h.random_init, tmp_path / "serial", study="one", trials=[6, 6], stages=2, pruner="none"
+    )
+
+    def key(result: nndiag.SearchResult) -> list[tuple[Any, ...]]:
+        return sorted((t.stage, t.number, t.params["lr"], t.value) for t in result.trials)
+
+    assert len(two.trials) == 12 and key(two) == key(one)
+    assert one.best_value == two.best_value and one.best_params == two.best_params
+
+
 class Interrupting:
     """A factory that raises KeyboardInterrupt (Ctrl-C) on its ``at``-th call."""
 

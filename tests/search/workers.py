@@ -13,14 +13,14 @@ from tests.search import helpers as h
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def worker_script(storage: str, study: str, factory: str = "regression") -> str:
+def worker_script(storage: str, study: str, factory: str = "regression", extra: str = "") -> str:
     return (
         "import sys, nndiag\n"
         "from tests.search import helpers as h\n"
         "print('ready', flush=True); sys.stdin.readline()\n"
         f"nndiag.search(h.{factory}, {{'lr': nndiag.LogUniform(1e-3, 1.0)}}, trials=[6, 6],"
         f" stages=2, steps={h.STEPS}, validation=h.validation_data(), storage={storage!r},"
-        f" study={study!r}, seed=0)\n"
+        f" study={study!r}, seed=0{extra})\n"
     )
 
 
@@ -35,9 +35,9 @@ def start_worker(script: str, **env: str) -> subprocess.Popen[str]:
     )
 
 
-def shared_study(storage: str, study: str) -> None:
+def shared_study(storage: str, study: str, factory: str = "regression", extra: str = "") -> None:
     """Two workers, started together (each waits for the word), share one study."""
-    workers = [start_worker(worker_script(storage, study)) for _ in range(2)]
+    workers = [start_worker(worker_script(storage, study, factory, extra)) for _ in range(2)]
     for worker in workers:
         assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
     for worker in workers:

@@ -51,3 +51,28 @@ def test_default_checks_on_a_library_model(benchmark: pytest.FixtureRequest, nam
     benchmark.extra_info.update({f"{k}_s": v for k, v in per_check.items()})
     statuses = {r.check: r.status for r in report["last"]}
     print(f"\n{name}: {ratio:.0f}x one forward+backward ({baseline * 1e3:.0f} ms); {statuses}")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_causality_on_a_language_model(benchmark: pytest.FixtureRequest, name: str) -> None:
+    """``causality`` (two eval forwards of 31 copies of one row, 16 tokens) against one
+    forward+backward of the model's own batch of 16 sequences."""
+    subject = models.HEALTHY[name](0)
+    model, batch = subject.model, subject.batches[0]
+    times = []
+    for _ in range(6):
+        start = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        models.token_loss(model(batch.X), batch.y).backward()
+        times.append(time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    baseline = statistics.median(times[1:])
+    nndiag.diagnose(subject, ["causality"])  # first call: transformers' lazy set-up
+
+    def run() -> None:
+        assert nndiag.diagnose(subject, ["causality"])["causality"].status == "pass"
+
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=0)
+    ratio = benchmark.stats.stats.median / baseline
+    benchmark.extra_info.update(ratio=round(ratio, 2), baseline_ms=round(baseline * 1e3, 1))
+    print(f"\n{name} causality: {ratio:.2f}x one forward+backward ({baseline * 1e3:.1f} ms)")

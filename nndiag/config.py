@@ -136,6 +136,11 @@ class Config:
     # Plus this many standard errors of a model *at* the expected loss (classification: of
     # -log p_prior(y) over the batch's labels), never of the measured model's own losses.
     initial_loss_sigmas: float = 3.0
+    # Answer leaks: a fresh model's loss below the loss of its own outputs on shuffled
+    # labels by more than this fraction of it (and initial_loss_sigmas of the shuffles'
+    # spread) fails. Our calibration (docs/calibration.md): healthy models 0-1.1%; GPT-2
+    # scoring its input tokens (the copy task) 15%.
+    initial_loss_leak: float = 0.05
     # Output width: a classifier whose n labels all lie in 0..k-1 of its C outputs has
     # probability (k/C)^n of that under a uniform labelling; below these it warns / fails
     # (our choice: 1e-3 is rarer than 1 in 1000 runs; 1e-6 is what 30 outputs for 10-class
@@ -225,6 +230,13 @@ class Config:
     independence_tolerance: float = 1e-6
     independence_rtol: float = 1e-5
     independence_examples: int = 30
+
+    # causality: rows probed (the first and the last); input positions changed per row
+    # (spread evenly; each alone and from there on, one forward of 2x that many copies); an
+    # earlier output may move by this much relative to the outputs' size (float rounding).
+    causality_rows: int = 8
+    causality_positions: int = 16
+    causality_rtol: float = 1e-5
 
     # numerics: rows watched for NaN/Inf; two eval-mode passes of one batch may differ by
     # this much relative to the outputs' size (bit-identical is expected on CPU).

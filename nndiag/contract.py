@@ -62,6 +62,10 @@ class Task:
     kind: Literal["classification", "regression"]
     num_classes: int = 0  # classification only
     label_counts: tuple[int, ...] = ()
+    # How nndiag read the model and its labels where it did more than take them as given
+    # (transformers' labels=input_ids shifted as the model shifts them; a minimal GPT
+    # called with targets for every position's logits); empty otherwise.
+    reading: str = ""
 
 
 @dataclass
@@ -193,6 +197,8 @@ class Vocabulary:
     # {std} are filled in), and evening out imbalanced labels.
     standardize: str = "X = (X - {mean}) / {std}"
     rebalance: str = "weight the loss by inverse class frequency, or resample the classes"
+    # causality's fix: masking the attention scores of later positions.
+    causal_mask: str = "add a mask of -inf above the diagonal (np.triu) to the scores"
 
 
 @dataclass(frozen=True)
@@ -302,6 +308,7 @@ class Session(Protocol):
 
     task: Task
     has_regularization: bool
+    causal: bool | None  # Subject(causal=...): the user's word on autoregression
     framework: str  # name and version, e.g. "torch 2.13.0"
     words: Vocabulary
 
@@ -324,6 +331,22 @@ class Session(Protocol):
     def arrays(self, batch: Batch) -> tuple[Any, Any]:
         """The batch's inputs and targets as numpy arrays (inputs None when they are not
         one array, e.g. a dict of token tensors)."""
+
+    def sequence(self, batch: Batch) -> Any:
+        """The inputs read along a sequence axis (axis 1) as a numpy array: the inputs when
+        they are one array, a dict's ``input_ids``; None when there is no such array."""
+
+    def with_sequence(self, batch: Batch, values: Any) -> Batch:
+        """``batch`` with :meth:`sequence` replaced by ``values`` (numpy, same rows and
+        dtype); a shorter sequence cuts the other per-position inputs and the targets."""
+
+    def real_positions(self, batch: Batch) -> Any:
+        """Which positions of :meth:`sequence` are real tokens (numpy bool, its shape) when
+        an attention mask marks some as padding; None otherwise."""
+
+    def model_causal(self) -> bool | None:
+        """Whether the model says it is autoregressive (it generates and has no encoder);
+        None when it does not say."""
 
     def set_regularization(self, strength: float) -> None:
         """Set the subject's regularization strength. Inside isolated()."""

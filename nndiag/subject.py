@@ -40,6 +40,11 @@ class Subject:
             uses, or the name of a numeric model attribute holding it; for JAX also
             ``penalty(params) -> scalar``, added as ``strength * penalty``.
         name: Shown in reports and test ids. Default: the model's class name.
+        causal: Whether the output at sequence position t may depend only on inputs at
+            positions <= t (an autoregressive model), for the ``causality`` check.
+            Default: read from the data (targets are the inputs shifted by one) or the
+            model (a model that generates text and has no encoder); ``False`` turns the
+            check off.
 
     Raises:
         InvalidSubject: an argument is unusable; the message names it and the fix.
@@ -54,6 +59,7 @@ class Subject:
         optimizer: Any = None,
         regularization: Callable[[Any, float], None] | str | None = None,
         name: str | None = None,
+        causal: bool | None = None,
     ) -> None:
         from nndiag.backends import backend_for
         from nndiag.backends.base import check_consistent
@@ -79,6 +85,13 @@ class Subject:
                 "pass the name of the model attribute holding the strength, or a function "
                 "(model, strength) -> None that sets it",
             )
+        if causal is not None and not isinstance(causal, bool):
+            raise InvalidSubject(
+                "causal",
+                f"expected True, False or None, got {describe(causal)}",
+                "pass causal=True for a model that must not see later positions",
+            )
+        self.causal = causal
         self.backend = backend_for(model)
         self.model = model
         self.loss = loss

@@ -220,6 +220,12 @@ def check_default_targets(y: Any, output_shape: tuple[int, ...]) -> None:
             )
 
 
+def cut_targets(y: Any, old: int, new: int) -> Any:
+    """Per-position targets (axis 1 of length ``old``) cut to a shorter sequence of
+    ``new`` positions; other targets as they are."""
+    return y[:, :new] if y.ndim >= 2 and y.shape[1] == old and new < old else y
+
+
 class SessionBase:
     """Bookkeeping every backend's session shares: the subject's batches, pass counters,
     whether a check's isolation is open, one activation capture per (rows, bins), and the
@@ -232,6 +238,7 @@ class SessionBase:
         self.subject = subject
         self.config = config
         self.model = subject.model
+        self.causal: bool | None = getattr(subject, "causal", None)
         self.batches: list[Batch] = subject.batches[: max(1, config.max_batches)]
         self._forward = 0
         self._backward = 0
@@ -274,6 +281,12 @@ class SessionBase:
             raise
         except Exception as exc:
             raise ModelError(argument, call, exc) from exc
+
+    def model_causal(self) -> bool | None:
+        return None  # overridden where a model can say so (transformers)
+
+    def real_positions(self, batch: Batch) -> Any:
+        return None  # overridden where inputs carry an attention mask (transformers)
 
     def rows(self, n: int) -> Batch:
         Xs, ys, have = [], [], 0

@@ -34,6 +34,7 @@ from nndiag.backends.base import (
     PROBE_ROWS,
     SessionBase,
     adam_update,
+    cut_targets,
     float64_note,
     read_items,
     unpack,
@@ -303,6 +304,14 @@ class NumpySession(SessionBase):
 
     def arrays(self, batch: Batch) -> tuple[Any, Any]:
         return batch.X, batch.y
+
+    def sequence(self, batch: Batch) -> Any:
+        X = self.arrays(batch)[0]
+        return X if X is not None and X.ndim >= 2 else None
+
+    def with_sequence(self, batch: Batch, values: Any) -> Batch:
+        new = np.asarray(values, dtype=batch.X.dtype)
+        return Batch(new, cut_targets(batch.y, batch.X.shape[1], new.shape[1]))
 
     def evaluate(
         self,

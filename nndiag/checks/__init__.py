@@ -137,6 +137,7 @@ BUILTIN: tuple[CheckSpec, ...] = (
             "initial_loss_warn",
             "initial_loss_fail",
             "initial_loss_sigmas",
+            "initial_loss_leak",
             "initial_loss_width_warn",
             "initial_loss_width_fail",
         ),
@@ -262,6 +263,21 @@ BUILTIN: tuple[CheckSpec, ...] = (
             "independence_tolerance",
             "independence_rtol",
             "independence_examples",
+        ),
+    ),
+    CheckSpec(
+        "causality",
+        "nndiag.checks.causality:causality",
+        "In an autoregressive model, does the output at position t never read an input at a "
+        "later position, and does padding under an attention mask never move a real "
+        "output (eval mode)?",
+        why="two eval forwards of 2 x causality_positions copies of a row, one of the "
+        "padded rows twice; skipped unless the task is autoregressive (next-token targets, "
+        "a generating model without an encoder, or Subject(causal=True)) or an attention "
+        "mask marks padding",
+        settings=("causality_rows", "causality_positions", "causality_rtol"),
+        tables=(
+            TableSpec("pairs", "Leaking positions", (("position", "output"), ("source", "input"))),
         ),
     ),
     CheckSpec(

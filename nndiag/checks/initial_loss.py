@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from nndiag.checks import leaks
 from nndiag.checks.baselines import baselines as uninformative_losses
 from nndiag.config import Config
 from nndiag.contract import Batch, Session
@@ -48,6 +49,7 @@ def _label_spread(session: Session, batch: Batch) -> tuple[float, float]:
     entropy = float(-(prior[prior > 0] * np.log(prior[prior > 0])).sum())
     _, y = session.arrays(batch)
     labels = np.asarray(y).reshape(-1).astype(np.int64)
+    labels = labels[(labels >= 0) & (labels < len(prior))]  # -100: ignored positions
     if labels.size < 2:
         return entropy, 0.0
     surprise = -np.log(np.maximum(prior[labels], 1e-300))
@@ -71,17 +73,32 @@ def _zero_output_spread(session: Session, batch: Batch, shape: tuple[int, ...]) 
     return float(np.std(finite) / math.sqrt(len(finite)))
 
 
-def _bumped_loss(session: Session, batch: Batch, outputs: Any) -> tuple[float, float] | None:
+def _bumped_loss(
+    session: Session, batch: Batch, outputs: Any, shift: int = 0
+) -> tuple[float, float] | None:
     """(loss of the model's outputs, loss with the true class's score raised by _BUMP), both
-    through ``loss_of``; None when the labels cannot index the outputs' class axis."""
+    through ``loss_of``; None when the labels cannot index the outputs' class axis.
+
+    ``shift`` aligns the output at position t with the label at t + shift (a loss that
+    scores next-token logits against ``y[:, 1:]`` itself has shift 1)."""
     _, y = session.arrays(batch)
-    labels = np.asarray(y)
+    labels = np.asarray(y).astype(np.int64)
     scores = np.asarray(outputs, dtype=np.float64)
     if scores.ndim < 2 or labels.shape != (scores.shape[0], *scores.shape[2:]):
         return None
-    index = np.expand_dims(labels.astype(np.int64), 1)
+    if shift and (labels.ndim < 2 or labels.shape[1] <= abs(shift)):
+        return None
+    valid = (labels >= 0) & (labels < scores.shape[1])  # -100: ignored positions
+    if shift:
+        labels, valid = np.roll(labels, -shift, axis=1), np.roll(valid, -shift, axis=1)
+        if shift > 0:  # positions whose label t + shift lies past the end
+            valid[:, -shift:] = False
+        else:
+            valid[:, :-shift] = False
+    index = np.expand_dims(np.where(valid, labels, 0), 1)
+    raised = np.take_along_axis(scores, index, 1) + _BUMP * np.expand_dims(valid, 1)
     bumped = scores.copy()
-    np.put_along_axis(bumped, index, np.take_along_axis(scores, index, 1) + _BUMP, axis=1)
+    np.put_along_axis(bumped, index, raised, axis=1)
     return session.loss_of(batch, scores), session.loss_of(batch, bumped)
 
 
@@ -201,11 +218,20 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
         )
     head = f"Loss at init {measured:.4g} on {len(batch)} samples, {reference}"
 
+    if session.task.reading:
+        head += f" ({session.task.reading})"
     if classify:
         found = _semantics(session, batch, outputs, measured, baselines, ln_c, metrics)
         if found is not None:
             text, hint = found
             return result("fail", f"{head}; {text}", hint, "negated")
+        shift = int(metrics.get("label_shift", 0))
+        leak = leaks.copied_targets(session, batch, shift) or leaks.shuffled_gap(
+            session, batch, outputs, measured, config
+        )
+        if leak is not None:
+            metrics.update(leak.metrics)
+            return result("fail", f"{head}; {leak.text}.", leak.hint, "leak")
         width = _output_width(session)
         if width is not None:
             metrics.update({f"width_{k}": v for k, v in width.items()})
@@ -318,10 +344,13 @@ def _semantics(
         base, raised = bumped
         metrics["loss_of_outputs"] = base
         metrics["loss_true_class_raised"] = raised
-        if raised > base + 1e-9 * max(abs(base), 1.0):
+        if raised > base + 1e-9 * max(abs(base), 1.0) and not _aligned_elsewhere(
+            session, batch, outputs, metrics
+        ):
             return (
                 f"the loss rises when the true class's score rises ({base:.4g} -> "
-                f"{raised:.4g} with +{_BUMP:g} on it): it is negated or reversed.",
+                f"{raised:.4g} with +{_BUMP:g} on it), at the label's own position and "
+                "one position either side: it is negated or reversed.",
                 hint,
             )
     negative = {k: v for k, v in (("measured", measured), *baselines.items()) if v < 0}
@@ -345,6 +374,20 @@ def _semantics(
             hint,
         )
     return None
+
+
+def _aligned_elsewhere(
+    session: Session, batch: Batch, outputs: Any, metrics: dict[str, Any]
+) -> bool:
+    """Whether the loss falls when the true class's score rises one position earlier or
+    later: a correct cross-entropy of shifted positions (``out[:, :-1]`` against
+    ``y[:, 1:]``), not a negated one."""
+    for shift in (1, -1):
+        bumped = _bumped_loss(session, batch, outputs, shift)
+        if bumped is not None and bumped[1] < bumped[0]:
+            metrics["label_shift"] = shift
+            return True
+    return False
 
 
 def _output_layer_scale(session: Session, metrics: dict[str, Any]) -> str:

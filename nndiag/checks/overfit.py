@@ -59,6 +59,9 @@ def _percent(value: float) -> str:
     return f"{100 * value:.6g}%"
 
 
+_IGNORED = -100  # an ignored target position (torch's and transformers' default)
+
+
 def _ceiling(session: Session, batch: Batch) -> tuple[float, float, str, float]:
     """(best accuracy, smallest mean cross-entropy, how the context was read, slack) that
     any model reaches on ``batch`` when identical inputs carry different targets; (1, 0,
@@ -89,7 +92,12 @@ def _ceiling(session: Session, batch: Batch) -> tuple[float, float, str, float]:
         for key, row in zip(rows, flat):
             for t, label in enumerate(row.tolist()):
                 groups.setdefault(key + t.to_bytes(8, "little"), Counter())[int(label)] += 1
-    total = labels.size
+    for counts in groups.values():
+        counts.pop(_IGNORED, None)
+    groups = {k: c for k, c in groups.items() if c}
+    total = sum(sum(c.values()) for c in groups.values())  # -100 positions do not count
+    if total == 0:
+        return 1.0, 0.0, "", 0.0
     best = sum(max(c.values()) for c in groups.values()) / total
     entropy = 0.0
     for counts in groups.values():
@@ -160,6 +168,13 @@ _RETRIES = {
     "lr_too_high": (0.1, 0.01),
     "dead_units": (0.1, 0.01),
 }
+
+
+def _unaligned(accuracy: float | None, ceiling: float) -> bool:
+    """A loss near its floor with the accuracy below half its ceiling: the subject's loss
+    does not score the outputs against the labels at their own positions (cross-entropy
+    that low means the true class wins almost everywhere)."""
+    return accuracy is not None and accuracy < 0.5 * ceiling
 
 
 def overfit_small(session: Session, config: Config) -> CheckResult:
@@ -235,7 +250,7 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
             reached = not classify or (
                 accuracy is not None and accuracy >= ceiling - max(slack, _NEAR) - 1e-9
             )
-            if loss <= target and reached:
+            if loss <= target and (reached or _unaligned(accuracy, ceiling)):
                 outcome = "fitted"
                 break
         unchanged = trainer.unchanged()
@@ -298,6 +313,13 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
     reached = not classify or (
         accuracy is not None and accuracy >= ceiling - max(slack, _NEAR) - 1e-9
     )
+    if outcome == "fitted" and classify and _unaligned(accuracy, ceiling):
+        metrics["judged_by"] = "loss"
+        acc_text = (
+            f"; judged by the loss alone: nndiag's accuracy (the argmax of each output "
+            f"against the label at its position) is {_percent(accuracy or 0.0)}, so the "
+            "loss scores other positions than the labels' own (a loss that shifts them)"
+        )
     if outcome == "fitted" or (
         outcome == "budget"
         and reached

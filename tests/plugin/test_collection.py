@@ -22,6 +22,7 @@ ALL = [
     "activation_stats",
     "dead_neurons",
     "batch_independence",
+    "causality",
     "numerics",
     "batchnorm",
     "param_updates",

@@ -189,11 +189,10 @@ def llama(seed: int = 0) -> nndiag.Subject:
     return nndiag.Subject(model, _next_tokens(seed), loss=token_loss, name="llama")
 
 
-def bert(seed: int = 0) -> nndiag.Subject:
-    from transformers import BertConfig, BertForSequenceClassification
+def _bert_config() -> Any:
+    from transformers import BertConfig
 
-    torch.manual_seed(seed)
-    config = BertConfig(
+    return BertConfig(
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -203,6 +202,13 @@ def bert(seed: int = 0) -> nndiag.Subject:
         num_labels=CLASSES,
         attn_implementation="eager",
     )
+
+
+def bert(seed: int = 0) -> nndiag.Subject:
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = _bert_config()
     g = torch.Generator().manual_seed(4000 + seed)
     labels = torch.randint(0, CLASSES, (TEXT_BATCH,), generator=g)
     model = Logits(BertForSequenceClassification(config))
@@ -227,9 +233,9 @@ def t5(seed: int = 0) -> nndiag.Subject:
         use_cache=False,
         attn_implementation="eager",
     )
-    ids = _tokens(seed)
+    ids = _tokens(seed)  # the task: the source reversed (targets equal to it are a leak)
     model = Seq2SeqLogits(T5ForConditionalGeneration(config))
-    return nndiag.Subject(model, (ids, ids), loss=token_loss, name="t5")
+    return nndiag.Subject(model, (ids, ids.flip(1)), loss=token_loss, name="t5")
 
 
 # -- planted bugs ----------------------------------------------------------------------------
@@ -305,6 +311,30 @@ def gpt2_batch_softmax(seed: int = 0) -> nndiag.Subject:
     """The logits go through ``softmax(dim=0)``: each sample's output depends on the others."""
     model = BatchSoftmax(Logits(_gpt2(seed)))
     return nndiag.Subject(model, _next_tokens(seed), loss=token_loss, name="gpt2_batch_softmax")
+
+
+def bert_as_lm(seed: int = 0) -> nndiag.Subject:
+    """A bidirectional encoder (BERT's masked-LM head) trained on next-token targets."""
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(seed)
+    model = Logits(BertForMaskedLM(_bert_config()))
+    return nndiag.Subject(model, _next_tokens(seed), loss=token_loss, name="bert_as_lm")
+
+
+def _peek_ahead(module: nn.Module, args: Any, output: Any) -> Any:
+    hidden = output[0] if isinstance(output, tuple) else output
+    peeked = hidden + 0.5 * hidden.roll(-1, dims=1)  # position t reads t+1
+    return (peeked, *output[1:]) if isinstance(output, tuple) else peeked
+
+
+def gpt2_peek_ahead(seed: int = 0) -> nndiag.Subject:
+    """A forward hook adds the next position's hidden state after the first block."""
+    model = _gpt2(seed)
+    model.transformer.h[0].register_forward_hook(_peek_ahead)
+    return nndiag.Subject(
+        Logits(model), _next_tokens(seed), loss=token_loss, name="gpt2_peek_ahead"
+    )
 
 
 def llama_hot_head(seed: int = 0) -> nndiag.Subject:
@@ -452,6 +482,8 @@ BUGS: dict[str, tuple[Factory, str]] = {
     "squeezenet_small_init": (squeezenet_small_init, "init_scale"),
     "gpt2_symmetric_mlp": (gpt2_symmetric_mlp, "init_scale"),
     "squeezenet_lr_10": (squeezenet_lr_10, "learning_rate"),
+    "bert_as_lm": (bert_as_lm, "causality"),
+    "gpt2_peek_ahead": (gpt2_peek_ahead, "causality"),
 }
 
 # Planted data problems input_stats warns about (it never fails): name -> (factory, cause)

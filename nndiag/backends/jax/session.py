@@ -18,6 +18,7 @@ from nndiag.backends.base import (
     SessionBase,
     adam_update,
     check_default_targets,
+    cut_targets,
     float64_note,
 )
 from nndiag.backends.jax.capture import JaxprRecorder, is_array, is_float, subjaxpr
@@ -58,6 +59,8 @@ WORDS = Vocabulary(
     xavier_init="jax.nn.initializers.glorot_normal()",
     standardize="X = (X - jnp.array({mean})) / jnp.array({std}) (the training set's mean and std)",
     rebalance="weight each sample's loss by 1 / its class frequency, or resample the classes",
+    causal_mask="flax.linen.make_causal_mask(tokens) passed as the attention mask, or "
+    "jnp.where(jnp.tril(jnp.ones((T, T), bool)), scores, -jnp.inf) before the softmax",
 )
 
 
@@ -294,6 +297,14 @@ class JaxSession(SessionBase):
     def arrays(self, batch: Batch) -> tuple[Any, Any]:
         X = np.asarray(batch.X) if is_array(batch.X) else None
         return X, np.asarray(batch.y)
+
+    def sequence(self, batch: Batch) -> Any:
+        X = self.arrays(batch)[0]
+        return X if X is not None and X.ndim >= 2 else None
+
+    def with_sequence(self, batch: Batch, values: Any) -> Batch:
+        new = jnp.asarray(np.asarray(values), dtype=batch.X.dtype)
+        return Batch(new, cut_targets(batch.y, batch.X.shape[1], new.shape[1]))
 
     def evaluate(
         self,

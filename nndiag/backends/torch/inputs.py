@@ -13,7 +13,22 @@ from typing import Any
 
 import torch
 
-__all__ = ["call", "concat", "float_inputs", "is_inputs", "length", "logits", "rows", "to"]
+__all__ = [
+    "call",
+    "concat",
+    "float_inputs",
+    "is_inputs",
+    "length",
+    "logits",
+    "real_positions",
+    "rows",
+    "sequence",
+    "to",
+    "with_sequence",
+]
+
+_SEQUENCE_KEY = "input_ids"  # transformers' name for the token ids
+_MASK_KEY = "attention_mask"  # ... and for the mask of real (1) and padding (0) tokens
 
 
 def is_inputs(value: Any) -> bool:
@@ -78,3 +93,31 @@ def logits(out: Any) -> torch.Tensor | None:
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     return None
+
+
+def sequence(X: Any) -> torch.Tensor | None:
+    """The inputs read along axis 1: a tensor of at least two axes, a dict's token ids."""
+    found = X.get(_SEQUENCE_KEY) if isinstance(X, Mapping) else X
+    return found if isinstance(found, torch.Tensor) and found.ndim >= 2 else None
+
+
+def with_sequence(X: Any, values: torch.Tensor) -> Any:
+    """``X`` with its sequence replaced; a dict's other per-position inputs (an attention
+    mask) cut to the new length."""
+    if not isinstance(X, Mapping):
+        return values
+    old = X[_SEQUENCE_KEY].shape[1]
+    cut = {
+        k: v[:, : values.shape[1]] if v.ndim >= 2 and v.shape[1] == old else v for k, v in X.items()
+    }
+    return {**cut, _SEQUENCE_KEY: values}
+
+
+def real_positions(X: Any) -> torch.Tensor | None:
+    """A dict's attention mask as booleans, when it marks some positions as padding."""
+    if not isinstance(X, Mapping) or not isinstance(X.get(_MASK_KEY), torch.Tensor):
+        return None
+    ids, mask = X.get(_SEQUENCE_KEY), X[_MASK_KEY]
+    if not isinstance(ids, torch.Tensor) or mask.shape != ids.shape or bool(mask.all()):
+        return None
+    return mask != 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -15,7 +16,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from nndiag.backends import PER_SAMPLE_ROWS
-from nndiag.backends.base import PROBE_ROWS, SessionBase, check_default_targets, float64_note
+from nndiag.backends.base import (
+    PROBE_ROWS,
+    SessionBase,
+    check_default_targets,
+    cut_targets,
+    float64_note,
+)
 from nndiag.backends.state import NumberSnapshot, holders, references, rng_guard
 from nndiag.backends.torch import inputs
 from nndiag.backends.torch.capture import Recorder
@@ -68,6 +75,25 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     as float32)."""
     t = t.detach().cpu()
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _next_labels(y: torch.Tensor) -> torch.Tensor:
+    """``y`` shifted left by one position, the last position ignored (-100)."""
+    return torch.cat([y[:, 1:], torch.full_like(y[:, :1], _IGNORE)], dim=1)
+
+
+def generates_without_encoder(model: nn.Module) -> bool | None:
+    """True when the model, or a module inside it, is a text generator with no encoder (a
+    transformers causal LM: ``can_generate()``, not encoder-decoder) or a decoder by its
+    config (``is_decoder``); None when nothing says so."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is None or getattr(config, "is_encoder_decoder", False):
+            continue
+        can_generate = getattr(module, "can_generate", None)
+        if getattr(config, "is_decoder", False) or (callable(can_generate) and can_generate()):
+            return True
+    return None
 
 
 def classes_last(output: torch.Tensor, target: torch.Tensor) -> bool:
@@ -222,6 +248,9 @@ WORDS = Vocabulary(
     "mean) / std)",
     rebalance="nn.CrossEntropyLoss(weight=...) with inverse class frequencies, or a "
     "WeightedRandomSampler",
+    causal_mask="F.scaled_dot_product_attention(q, k, v, is_causal=True), or "
+    "scores.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool)), float('-inf')) "
+    "before the softmax; nn.LSTM/nn.GRU without bidirectional=True",
 )
 
 
@@ -246,15 +275,66 @@ class TorchSession(SessionBase):
         # reaches them.
         self._originals = {id(p): n for n, p in self.model.named_parameters() if p.requires_grad}
         self._ran: list[str] = []  # weight layers in the order the last capture ran them
+        self._every_position = False  # see _last_position_only
+        self._reading = [self._shift_own_labels(), self._decoder_inputs()]
         with self.isolated("validation"):
             self.task = self._probe()
+        reading = "; ".join(r for r in self._reading if r)
+        if reading:
+            self.task = dataclasses.replace(self.task, reading=reading)
+
+    def _decoder_inputs(self) -> str:
+        """transformers' encoder-decoders build their decoder inputs from ``labels``; given
+        ``(input_ids, labels)``, nndiag builds them the same way (the model's own
+        ``prepare_decoder_input_ids_from_labels``) and passes them with the ids."""
+        prepare = getattr(self.model, "prepare_decoder_input_ids_from_labels", None)
+        config = getattr(self.model, "config", None)
+        if not callable(prepare) or not getattr(config, "is_encoder_decoder", False):
+            return ""
+        if not all(
+            isinstance(b.X, torch.Tensor) and b.y.ndim == 2 and not b.y.is_floating_point()
+            for b in self.batches
+        ):
+            return ""
+        with self.calling("model", "model.prepare_decoder_input_ids_from_labels(labels=y)"):
+            self.batches = [
+                Batch({"input_ids": b.X, "decoder_input_ids": prepare(labels=b.y)}, b.y)
+                for b in self.batches
+            ]
+        return (
+            "decoder inputs built from the labels as the model builds them "
+            "(prepare_decoder_input_ids_from_labels: the labels shifted right)"
+        )
+
+    def _shift_own_labels(self) -> str:
+        """transformers' causal LMs take ``labels=input_ids`` and shift inside the model:
+        with nndiag's own loss, such labels are shifted the same way (the label at t+1
+        for the output at t, the last position ignored), and the note says so. Labels
+        that are the inputs of a model that does not generate stay: a copy task, which
+        initial_loss reports."""
+        if self.subject.loss is not None or not self.model_causal():
+            return ""
+        for batch in self.batches:
+            ids = inputs.sequence(batch.X)
+            if ids is None or ids.shape != batch.y.shape or not torch.equal(ids, batch.y):
+                return ""
+        self.batches = [Batch(b.X, _next_labels(b.y)) for b in self.batches]
+        return (
+            "the labels are the input ids (transformers' labels=input_ids): scored as the "
+            "model scores them, the output at position t against the token at t+1"
+        )
 
     # -- calls into the user's code ----------------------------------------------------
     def _run_model(self, X: Any) -> torch.Tensor:
         self._forward += 1
         call = "model(**X)" if isinstance(X, Mapping) else "model(X)"
+        if self._every_position:
+            call = "model(X, targets=X)"
         with self.calling("model", call):
-            out = inputs.call(self.model, X)
+            if self._every_position:  # targets only shape the output: any ids will do
+                out = self.model(X, targets=X.contiguous())
+            else:
+                out = inputs.call(self.model, X)
         found = inputs.logits(out)
         if found is None:
             raise InvalidSubject(
@@ -361,6 +441,9 @@ class TorchSession(SessionBase):
         watch = _OriginalsWatch(self._originals)
         with torch.no_grad(), watch:
             out = self._run_model(batch.X)
+            if self._last_position_only(out, batch):
+                self._every_position = True
+                out = self._run_model(batch.X)
             if len(out) != len(batch.y):
                 raise InvalidSubject(
                     "model",
@@ -379,6 +462,27 @@ class TorchSession(SessionBase):
                 "through a cached reference",
             )
         return task
+
+    def _last_position_only(self, out: torch.Tensor, batch: Batch) -> bool:
+        """A minimal GPT's ``forward(idx, targets=None) -> (logits, loss)`` returns the
+        last position's logits alone without targets: with a ``targets`` parameter, (N, 1,
+        V) outputs for (N, T) labels and ids, the model is called as ``model(idx,
+        targets=idx)`` for every position's logits (its own loss is not read)."""
+        y, X = batch.y, batch.X
+        if not isinstance(X, torch.Tensor) or X.ndim != 2 or y.shape != X.shape:
+            return False
+        if out.ndim != 3 or out.shape[1] != 1 or X.shape[1] < 2:
+            return False
+        try:
+            takes = "targets" in inspect.signature(self.model.forward).parameters
+        except (TypeError, ValueError):
+            return False
+        if takes:
+            self._reading.append(
+                "forward(idx) returned the last position's logits alone: called as "
+                "model(idx, targets=idx) for every position's (its own loss not read)"
+            )
+        return takes
 
     def _task(self, out: torch.Tensor) -> Task:
         ys = [b.y for b in self.batches]
@@ -433,6 +537,25 @@ class TorchSession(SessionBase):
     def arrays(self, batch: Batch) -> tuple[Any, Any]:
         X = _numpy(batch.X) if isinstance(batch.X, torch.Tensor) else None  # a dict: None
         return X, _numpy(batch.y)
+
+    def sequence(self, batch: Batch) -> Any:
+        found = inputs.sequence(batch.X)
+        return None if found is None else _numpy(found)
+
+    def with_sequence(self, batch: Batch, values: Any) -> Batch:
+        old = inputs.sequence(batch.X)
+        assert old is not None, "with_sequence() on a batch sequence() found no sequence in"
+        new = torch.as_tensor(np.asarray(values), dtype=old.dtype, device=old.device)
+        return Batch(
+            inputs.with_sequence(batch.X, new), cut_targets(batch.y, old.shape[1], new.shape[1])
+        )
+
+    def model_causal(self) -> bool | None:
+        return generates_without_encoder(self.model)
+
+    def real_positions(self, batch: Batch) -> Any:
+        found = inputs.real_positions(batch.X)
+        return None if found is None else _numpy(found)
 
     @contextmanager
     def _mode(self, mode: Mode, seed: int | None, member: str) -> Iterator[None]:
@@ -804,8 +927,8 @@ class _Objective:
         self.casts = _Float64Casts()
         self._winners: list[torch.Tensor] | None = None  # at the point, once asked for
         # Rows whose gradient autograd zeroes by design while forward reads them: an
-        # nn.Embedding's padding_idx row. Shifts leave them alone, or every batch holding
-        # the padding token would look like a wrong gradient.
+        # nn.Embedding's padding_idx row. Shifts leave them alone and their gradient is not
+        # compared, or every batch holding the padding token would look like a wrong one.
         self.held = {
             f"{name}.weight" if name else "weight": m.padding_idx
             for name, m in session.model.named_modules()
@@ -855,6 +978,12 @@ class _Objective:
             n: None if p.grad is None else p.grad.detach().cpu().numpy()
             for n, p in self.params.items()
         }
+        for name, row in self.held.items():
+            # A held row is out of the check on both sides: a weight tied to an output
+            # layer (BERT's decoder) gives it a gradient that no shift of it measures.
+            grad = grads.get(name)
+            if grad is not None:
+                grad[row] = 0
         return loss.item(), grads
 
     def sides(self, shifts: Mapping[str, Any], h: float) -> Sides:

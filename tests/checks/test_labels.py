@@ -1,0 +1,92 @@
+"""Labels as sequence models' users give them: a loss that shifts them itself is judged by
+itself, targets that are the inputs fail as a leak, and healthy next-token data is silent.
+(Hugging Face's own ``labels=input_ids`` convention: tests/real_models/test_labels.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nndiag
+from tests import sequence_models as sm
+
+
+def _run(subject: nndiag.Subject, checks: list[str], seed: int = 0) -> nndiag.Report:
+    return nndiag.diagnose(subject, checks, nndiag.Config(seed=seed))
+
+
+def _ids(seed: int) -> torch.Tensor:
+    X, y = sm.next_tokens(seed)
+    return torch.cat([X, y[:, -1:]], dim=1)  # LENGTH + 1 tokens
+
+
+def shifted(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss of a model trained on labels=input_ids that shifts them itself."""
+    return F.cross_entropy(out[:, :-1].flatten(0, 1), y[:, 1:].flatten())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_healthy_next_token_data_is_not_a_leak(seed: int) -> None:
+    for subject in (sm.minigpt(seed), sm.lstm(seed)):
+        result = _run(subject, ["initial_loss"], seed)["initial_loss"]
+        assert result.status == "pass", result.summary()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_loss_that_shifts_the_labels_itself_is_judged_by_itself(seed: int) -> None:
+    torch.manual_seed(seed)
+    model = sm.EveryPosition(sm.MiniGPT(length=sm.LENGTH + 1))
+    ids = _ids(seed)
+    report = _run(
+        nndiag.Subject(model, (ids, ids), loss=shifted, causal=True),
+        ["initial_loss", "overfit_small", "causality"],
+        seed,
+    )
+    assert report["initial_loss"].status == "pass", report["initial_loss"].summary()
+    assert report["initial_loss"].metrics["label_shift"] == 1
+    fit = report["overfit_small"]
+    assert fit.status == "pass" and fit.metrics["judged_by"] == "loss", fit.summary()
+    assert "judged by the loss alone" in fit.message
+    assert report["causality"].status == "pass"
+
+
+def test_a_negated_shifted_loss_still_fails() -> None:
+    torch.manual_seed(0)
+    model = sm.EveryPosition(sm.MiniGPT(length=sm.LENGTH + 1))
+    ids = _ids(0)
+    result = _run(
+        nndiag.Subject(model, (ids, ids), loss=lambda o, y: -shifted(o, y)), ["initial_loss"]
+    )["initial_loss"]
+    assert result.status == "fail" and result.metrics["cause"] == "negated"
+
+
+@pytest.mark.parametrize("behind", [0, 1])
+def test_targets_that_are_the_inputs_or_one_behind_are_a_leak(behind: int) -> None:
+    torch.manual_seed(0)
+    ids = _ids(0)
+    X = ids[:, 1:]
+    y = ids[:, 1 - behind : ids.shape[1] - behind]
+    result = _run(nndiag.Subject(sm.LSTMLanguageModel(), (X, y)), ["initial_loss"])
+    found = result["initial_loss"]
+    assert found.status == "fail" and found.metrics["cause"] == "leak", found.summary()
+    assert found.metrics["targets_are_inputs_shifted_by"] == behind
+    assert "shift them" in found.hint
+
+
+def test_a_model_that_reads_its_labels_at_init_fails_on_the_shuffled_reference() -> None:
+    # A noisy copy task: 80% of the targets are the input token at the same position, which
+    # tied embeddings already favour at init; the rest are random.
+    torch.manual_seed(0)
+    model = sm.EveryPosition(sm.MiniGPT())
+    X, _ = sm.next_tokens(0, rows=32)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randint(0, sm.VOCAB, X.shape, generator=g)
+    y = torch.where(torch.rand(X.shape, generator=g) < 0.8, X, noise)
+    with torch.no_grad():  # a tied head that reads the input token, as GPT-2's does
+        model.model.lm_head.weight.mul_(50)
+    found = _run(nndiag.Subject(model, (X, y), loss=sm.token_loss), ["initial_loss"])
+    result = found["initial_loss"]
+    assert result.status == "fail" and result.metrics["cause"] == "leak", result.summary()
+    assert result.metrics["shuffled_loss"] > result.metrics["measured"]
+    assert "shuffles" in result.message

@@ -6,6 +6,7 @@ shift them, are the copy task and fail as a leak."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import nndiag
 from tests.real_models import models
@@ -51,17 +52,31 @@ def _t5(seed: int) -> object:
     return models.t5(seed).model.model  # T5ForConditionalGeneration itself
 
 
-@pytest.mark.parametrize("seed", range(2))
-def test_an_encoder_decoder_given_its_labels_builds_its_decoder_inputs_from_them(
-    seed: int,
-) -> None:
-    ids = models._tokens(seed)
-    report = nndiag.diagnose(
-        nndiag.Subject(_t5(seed), (ids, ids.flip(1))), config=nndiag.Config(seed=seed)
-    )
-    for result in report:
-        assert result.status in ("pass", "skip"), result.summary()
-    assert "prepare_decoder_input_ids_from_labels" in report["initial_loss"].message
+def test_an_encoder_decoder_given_its_labels_builds_its_decoder_inputs_from_them() -> None:
+    for seed in range(20):
+        ids = models._tokens(seed)
+        subject = nndiag.Subject(_t5(seed), (ids, ids.flip(1)))
+        checks = None if seed < 2 else ["initial_loss", "causality", "batch_independence"]
+        report = nndiag.diagnose(subject, checks, nndiag.Config(seed=seed))
+        for result in report:
+            assert result.status in ("pass", "skip"), result.summary()
+        assert "prepare_decoder_input_ids_from_labels" in report["initial_loss"].message
+
+
+def test_a_masked_lm_is_scored_on_its_masked_positions_alone() -> None:
+    # BERT's own recipe: 15% of the positions masked (id 1 here) and scored, -100 elsewhere.
+    for seed in range(20):
+        bert = models.bert_as_lm(seed).model.model
+        ids = models._tokens(seed)
+        g = torch.Generator().manual_seed(seed)
+        masked = torch.rand(ids.shape, generator=g) < 0.15
+        masked[:, 0] = True  # every row scores at least one position
+        X = ids.masked_fill(masked, 1)
+        y = ids.masked_fill(~masked, -100)
+        checks = ["initial_loss", "causality"] + (["overfit_small"] if seed < 2 else [])
+        report = nndiag.diagnose(nndiag.Subject(bert, (X, y)), checks, nndiag.Config(seed=seed))
+        for result in report:
+            assert result.status in ("pass", "skip"), result.summary()
 
 
 def test_an_encoder_decoder_asked_to_copy_its_source_is_the_copy_task() -> None:

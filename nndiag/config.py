@@ -138,8 +138,9 @@ class Config:
     initial_loss_sigmas: float = 3.0
     # Answer leaks: a fresh model's loss below the loss of its own outputs on shuffled
     # labels by more than this fraction of it (and initial_loss_sigmas of the shuffles'
-    # spread) fails. Our calibration (docs/calibration.md): healthy models 0-1.1%; GPT-2
-    # scoring its input tokens (the copy task) 15%.
+    # spread) fails, for token sequences. Our calibration (docs/calibration.md): healthy
+    # models up to 4.3%; GPT-2 scoring its input tokens (the copy task) 14%. 0 turns both
+    # leak rules off (targets equal to the inputs too): a deliberate copy or echo task.
     initial_loss_leak: float = 0.05
     # Output width: a classifier whose n labels all lie in 0..k-1 of its C outputs has
     # probability (k/C)^n of that under a uniform labelling; below these it warns / fails

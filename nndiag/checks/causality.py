@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from nndiag.checks.padding import ADVICE as PADDING_ADVICE
-from nndiag.checks.padding import padding
+from nndiag.checks.padding import other_ids, padding
 from nndiag.config import Config
 from nndiag.contract import Batch, Session
 from nndiag.results import CheckResult
@@ -83,7 +83,7 @@ def _positions(length: int, most: int, real: Any = None) -> list[int]:
     return sorted({candidates[int(round(i))] for i in picks})
 
 
-def _changed(seq: np.ndarray, positions: list[int], rng: np.random.Generator, vocab: int) -> Any:
+def _changed(seq: np.ndarray, positions: list[int], rng: np.random.Generator, seen: Any) -> Any:
     """Copies of the row ``seq`` (1, T, ...): the row itself, then per position u one copy
     changed at u alone and one changed from u on."""
     copies = np.repeat(seq, 1 + 2 * len(positions), axis=0)
@@ -91,37 +91,17 @@ def _changed(seq: np.ndarray, positions: list[int], rng: np.random.Generator, vo
         for copy, span in ((1 + k, slice(u, u + 1)), (1 + len(positions) + k, slice(u, None))):
             part = copies[copy, span]
             if seq.dtype.kind in "iu":
-                shift = rng.integers(1, max(vocab, 2), size=part.shape)
-                copies[copy, span] = (part + shift) % max(vocab, 2)
+                copies[copy, span] = other_ids(part, seen, rng)
             else:
                 scale = float(seq.std()) or 1.0
                 copies[copy, span] = part + scale * rng.standard_normal(part.shape)
     return copies
 
 
-def _time_axis(outputs: np.ndarray, length: int) -> int | None:
-    """The outputs' axis of ``length`` positions (the last such axis: classes come first)."""
-    found = [a for a in range(1, outputs.ndim) if outputs.shape[a] == length]
-    return found[-1] if found else None
-
-
-def _leaks(
-    session: Session, batch: Batch, row: int, config: Config, rng: np.random.Generator
-) -> list[SequenceLeak] | None:
-    """The leaks into ``row``; None when the outputs have no axis of the input positions."""
-    seq = session.sequence(batch)[row : row + 1]
-    length = seq.shape[1]
-    mask = session.real_positions(batch)
-    real = np.ones(length, bool) if mask is None else np.asarray(mask[row], bool)
-    positions = _positions(length, config.causality_positions, real)
-    vocab = max(session.task.num_classes, int(seq.max()) + 1) if seq.dtype.kind in "iu" else 0
-    copies = session.take(batch, [row] * (1 + 2 * len(positions)))
-    probe = session.with_sequence(copies, _changed(seq, positions, rng, vocab))
-    outputs = np.asarray(session.evaluate(probe, mode="eval", outputs=True).outputs)
-    axis = _time_axis(outputs, length)
-    if axis is None:
-        return None
-    by_position = np.moveaxis(outputs, axis, 1).reshape(len(outputs), length, -1)
+def _moved(
+    by_position: np.ndarray, real: np.ndarray, positions: list[int], row: int, rtol: float
+) -> list[SequenceLeak]:
+    """Leaks read with one axis as time: (copies, T, rest) outputs, copy 0 unchanged."""
     base = by_position[0]
     size = float(np.abs(base[real]).max()) or 1e-12
     found = []
@@ -129,11 +109,52 @@ def _leaks(
         for copy, alone in ((1 + k, True), (1 + len(positions) + k, False)):
             # Outputs at padding positions are not compared: the padding probe's concern.
             moved = np.abs(by_position[copy, :u] - base[:u]).max(axis=1) * real[:u]
-            over = np.nonzero(moved > config.causality_rtol * size)[0]
+            over = np.nonzero(moved > rtol * size)[0]
             if len(over):
                 t = int(over[0])
                 found.append(SequenceLeak(row, t, u, float(moved[t]), size, alone))
     return found
+
+
+def _leaks(
+    session: Session, batch: Batch, row: int, config: Config, rng: np.random.Generator
+) -> list[SequenceLeak] | None:
+    """The leaks into ``row``; None when the outputs have no axis of the input positions.
+
+    Where several output axes have the inputs' length (a vocabulary or a feature width
+    equal to it), each is read as time in turn, and a leak counts only if every reading
+    shows it: the axis that is time shows none in a causal model."""
+    whole = session.sequence(batch)
+    seq = whole[row : row + 1]
+    length = seq.shape[1]
+    mask = session.real_positions(batch)
+    real = np.ones(length, bool) if mask is None else np.asarray(mask[row], bool)
+    if not real.any():
+        return []  # a row of padding alone: no real output to read
+    seen = np.unique(whole)
+    if seq.dtype.kind in "iu" and len(seen) < 2:
+        return []  # one token id throughout: no other id to put in its place
+    positions = _positions(length, config.causality_positions, real)
+    copies = session.take(batch, [row] * (1 + 2 * len(positions)))
+    changed = _changed(seq, positions, rng, seen)
+    outputs = np.asarray(
+        session.evaluate(session.with_sequence(copies, changed), mode="eval", outputs=True).outputs
+    )
+    one_label = np.ndim(session.arrays(batch)[1]) < 2
+    axes = [a for a in range(1, outputs.ndim) if outputs.shape[a] == length]
+    if not axes or (one_label and outputs.ndim == 2):
+        return None  # one output (or one vector of scores) per sequence
+    readings = [
+        _moved(
+            np.moveaxis(outputs, a, 1).reshape(len(outputs), length, -1),
+            real,
+            positions,
+            row,
+            config.causality_rtol,
+        )
+        for a in axes
+    ]
+    return min(readings, key=len)
 
 
 def _first(leaks: list[SequenceLeak]) -> SequenceLeak:
@@ -196,9 +217,13 @@ def _causal(
 ) -> CheckResult:
     seq = session.sequence(batch)
     if seq is None or seq.shape[1] < 2:
-        return CheckResult(
-            CHECK, "skip", f"Autoregressive ({why}), but the inputs have no sequence axis."
+        missing = (
+            "sequences of one position: nothing later to read"
+            if seq is not None
+            else "nndiag reads a sequence from one input array with a time axis or a dict's "
+            "input_ids, and the inputs hold neither"
         )
+        return CheckResult(CHECK, "skip", f"Autoregressive ({why}), but {missing}.")
     rng = np.random.default_rng(config.seed)
     rows = sorted({0, len(batch) - 1})
     leaks: list[SequenceLeak] = []
@@ -213,19 +238,22 @@ def _causal(
             )
         leaks += found
     length = seq.shape[1]
+    mask = session.real_positions(batch)
     metrics.update(
         positions=length,
-        changed_positions=_positions(length, config.causality_positions),
+        changed_positions=_positions(
+            length, config.causality_positions, None if mask is None else mask[rows[0]]
+        ),
         rows=rows,
     )
     if not leaks:
         return CheckResult(
             CHECK,
             "pass",
-            f"No output position read a later input position: changing inputs at "
-            f"{len(metrics['changed_positions'])} of {length} positions (alone, and every "
-            f"position from there on) left every earlier output as it was, rows "
-            f"{', '.join(map(str, rows))}; autoregressive because {why}{tail}.",
+            f"No output position read a later input position: changing the inputs at up "
+            f"to {config.causality_positions} of {length} positions (alone, and every "
+            f"position from there on) of rows {', '.join(map(str, rows))} left every "
+            f"earlier output as it was; autoregressive because {why}{tail}.",
             metrics,
         )
     return _failed(session, batch, leaks, metrics, config, tail)

@@ -226,9 +226,11 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
             text, hint = found
             return result("fail", f"{head}; {text}", hint, "negated")
         shift = int(metrics.get("label_shift", 0))
-        leak = leaks.copied_targets(session, batch, shift) or leaks.shuffled_gap(
-            session, batch, outputs, measured, config
-        )
+        leak = None
+        if config.initial_loss_leak > 0:  # 0: a deliberate copy or echo task
+            leak = leaks.copied_targets(session, batch, shift) or leaks.shuffled_gap(
+                session, batch, outputs, measured, config
+            )
         if leak is not None:
             metrics.update(leak.metrics)
             return result("fail", f"{head}; {leak.text}.", leak.hint, "leak")

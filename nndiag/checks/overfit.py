@@ -65,10 +65,13 @@ _IGNORED = -100  # an ignored target position (torch's and transformers' default
 def _ceiling(session: Session, batch: Batch) -> tuple[float, float, str, float]:
     """(best accuracy, smallest mean cross-entropy, how the context was read, slack) that
     any model reaches on ``batch`` when identical inputs carry different targets; (1, 0,
-    "", 0) when the inputs are not one array or every input is distinct. ``slack`` is one
+    "", 0) when the inputs are neither one array nor a dict of token ids, or every input is
+    distinct. ``slack`` is one
     label per ambiguous context: there the best predictor's top classes are (near-)tied, so
     a fitted model's argmax may land on a runner-up."""
     X, y = session.arrays(batch)
+    if X is None:
+        X = session.sequence(batch)  # a dict's token ids
     if X is None:
         return 1.0, 0.0, "", 0.0
     X, labels = np.asarray(X), np.asarray(y)
@@ -170,11 +173,12 @@ _RETRIES = {
 }
 
 
-def _unaligned(accuracy: float | None, ceiling: float) -> bool:
-    """A loss near its floor with the accuracy below half its ceiling: the subject's loss
-    does not score the outputs against the labels at their own positions (cross-entropy
-    that low means the true class wins almost everywhere)."""
-    return accuracy is not None and accuracy < 0.5 * ceiling
+def _unaligned(accuracy: float | None, ceiling: float, per_position: bool) -> bool:
+    """Per-position labels, a loss near its floor and the accuracy below half its ceiling:
+    the subject's loss does not score the outputs against the labels at their own
+    positions (cross-entropy that low means the true class wins almost everywhere). One
+    label per sample has no other position to be scored at: there it stays a failure."""
+    return per_position and accuracy is not None and accuracy < 0.5 * ceiling
 
 
 def overfit_small(session: Session, config: Config) -> CheckResult:
@@ -222,6 +226,7 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
         session.set_regularization(0.0)
     classify = session.task.kind == "classification"
     ceiling, floor, context, slack = _ceiling(session, batch) if classify else (1.0, 0.0, "", 0.0)
+    per_position = np.ndim(session.arrays(batch)[1]) >= 2
     losses: list[float] = []
     accuracies: list[float | None] = []
     outcome = "budget"
@@ -250,7 +255,7 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
             reached = not classify or (
                 accuracy is not None and accuracy >= ceiling - max(slack, _NEAR) - 1e-9
             )
-            if loss <= target and (reached or _unaligned(accuracy, ceiling)):
+            if loss <= target and (reached or _unaligned(accuracy, ceiling, per_position)):
                 outcome = "fitted"
                 break
         unchanged = trainer.unchanged()
@@ -313,7 +318,7 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
     reached = not classify or (
         accuracy is not None and accuracy >= ceiling - max(slack, _NEAR) - 1e-9
     )
-    if outcome == "fitted" and classify and _unaligned(accuracy, ceiling):
+    if outcome == "fitted" and classify and _unaligned(accuracy, ceiling, per_position):
         metrics["judged_by"] = "loss"
         acc_text = (
             f"; judged by the loss alone: nndiag's accuracy (the argmax of each output "

@@ -55,6 +55,14 @@ ADVICE = (
 )
 
 
+def other_ids(values: np.ndarray, seen: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each id replaced by another id the inputs hold (never one the model has no
+    embedding for): ``seen`` is their sorted unique ids, at least two."""
+    index = np.searchsorted(seen, values)
+    step = rng.integers(1, len(seen), size=values.shape)
+    return seen[(index + step) % len(seen)]
+
+
 def padding(session: Session, batch: Batch, config: Config) -> Padding | None:
     """The padding probe; None when no attention mask marks padding in ``batch``."""
     real = session.real_positions(batch)
@@ -64,14 +72,14 @@ def padding(session: Session, batch: Batch, config: Config) -> Padding | None:
     rows = [r for r in range(len(batch)) if not real[r].all()]
     if not rows:
         return None
+    seen = np.unique(seq)
+    if len(seen) < 2:
+        return None  # one token id throughout: no other id to put in its place
     rng = np.random.default_rng(config.seed)
-    vocab = max(session.task.num_classes, int(seq.max()) + 1, 2)
     changed = seq[rows + rows].copy()
     for k, r in enumerate(rows):
         pad = ~real[r]
-        changed[len(rows) + k][pad] = (changed[len(rows) + k][pad] + rng.integers(
-            1, vocab, size=int(pad.sum())
-        )) % vocab  # fmt: skip
+        changed[len(rows) + k][pad] = other_ids(changed[len(rows) + k][pad], seen, rng)
     probe = session.with_sequence(session.take(batch, rows + rows), changed)
     outputs = np.asarray(session.evaluate(probe, mode="eval", outputs=True).outputs)
     return Padding(rows, _moved(outputs, real, rows, config))

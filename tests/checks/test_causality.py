@@ -195,3 +195,86 @@ def test_a_raw_minimal_gpt_is_called_for_every_position(seed: int) -> None:
         for result in report:
             expected = "fail" if result.check == "causality" and not causal else "pass"
             assert result.status == expected, result.summary()
+
+
+class GRULanguageModel(nn.Module):
+    def __init__(self, vocab: int, width: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.rnn = nn.GRU(width, width, batch_first=True)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(self.embed(idx))[0])
+
+
+def test_a_vocabulary_as_long_as_the_sequence_is_not_read_as_time() -> None:
+    # (N, T, V) with V == T: the class axis has the inputs' length too. A causal GRU passes,
+    # a bidirectional one still fails.
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 12, (8, 13), generator=g)
+    torch.manual_seed(0)
+    causal = GRULanguageModel(12)
+    result = _causality(nndiag.Subject(causal, (ids[:, :-1], ids[:, 1:]), loss=sm.token_loss))
+    assert result.status == "pass", result.summary()
+    torch.manual_seed(0)
+    reads_ahead = sm.LSTMLanguageModel(vocab=12, bidirectional=True)
+    leak = _causality(nndiag.Subject(reads_ahead, (ids[:, :-1], ids[:, 1:]), loss=sm.token_loss))
+    assert leak.status == "fail", leak.summary()
+
+
+class FeatureGRU(nn.Module):
+    """(N, T, F) -> (N, T, F) with F == T, optionally reading the future."""
+
+    def __init__(self, width: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(width, width, batch_first=True, bidirectional=bidirectional)
+        self.out = nn.Linear(width * (2 if bidirectional else 1), width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(x)[0])
+
+
+@pytest.mark.parametrize(("bidirectional", "status"), [(False, "pass"), (True, "fail")])
+def test_a_float_regressor_whose_width_is_its_length(bidirectional: bool, status: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(16, 8, 8, generator=g)
+    torch.manual_seed(0)
+    subject = nndiag.Subject(FeatureGRU(8, bidirectional), (X, X.roll(-1, 1)), causal=True)
+    result = _causality(subject)
+    assert result.status == status, result.summary()
+
+
+def test_one_score_vector_per_sequence_as_long_as_the_sequence_is_skipped() -> None:
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = sm.LSTMLanguageModel(vocab=sm.VOCAB)
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return self.lm(idx)[:, -1, : sm.LENGTH]  # C == T classes
+
+    torch.manual_seed(0)
+    X, y = sm.next_tokens(0)
+    result = _causality(nndiag.Subject(Classifier(), (X, y[:, -1] % sm.LENGTH), causal=True))
+    assert result.status == "skip" and "one output per sequence" in result.message
+
+
+def test_a_tagger_whose_inputs_use_fewer_ids_than_its_tags() -> None:
+    # Replacement ids come from the ids the inputs hold: never one the embedding lacks.
+    class Tagger(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(8, 16)
+            self.rnn = nn.GRU(16, 16, batch_first=True)
+            self.head = nn.Linear(16, 40)
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return self.head(self.rnn(self.embed(idx))[0])
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randint(0, 8, (8, 12), generator=g)
+    tags = torch.randint(0, 40, (8, 12), generator=g)
+    torch.manual_seed(0)
+    result = _causality(nndiag.Subject(Tagger(), (X, tags), loss=sm.token_loss, causal=True))
+    assert result.status == "pass", result.summary()

@@ -90,3 +90,45 @@ def test_a_model_that_reads_its_labels_at_init_fails_on_the_shuffled_reference()
     assert result.status == "fail" and result.metrics["cause"] == "leak", result.summary()
     assert result.metrics["shuffled_loss"] > result.metrics["measured"]
     assert "shuffles" in result.message
+
+
+@pytest.mark.parametrize("width", [1, 32])  # nn.Linear, and an MLP
+def test_a_fresh_binary_classifier_on_separated_classes_is_no_leak(width: int) -> None:
+    # Its outputs already group the two blobs, in the labels' order about half the time:
+    # the shuffled reference is for token sequences only.
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        y = torch.arange(64) % 2
+        X = torch.randn(64, 8, generator=g) + 3.0 * (2 * y[:, None] - 1)
+        X = (X - X.mean(0)) / X.std(0)
+        torch.manual_seed(seed)
+        layers = [torch.nn.Linear(8, 2)] if width == 1 else [
+            torch.nn.Linear(8, width), torch.nn.ReLU(), torch.nn.Linear(width, 2)
+        ]  # fmt: skip
+        result = _run(nndiag.Subject(torch.nn.Sequential(*layers), (X, y)), ["initial_loss"], seed)
+        found = result["initial_loss"]
+        assert found.metrics.get("cause") != "leak", found.summary()
+        assert "shuffled_loss" not in found.metrics
+
+
+def test_a_classifier_whose_loss_pairs_rows_with_other_labels_still_fails_to_fit() -> None:
+    from tests.models import _classification, _he, _mlp
+
+    torch.manual_seed(0)
+    subject = nndiag.Subject(
+        _mlp(3, torch.nn.ReLU, _he),
+        _classification(0),
+        loss=lambda o, y: F.cross_entropy(o, y.roll(1)),
+    )
+    result = _run(subject, ["overfit_small"])["overfit_small"]
+    assert "judged_by" not in result.metrics
+    assert result.status == "fail" or result.metrics["final_accuracy"] > 0.9, result.summary()
+
+
+def test_a_deliberate_copy_task_turns_the_leak_rules_off() -> None:
+    torch.manual_seed(0)
+    ids = _ids(0)
+    subject = nndiag.Subject(sm.LSTMLanguageModel(), (ids, ids))
+    config = nndiag.Config(initial_loss_leak=0.0)
+    result = nndiag.diagnose(subject, ["initial_loss"], config)["initial_loss"]
+    assert result.status == "pass", result.summary()

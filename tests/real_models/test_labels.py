@@ -83,3 +83,18 @@ def test_an_encoder_decoder_asked_to_copy_its_source_is_the_copy_task() -> None:
     ids = models._tokens(0)
     result = nndiag.diagnose(nndiag.Subject(_t5(0), (ids, ids)), ["initial_loss"])["initial_loss"]
     assert result.status == "fail" and result.metrics["cause"] == "leak", result.summary()
+
+
+def test_a_collators_labels_with_padding_ignored_are_shifted_too() -> None:
+    # DataCollatorForLanguageModeling(mlm=False): labels = input_ids, -100 on the padding.
+    for seed in range(3):
+        ids = models._tokens(seed)
+        mask = torch.ones_like(ids)
+        mask[1:, 10:] = 0
+        labels = ids.masked_fill(mask == 0, -100)
+        X = {"input_ids": ids, "attention_mask": mask}
+        checks = ["initial_loss", "causality", "overfit_small"]
+        report = nndiag.diagnose(nndiag.Subject(models._gpt2(seed), (X, labels)), checks)
+        for result in report:
+            assert result.status == "pass", result.summary()
+        assert "labels=input_ids" in report["initial_loss"].message

@@ -70,3 +70,13 @@ def test_a_wrapper_that_drops_the_mask_fails(build: str) -> None:
     result = nndiag.diagnose(_subject(DropsTheMask, build, 0), ["causality"])["causality"]
     assert result.status == "fail" and result.metrics["cause"] == "padding", result.summary()
     assert "attention_mask" in result.hint
+
+
+def test_a_row_of_padding_alone_is_left_out() -> None:
+    X = _padded(0, left=True)
+    X["attention_mask"][0] = 0  # the first probed row holds no real token
+    ids = X["input_ids"]
+    targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1).masked_fill(X["attention_mask"] == 0, -100)
+    subject = nndiag.Subject(GivesTheMask(models._gpt2(0)), (X, targets), causal=True)
+    result = nndiag.diagnose(subject, ["causality"])["causality"]
+    assert result.status == "pass", result.summary()

@@ -316,7 +316,10 @@ class TorchSession(SessionBase):
             return ""
         for batch in self.batches:
             ids = inputs.sequence(batch.X)
-            if ids is None or ids.shape != batch.y.shape or not torch.equal(ids, batch.y):
+            if ids is None or ids.shape != batch.y.shape or batch.y.is_floating_point():
+                return ""
+            kept = batch.y != _IGNORE  # a collator's -100 on padding
+            if not bool(kept.any()) or not torch.equal(ids[kept], batch.y[kept]):
                 return ""
         self.batches = [Batch(b.X, _next_labels(b.y)) for b in self.batches]
         return (

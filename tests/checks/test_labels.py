@@ -132,3 +132,15 @@ def test_a_deliberate_copy_task_turns_the_leak_rules_off() -> None:
     config = nndiag.Config(initial_loss_leak=0.0)
     result = nndiag.diagnose(subject, ["initial_loss"], config)["initial_loss"]
     assert result.status == "pass", result.summary()
+
+
+def test_a_minimal_gpts_own_flattening_loss_line_works_inside_every_check() -> None:
+    # The line most minimal-GPT code uses: .view() needs the model's contiguous layout.
+    def gpt_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+    torch.manual_seed(0)
+    X, y = (t.contiguous() for t in sm.next_tokens(0))
+    report = _run(nndiag.Subject(sm.MiniGPT(), (X, y), loss=gpt_loss), None)  # type: ignore[arg-type]
+    for result in report:
+        assert result.status in ("pass", "skip"), result.summary()

@@ -604,7 +604,9 @@ class TorchSession(SessionBase):
         dtype = batch.X.dtype if inputs.float_inputs(batch.X) else torch.get_default_dtype()
         scores = torch.as_tensor(np.ascontiguousarray(outputs), dtype=dtype, device=batch.y.device)
         if self._classes_last:
-            scores = scores.movedim(1, -1)
+            # Laid out as the model returns them: a loss that calls .view() on them works
+            # here as it does on the model's own output.
+            scores = scores.movedim(1, -1).contiguous()
         with torch.no_grad():
             return float(self._run_loss(scores, batch.y))
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "IGNORED_TARGET",
     "Batch",
     "Evaluation",
     "LayerRecord",
@@ -42,6 +43,9 @@ __all__ = [
 ]
 
 Mode = Literal["train", "eval"]
+# The target id cross-entropy leaves out (torch's and transformers' default): padding, a
+# masked LM's unscored positions, a shifted sequence's last one.
+IGNORED_TARGET = -100
 
 
 @dataclass(frozen=True)

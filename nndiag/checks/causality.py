@@ -25,7 +25,7 @@ import numpy as np
 from nndiag.checks.padding import ADVICE as PADDING_ADVICE
 from nndiag.checks.padding import other_ids, padding
 from nndiag.config import Config
-from nndiag.contract import Batch, Session
+from nndiag.contract import IGNORED_TARGET, Batch, Session
 from nndiag.results import CheckResult
 
 CHECK = "causality"
@@ -52,11 +52,10 @@ class SequenceLeak:
     alone: bool
 
 
-def autoregressive(session: Session, config: Config) -> str | None:
+def autoregressive(session: Session, batch: Batch) -> str | None:
     """Why the task is autoregressive, or None when nothing says it is."""
     if session.causal is not None:
         return "Subject(causal=True)" if session.causal else None
-    batch = session.rows(config.causality_rows)
     X = session.sequence(batch)
     if X is not None and _next_token_targets(X, session.arrays(batch)[1]):
         return "the targets are the inputs shifted by one position (next-token prediction)"
@@ -69,7 +68,7 @@ def _next_token_targets(X: np.ndarray, y: np.ndarray) -> bool:
     integer = X.dtype.kind in "iu" and y.dtype.kind in "iu"
     if not integer or X.ndim != 2 or y.shape != X.shape or X.shape[1] < 2:
         return False
-    kept = y[:, :-1] != -100  # ignored positions (the last one, once labels are shifted)
+    kept = y[:, :-1] != IGNORED_TARGET  # ignored positions (the last one, once labels are shifted)
     return bool(kept.any() and (y[:, :-1] == X[:, 1:])[kept].all())
 
 
@@ -180,8 +179,8 @@ def causality(session: Session, config: Config) -> CheckResult:
     outputs at real positions."""
     if session.causal is False:
         return CheckResult(CHECK, "skip", "Subject(causal=False): not checked.")
-    why = autoregressive(session, config)
     batch = session.rows(config.causality_rows)
+    why = autoregressive(session, batch)
     padded = padding(session, batch, config)
     if why is None and padded is None:
         return CheckResult(

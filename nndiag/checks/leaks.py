@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from nndiag.config import Config
-from nndiag.contract import Batch, Session
+from nndiag.contract import IGNORED_TARGET, Batch, Session
 
-_IGNORED = -100  # an ignored target position (torch's and transformers' default)
 _SHUFFLES = 16  # permutations of the rows whose losses give the shuffled reference
 # Standard deviations of the shuffled losses a gap must exceed. Our calibration
 # (docs/calibration.md): healthy models reach 2.5 (a 0.26% gap); GPT-2 reading its input
@@ -42,7 +41,7 @@ def copied_targets(session: Session, batch: Batch, shift: int = 0) -> Leak | Non
     X, y = session.sequence(batch), session.arrays(batch)[1]
     if X is None or X.shape != y.shape or X.dtype.kind not in "iu" or y.dtype.kind not in "iu":
         return None
-    kept = y != _IGNORED
+    kept = y != IGNORED_TARGET
     for k in (shift, shift + 1):
         if not 0 <= k < X.shape[1]:
             continue

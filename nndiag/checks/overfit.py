@@ -32,7 +32,7 @@ import numpy as np
 
 from nndiag.checks.activations import gate_branch
 from nndiag.config import Config
-from nndiag.contract import Batch, LayerRecord, Session, Trainer
+from nndiag.contract import IGNORED_TARGET, Batch, LayerRecord, Session, Trainer
 from nndiag.results import CheckResult, Status
 
 CHECK = "overfit_small"
@@ -57,9 +57,6 @@ def _percent(value: float) -> str:
         if float(text) not in (0.0, 100.0):
             return f"{text}%"
     return f"{100 * value:.6g}%"
-
-
-_IGNORED = -100  # an ignored target position (torch's and transformers' default)
 
 
 def _ceiling(session: Session, batch: Batch) -> tuple[float, float, str, float]:
@@ -96,7 +93,7 @@ def _ceiling(session: Session, batch: Batch) -> tuple[float, float, str, float]:
             for t, label in enumerate(row.tolist()):
                 groups.setdefault(key + t.to_bytes(8, "little"), Counter())[int(label)] += 1
     for counts in groups.values():
-        counts.pop(_IGNORED, None)
+        counts.pop(IGNORED_TARGET, None)
     groups = {k: c for k, c in groups.items() if c}
     total = sum(sum(c.values()) for c in groups.values())  # -100 positions do not count
     if total == 0:

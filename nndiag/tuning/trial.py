@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from nndiag.contract import IGNORED_TARGET
 from nndiag.errors import InvalidSubject, ModelError, describe
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ HOLDOUT = 0.2
 VALIDATION_BATCHES = 256
 # At most this many training losses are kept per trial (every k-th step beyond that).
 MAX_CURVE = 200
-_IGNORE = -100  # targets cross-entropy leaves out (torch's and transformers' default)
 
 
 class Pruned(Exception):
@@ -251,7 +251,7 @@ def _measure(session: Session, trainer: Trainer, held: list[Batch], classify: bo
         weighted += float(evaluation.loss) * len(batch)
         if classify:
             _, y = session.arrays(batch)
-            kept = y != _IGNORE
+            kept = y != IGNORED_TARGET
             predicted = np.asarray(evaluation.outputs).argmax(axis=1)
             hits += int((predicted == y)[kept].sum())
             total += int(kept.sum())

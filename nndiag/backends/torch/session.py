@@ -29,6 +29,7 @@ from nndiag.backends.torch.capture import Recorder
 from nndiag.backends.torch.kinks import Winners, changed
 from nndiag.backends.torch.numerics import NonFiniteWatch
 from nndiag.contract import (
+    IGNORED_TARGET,
     Batch,
     Evaluation,
     LayerRecord,
@@ -79,7 +80,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 def _next_labels(y: torch.Tensor) -> torch.Tensor:
     """``y`` shifted left by one position, the last position ignored (-100)."""
-    return torch.cat([y[:, 1:], torch.full_like(y[:, :1], _IGNORE)], dim=1)
+    return torch.cat([y[:, 1:], torch.full_like(y[:, :1], IGNORED_TARGET)], dim=1)
 
 
 def generates_without_encoder(model: nn.Module) -> bool | None:
@@ -254,9 +255,6 @@ WORDS = Vocabulary(
 )
 
 
-_IGNORE = -100  # the target id cross-entropy leaves out (torch's and transformers' default)
-
-
 class TorchSession(SessionBase):
     """One diagnose run of one subject on the torch backend."""
 
@@ -318,7 +316,7 @@ class TorchSession(SessionBase):
             ids = inputs.sequence(batch.X)
             if ids is None or ids.shape != batch.y.shape or batch.y.is_floating_point():
                 return ""
-            kept = batch.y != _IGNORE  # a collator's -100 on padding
+            kept = batch.y != IGNORED_TARGET  # a collator's -100 on padding
             if not bool(kept.any()) or not torch.equal(ids[kept], batch.y[kept]):
                 return ""
         self.batches = [Batch(b.X, _next_labels(b.y)) for b in self.batches]
@@ -503,7 +501,7 @@ class TorchSession(SessionBase):
                 f"the model outputs {tuple(out.shape)}",
                 "output one score per class, or pass float targets",
             )
-        counted = [y[y != _IGNORE].cpu().numpy() for y in ys]  # transformers' ignore index
+        counted = [y[y != IGNORED_TARGET].cpu().numpy() for y in ys]  # transformers' ignore index
         return self.classification(classes, counted)
 
     _concat = staticmethod(inputs.concat)
@@ -1157,7 +1155,7 @@ class _Trainer:
         if self.classify:
             y = batch.y
             axis = -1 if self.session._classes_last else 1
-            kept = y != _IGNORE
+            kept = y != IGNORED_TARGET
             hits = out.detach().argmax(axis) == y
             accuracy = hits[kept].float().mean().item() if bool(kept.any()) else None
         value = loss.item()

@@ -70,6 +70,9 @@ class Task:
     # (transformers' labels=input_ids shifted as the model shifts them; a minimal GPT
     # called with targets for every position's logits); empty otherwise.
     reading: str = ""
+    # Whether the user's loss reads more of the model's output than the scores (a VAE's
+    # mu and logvar): a term of the loss the scores alone do not explain.
+    auxiliary: bool = False
 
 
 @dataclass
@@ -108,6 +111,9 @@ class LayerRecord:
     # Whether its output holds one value per unit and sample (no spatial extent): the
     # pooled vector a squeeze-excitation branch works on.
     pooled: bool = False
+    # Whether no weight layer ran after it: the model's output activation (a decoder's
+    # sigmoid), whose scale initial_loss judges; None where the backend does not follow.
+    output: bool | None = None
 
     @property
     def mean(self) -> float:
@@ -313,6 +319,7 @@ class Session(Protocol):
     task: Task
     has_regularization: bool
     causal: bool | None  # Subject(causal=...): the user's word on autoregression
+    stochastic_eval: bool  # Subject(stochastic_eval=True): eval mode samples by design
     framework: str  # name and version, e.g. "torch 2.13.0"
     words: Vocabulary
 

@@ -56,7 +56,14 @@ class InvalidSettingType(InvalidSetting, TypeError):
 class ModelError(InvalidSubject):
     """The user's model, loss or regularization knob raised while nndiag called it."""
 
-    def __init__(self, argument: str, call: str, error: BaseException, check: str | None = None):
+    def __init__(
+        self,
+        argument: str,
+        call: str,
+        error: BaseException,
+        check: str | None = None,
+        fix: str | None = None,
+    ) -> None:
         self.call = call
         self.check = check
         self.original = error
@@ -64,7 +71,7 @@ class ModelError(InvalidSubject):
         super().__init__(
             argument,
             f"{call} raised {type(error).__name__}: {error}{where}",
-            f"make {call} run on the subject's data outside nndiag first",
+            fix or f"make {call} run on the subject's data outside nndiag first",
         )
 
 

@@ -45,6 +45,9 @@ class Subject:
             Default: read from the data (targets are the inputs shifted by one) or the
             model (a model that generates text and has no encoder); ``False`` turns the
             check off.
+        stochastic_eval: The model samples in evaluation mode by design (a VAE's
+            reparameterization, a stochastic policy): ``numerics`` then reports two
+            differing eval passes as information, not a fail. Default: False.
 
     Raises:
         InvalidSubject: an argument is unusable; the message names it and the fix.
@@ -60,6 +63,7 @@ class Subject:
         regularization: Callable[[Any, float], None] | str | None = None,
         name: str | None = None,
         causal: bool | None = None,
+        stochastic_eval: bool = False,
     ) -> None:
         from nndiag.backends import backend_for
         from nndiag.backends.base import check_consistent
@@ -91,7 +95,14 @@ class Subject:
                 f"expected True, False or None, got {describe(causal)}",
                 "pass causal=True for a model that must not see later positions",
             )
+        if not isinstance(stochastic_eval, bool):
+            raise InvalidSubject(
+                "stochastic_eval",
+                f"expected True or False, got {describe(stochastic_eval)}",
+                "pass stochastic_eval=True for a model that samples in eval mode by design",
+            )
         self.causal = causal
+        self.stochastic_eval = stochastic_eval
         self.backend = backend_for(model)
         self.model = model
         self.loss = loss

@@ -239,6 +239,7 @@ class SessionBase:
         self.config = config
         self.model = subject.model
         self.causal: bool | None = getattr(subject, "causal", None)
+        self.stochastic_eval = bool(getattr(subject, "stochastic_eval", False))
         self.batches: list[Batch] = subject.batches[: max(1, config.max_batches)]
         self._forward = 0
         self._backward = 0
@@ -273,14 +274,15 @@ class SessionBase:
 
     @staticmethod
     @contextmanager
-    def calling(argument: str, call: str) -> Iterator[None]:
-        """Run user code, turning what it raises into a ModelError naming ``call``."""
+    def calling(argument: str, call: str, fix: str | None = None) -> Iterator[None]:
+        """Run user code, turning what it raises into a ModelError naming ``call`` (and
+        ``fix``, when the default "make it run outside nndiag" would be wrong)."""
         try:
             yield
         except (InvalidSubject, KeyboardInterrupt):
             raise
         except Exception as exc:
-            raise ModelError(argument, call, exc) from exc
+            raise ModelError(argument, call, exc, fix=fix) from exc
 
     def model_causal(self) -> bool | None:
         return None  # overridden where a model can say so (transformers)

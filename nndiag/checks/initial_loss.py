@@ -1,8 +1,11 @@
 """``initial_loss``: at init the loss should be what an uninformative model scores.
 
 Lecture 5: a softmax classifier starts near ln C; more exactly near the entropy of the
-label prior when its last bias is set to the log prior (both are accepted). For any other
-loss, the reference is the loss of all-zero outputs and of the best constant output.
+label prior when its last bias is set to the log prior (both are accepted); a model that
+ends in log_softmax (for nll_loss) is scored with uniform log-probabilities, -ln C. For
+continuous or soft targets the references are constant outputs: zero, the targets' mean
+and, for targets in [0, 1], 0.5; one where the loss sits on a clamp (BCE of an output of
+exactly 0) is left out, and the message says so.
 
 The reference values go through the subject's own loss, so a classifier's loss is also
 checked for cross-entropy's properties before it is compared with them: it is never
@@ -14,7 +17,7 @@ uniform labelling.
 The tolerance is relative to the band of reference values (``initial_loss_warn`` and
 ``initial_loss_fail``) plus the sampling error of a model *at* the expected loss: for a
 classifier the standard error of ``-log p_prior(y)`` over the batch's labels, for a
-regression that of the per-row loss of all-zero outputs. The spread of the measured
+regression that of the per-row loss of the best constant output. The spread of the measured
 model's own per-sample losses never widens it (a more broken model spreads more), and no
 band reaches below the loss's minimum (0 for cross-entropy and squared error).
 """
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from nndiag.checks import leaks
+from nndiag.checks.baselines import Baselines
 from nndiag.checks.baselines import baselines as uninformative_losses
 from nndiag.config import Config
 from nndiag.contract import Batch, Session
@@ -35,7 +39,7 @@ from nndiag.results import CheckResult, Status
 
 CHECK = "initial_loss"
 
-# Rows whose loss of all-zero outputs is taken one by one for a regression's allowance.
+# Rows whose loss of the reference outputs is taken one by one for a regression's allowance.
 _ROWS_FOR_SPREAD = 64
 # The true class's score is raised by this much for the direction test (logit units).
 _BUMP = 1.0
@@ -56,15 +60,14 @@ def _label_spread(session: Session, batch: Batch) -> tuple[float, float]:
     return entropy, float(np.std(surprise) / math.sqrt(labels.size))
 
 
-def _zero_output_spread(session: Session, batch: Batch, shape: tuple[int, ...]) -> float:
-    """Standard error of the per-row loss of all-zero outputs (0 when the loss cannot take
-    single rows)."""
+def _reference_spread(session: Session, batch: Batch, reference: Any) -> float:
+    """Standard error of the per-row loss of the reference outputs (0 when the loss cannot
+    take single rows)."""
     n = min(len(batch), _ROWS_FOR_SPREAD)
     if n < 2:
         return 0.0
-    row_shape = (1, *shape[1:])
     try:
-        values = [session.loss_of(session.take(batch, [i]), np.zeros(row_shape)) for i in range(n)]
+        values = [session.loss_of(session.take(batch, [i]), reference[i : i + 1]) for i in range(n)]
     except (ModelError, InvalidSubject, ValueError, TypeError, RuntimeError):
         return 0.0
     finite = [v for v in values if math.isfinite(v)]
@@ -118,6 +121,18 @@ def _output_width(session: Session) -> dict[str, Any] | None:
     return {"labels": n, "classes_used": k, "outputs": classes, "log10_probability": log10_p}
 
 
+def _continuous_reference(found: Baselines) -> str:
+    """``expected 0.05577 to 0.3041 (the loss of uninformative outputs: ...)``."""
+    values = found.values
+    low, high = min(values.values()), max(values.values())
+    span = f"{low:.4g}" if high <= low * (1 + 1e-4) else f"{low:.4g} to {high:.4g}"
+    kept = ", ".join(f"{found.words(n)} {v:.4g}" for n, v in values.items())
+    text = f"expected {span} (the loss of uninformative outputs: {kept}"
+    for name, reason in found.left_out.items():
+        text += f"; {found.words(name)} left out: {reason}"
+    return text + ")"
+
+
 def _percent(value: float) -> str:
     return f"{value:.0%}" if abs(value) >= 0.01 else f"{value:.2%}"
 
@@ -132,9 +147,10 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
     evaluation = session.evaluate(batch, outputs=True)
     measured = evaluation.loss
     outputs = np.asarray(evaluation.outputs, dtype=np.float64)
-    baselines = uninformative_losses(session, batch)
+    uninformative = uninformative_losses(session, batch)
+    baselines = uninformative.values
     classify = session.task.kind == "classification"
-    expected = baselines["prior"] if classify else baselines["uniform"]
+    expected = baselines[uninformative.expected]
     low, high = min(baselines.values()), max(baselines.values())
     ln_c = math.log(session.task.num_classes) if classify else math.nan
 
@@ -142,7 +158,8 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
     if classify:
         entropy, spread = _label_spread(session, batch)
     else:
-        entropy, spread = math.nan, _zero_output_spread(session, batch, outputs.shape)
+        constant = uninformative.outputs[uninformative.expected]
+        entropy, spread = math.nan, _reference_spread(session, batch, constant)
     noise = config.initial_loss_sigmas * spread
     # Losses with a minimum of 0 (cross-entropy, squared error): no band below it.
     floor = 0.0 if classify or low >= 0 else -math.inf
@@ -170,7 +187,7 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
     metrics: dict[str, Any] = {
         "measured": measured,
         "expected": expected,
-        "uniform_output_loss": baselines["uniform"],
+        **{f"{name}_output_loss": value for name, value in baselines.items()},
         "band_low": low,
         "band_high": high,
         "noise_allowance": noise,
@@ -208,7 +225,7 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
             f"= {ln_c:.4g} for uniform scores)"
         )
     else:
-        reference = f"expected {expected:.4g} (the loss of all-zero outputs)"
+        reference = _continuous_reference(uninformative)
     if not math.isfinite(measured):
         return result(
             "fail",

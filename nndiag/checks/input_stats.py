@@ -82,6 +82,14 @@ def _numbers(values: Any, limit: int = 8) -> str:
     return "(" + ", ".join(shown) + (", ..." if len(values) > limit else "") + ")"
 
 
+def _reconstruction(X: np.ndarray, y: Any) -> bool:
+    """Whether the targets are the inputs themselves (an autoencoder, a VAE)."""
+    y = np.asarray(y)[: len(X)]  # X holds the first rows only
+    if y.size != X.size or not np.issubdtype(y.dtype, np.floating):
+        return False
+    return bool(np.array_equal(y.reshape(-1), X.reshape(-1)))
+
+
 def _labels(session: Session, y: Any, config: Config) -> dict[str, Any] | None:
     """Label balance against a uniform labelling: the largest class's count, and a union
     bound C * P(Binomial(n, 1/C) >= count) on seeing a class that large by chance."""
@@ -199,6 +207,11 @@ def input_stats(session: Session, config: Config) -> CheckResult:
                 )
             )
         live = ~constant
+        if _reconstruction(X, y):
+            # Standardizing the inputs would change the targets the loss scores (BCE
+            # needs them in [0, 1]): their centre and scale are the task's, not judged.
+            metrics["reconstruction"] = True
+            live = np.zeros_like(constant)
         allowance = config.input_center_warn + config.input_center_sigmas / math.sqrt(rows)
         off = live & (np.abs(mean) > allowance * std)
         if off.any() and "raw_pixels" not in metrics:
@@ -264,7 +277,12 @@ def input_stats(session: Session, config: Config) -> CheckResult:
             " ".join(hint for _, _, hint in findings),
         )
     parts = []
-    if skipped is None:
+    if metrics.get("reconstruction"):
+        parts.append(
+            "The inputs are the targets (a reconstruction): their centre and scale are the "
+            "loss's to judge, not the preprocessing's."
+        )
+    elif skipped is None:
         parts.append(
             f"Inputs are zero-centred and unit-scaled per {evidence['unit']} "
             f"(|mean|/std at most {metrics['max_abs_mean_over_std']:.2f}, std "

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from nndiag.checks import baselines
 from nndiag.checks.activations import gate_branch
 from nndiag.config import Config
 from nndiag.contract import IGNORED_TARGET, Batch, LayerRecord, Session, Trainer
@@ -57,6 +58,16 @@ def _percent(value: float) -> str:
         if float(text) not in (0.0, 100.0):
             return f"{text}%"
     return f"{100 * value:.6g}%"
+
+
+def _continuous_floor(session: Session, batch: Batch) -> tuple[float, str]:
+    """The lowest loss any outputs reach on continuous or soft targets, and how it was
+    found (BCE on soft targets cannot go below their entropy); (0, "") by default."""
+    outputs = session.evaluate(batch, outputs=True).outputs
+    value, how = baselines.floor(session, batch, outputs)
+    if not how or value <= 0:
+        return 0.0, ""
+    return value, f"the loss of {how}"
 
 
 def _ceiling(session: Session, batch: Batch) -> tuple[float, float, str, float]:
@@ -187,7 +198,7 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
     cause = first.metrics.get("cause")
     own = "nndiag's default" in str(first.metrics.get("optimizer"))
     if first.status != "fail" or cause not in _RETRIES or not own:
-        return first
+        return _term_left_on(session, first)
     tried = []
     for factor in _RETRIES[str(cause)]:
         lr = config.overfit_lr * factor
@@ -203,7 +214,7 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
                 {**retry.metrics, "default_cause": cause, "fitting_lr": lr},
                 retry.evidence,
             )
-    return CheckResult(
+    failed = CheckResult(
         CHECK,
         "fail",
         f"{first.message} The optimizer was nndiag's default; other rates did not fit "
@@ -211,6 +222,32 @@ def overfit_small(session: Session, config: Config) -> CheckResult:
         {**first.metrics, "rates_tried": [config.overfit_lr * f for f in _RETRIES[str(cause)]]},
         first.evidence,
         first.hint,
+    )
+    return _term_left_on(session, failed)
+
+
+def _term_left_on(session: Session, result: CheckResult) -> CheckResult:
+    """A plateau above the targets' floor, when the loss also reads the model's other
+    outputs (a VAE's KL term on mu and logvar) and no knob turns that term off, as the
+    lecture turns regularization off before this test: a warning naming the knob."""
+    if (
+        result.status != "fail"
+        or result.metrics.get("cause") not in ("plateau", "slow")
+        or session.task.kind == "classification"
+        or not session.task.auxiliary
+        or session.has_regularization
+    ):
+        return result
+    return CheckResult(
+        CHECK,
+        "warn",
+        f"{result.message} The loss also reads the model's other outputs, a term nndiag "
+        "could not turn off: not judged as a failure to fit.",
+        {**result.metrics, "cause": "regularization_on"},
+        result.evidence,
+        "If that term works against fitting (a VAE's KL divergence), pass its weight as "
+        "Subject(regularization=...) so that this check turns it off; otherwise: too little "
+        "capacity, saturated outputs, or a loss that does not fit the targets.",
     )
 
 
@@ -222,7 +259,11 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
     if session.has_regularization:
         session.set_regularization(0.0)
     classify = session.task.kind == "classification"
-    ceiling, floor, context, slack = _ceiling(session, batch) if classify else (1.0, 0.0, "", 0.0)
+    if classify:
+        ceiling, floor, context, slack = _ceiling(session, batch)
+    else:
+        ceiling, slack = 1.0, 0.0
+        floor, context = _continuous_floor(session, batch)
     per_position = np.ndim(session.arrays(batch)[1]) >= 2
     losses: list[float] = []
     accuracies: list[float | None] = []
@@ -289,6 +330,7 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
     }
     if classify:
         metrics["accuracy_ceiling"] = ceiling
+    if classify or floor:
         metrics["loss_floor"] = floor
     evidence = {"loss": losses, "accuracy": accuracies if classify else None, "target_loss": target}
     acc_text = f", accuracy {_percent(accuracy)}" if accuracy is not None else ""
@@ -298,6 +340,8 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
             f" The batch caps accuracy at {_percent(ceiling)} ({context} with different "
             f"targets) and puts the cross-entropy's floor at {floor:.4g}."
         )
+    elif not classify and floor:
+        ceiling_text = f" The targets put the loss's floor at {floor:.4g} ({context})."
     frozen = ""
     if unchanged:
         shown = ", ".join(unchanged[:4]) + (" ..." if len(unchanged) > 4 else "")
@@ -395,9 +439,11 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
     # Fitted the labels, and the loss fell by a large factor, short of the strict target.
     if reached and math.isfinite(left) and left <= config.overfit_partial_ratio:
         fell = f"{initial:.4g} -> {final:.4g}, {abs(initial) / max(final, 1e-300):.3g}x lower"
+        fitted = f" to accuracy {_percent(accuracy)}" if accuracy is not None else ""
+        aim = f"target {target:.3g}" + (f", floor {floor:.4g}" if floor else ", near zero")
         message = (
-            f"Fit {total} samples to accuracy {_percent(accuracy or 1.0)} in {len(losses)} "
-            f"steps with {optimizer}: loss {fell} (near-zero target {target:.3g})."
+            f"Fit {total} samples{fitted} in {len(losses)} steps with {optimizer}: loss "
+            f"{fell} ({aim})."
         )
         if left <= config.overfit_fitted_ratio and not unchanged:
             return result("pass", message, None, None)
@@ -443,7 +489,7 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
             "the bias and weights feeding it (a large negative bias kills every unit).",
             "dead_units",
         )
-    if best > config.overfit_flat_ratio * abs(initial):
+    if best - floor > config.overfit_flat_ratio * (abs(initial) - floor):
         return result(
             "fail",
             f"{head}: the loss barely moved ({initial:.4g} -> best {best:.4g})." + frozen,
@@ -465,7 +511,7 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
     # A plateau has stopped falling; a slow run still sheds a good fraction of its loss
     # over the last quarter of the budget.
     late = finite[3 * len(finite) // 4] if finite else math.nan
-    if len(finite) >= 20 and final <= 0.85 * late:
+    if len(finite) >= 20 and final - floor <= 0.85 * (late - floor):
         return result(
             "fail",
             f"{head}: the loss is still falling slowly "

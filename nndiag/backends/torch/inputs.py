@@ -20,10 +20,13 @@ __all__ = [
     "is_inputs",
     "length",
     "logits",
+    "logits_source",
+    "output_rows",
     "real_positions",
     "rows",
     "sequence",
     "to",
+    "with_logits",
     "with_sequence",
 ]
 
@@ -93,6 +96,45 @@ def logits(out: Any) -> torch.Tensor | None:
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     return None
+
+
+def logits_source(out: Any) -> str:
+    """Where :func:`logits` found its tensor, in words for messages."""
+    if isinstance(out, torch.Tensor):
+        return "the tensor the model returned"
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return f"the .logits of the {type(out).__name__} the model returned"
+    if isinstance(out, Mapping):
+        return "the 'logits' entry of the dict the model returned"
+    return f"the first element of the {type(out).__name__} of {len(out)} the model returned"
+
+
+def with_logits(out: Any, scores: torch.Tensor) -> Any:
+    """``out`` with the tensor :func:`logits` reads replaced by ``scores``, the rest (a
+    VAE's ``mu`` and ``logvar``, a ModelOutput's other fields) as the model returned it."""
+    if isinstance(out, torch.Tensor):
+        return scores
+    if isinstance(out, Mapping):  # transformers' ModelOutput is an OrderedDict too
+        fields = dict(out)
+        fields["logits"] = scores
+        return fields if type(out) is dict else type(out)(**fields)
+    if hasattr(out, "_fields"):  # a namedtuple
+        return type(out)(scores, *out[1:])
+    return type(out)([scores, *out[1:]])
+
+
+def output_rows(out: Any, index: slice, n: int) -> Any:
+    """Rows ``index`` of every tensor in ``out`` that has ``n`` rows (one per sample);
+    other values (a scalar loss, None) as they are."""
+    if isinstance(out, torch.Tensor):
+        return out[index] if out.ndim and len(out) == n else out
+    if isinstance(out, Mapping):
+        fields = {k: output_rows(v, index, n) for k, v in out.items()}
+        return fields if type(out) is dict else type(out)(**fields)
+    if isinstance(out, (tuple, list)):
+        parts = [output_rows(v, index, n) for v in out]
+        return type(out)(*parts) if hasattr(out, "_fields") else type(out)(parts)
+    return out
 
 
 def sequence(X: Any) -> torch.Tensor | None:

@@ -97,6 +97,19 @@ def generates_without_encoder(model: nn.Module) -> bool | None:
     return None
 
 
+class _Out(NamedTuple):
+    """One forward pass: what the model returned, and the scores tensor in it."""
+
+    raw: Any
+    scores: torch.Tensor
+
+
+def _layout(t: torch.Tensor) -> str:
+    """A tensor's dtype, shape and memory layout, for messages about what a loss got."""
+    layout = "contiguous" if t.is_contiguous() else f"not contiguous, strides {t.stride()}"
+    return f"a {str(t.dtype).removeprefix('torch.')} tensor of shape {tuple(t.shape)}, {layout}"
+
+
 def classes_last(output: torch.Tensor, target: torch.Tensor) -> bool:
     """Token-level outputs: (N, T, V) scores for (N, T) class ids (classes on the last axis,
     as language models give them); (N, C, ...) scores keep classes on axis 1."""
@@ -274,12 +287,17 @@ class TorchSession(SessionBase):
         self._originals = {id(p): n for n, p in self.model.named_parameters() if p.requires_grad}
         self._ran: list[str] = []  # weight layers in the order the last capture ran them
         self._every_position = False  # see _last_position_only
+        # A user's loss gets what forward returned; one that only takes the scores gets
+        # those (decided once, by the probe).
+        self._loss_takes_raw = subject.loss is not None
+        self._structured = False  # forward returns more than one tensor (set by the probe)
         self._reading = [self._shift_own_labels(), self._decoder_inputs()]
         with self.isolated("validation"):
             self.task = self._probe()
         reading = "; ".join(r for r in self._reading if r)
-        if reading:
-            self.task = dataclasses.replace(self.task, reading=reading)
+        self.task = dataclasses.replace(
+            self.task, reading=reading, auxiliary=self._loss_takes_raw and self._structured
+        )
 
     def _decoder_inputs(self) -> str:
         """transformers' encoder-decoders build their decoder inputs from ``labels``; given
@@ -326,7 +344,7 @@ class TorchSession(SessionBase):
         )
 
     # -- calls into the user's code ----------------------------------------------------
-    def _run_model(self, X: Any) -> torch.Tensor:
+    def _run_model(self, X: Any) -> _Out:
         self._forward += 1
         call = "model(**X)" if isinstance(X, Mapping) else "model(X)"
         if self._every_position:
@@ -345,11 +363,22 @@ class TorchSession(SessionBase):
                 ".logits, a dict with 'logits' or a tuple led by it work too), or wrap the "
                 "model in a module that does",
             )
-        return found
+        return _Out(out, found)
 
-    def _run_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with self.calling("loss", "loss(output, y)"):
-            loss = self.loss_fn(out, y)
+    def _run_loss(self, out: _Out, y: torch.Tensor, built: str = "") -> torch.Tensor:
+        """The loss of one forward's output; ``built`` describes an output nndiag made
+        (perturbed scores) rather than the model, for the message if the loss raises."""
+        given = out.raw if self._loss_takes_raw else out.scores
+        call, fix = "loss(output, y)", None
+        if built:
+            call = f"loss(output, y) on an output nndiag built ({built})"
+            fix = (
+                "the loss runs on the model's own output but not on this one: let it take "
+                "any tensor of that shape and dtype (.reshape rather than .view), or leave "
+                "this check out for the subject"
+            )
+        with self.calling("loss", call, fix):
+            loss = self.loss_fn(given, y)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else describe(loss)
             raise InvalidSubject(
@@ -442,17 +471,19 @@ class TorchSession(SessionBase):
         watch = _OriginalsWatch(self._originals)
         with torch.no_grad(), watch:
             out = self._run_model(batch.X)
-            if self._last_position_only(out, batch):
+            if self._last_position_only(out.scores, batch):
                 self._every_position = True
                 out = self._run_model(batch.X)
-            if len(out) != len(batch.y):
+            if len(out.scores) != len(batch.y):
                 raise InvalidSubject(
                     "model",
-                    f"output has {len(out)} rows for {len(batch.y)} samples",
+                    f"output has {len(out.scores)} rows for {len(batch.y)} samples "
+                    f"(read from {inputs.logits_source(out.raw)})",
                     "return one output row per input sample",
                 )
             task = self._task(out)
-            self._run_loss(out, batch.y)
+            self._structured = not isinstance(out.raw, torch.Tensor)
+            self._first_loss(out, batch.y)
         if watch.read:
             raise InvalidSubject(
                 "model",
@@ -463,6 +494,26 @@ class TorchSession(SessionBase):
                 "through a cached reference",
             )
         return task
+
+    def _first_loss(self, out: _Out, y: torch.Tensor) -> None:
+        """The user's loss on what forward returned; a loss written for the scores alone
+        (``F.cross_entropy``) on a model that returns a tuple gets the scores, and the
+        report says so."""
+        if not self._loss_takes_raw or isinstance(out.raw, torch.Tensor):
+            self._run_loss(out, y)
+            return
+        try:
+            self._run_loss(out, y)
+        except ModelError as whole:
+            self._loss_takes_raw = False
+            try:
+                self._run_loss(out, y)
+            except ModelError:
+                self._loss_takes_raw = True
+                raise whole from None
+            self._reading.append(
+                f"the loss takes the scores alone: {inputs.logits_source(out.raw)}"
+            )
 
     def _last_position_only(self, out: torch.Tensor, batch: Batch) -> bool:
         """A minimal GPT's ``forward(idx, targets=None) -> (logits, loss)`` returns the
@@ -485,8 +536,8 @@ class TorchSession(SessionBase):
             )
         return takes
 
-    def _task(self, out: torch.Tensor) -> Task:
-        ys = [b.y for b in self.batches]
+    def _task(self, found: _Out) -> Task:
+        ys, out = [b.y for b in self.batches], found.scores
         if ys[0].is_floating_point():
             if self.subject.loss is None:
                 # the probe's rows: out holds at most PROBE_ROWS of the first batch
@@ -497,9 +548,10 @@ class TorchSession(SessionBase):
         if out.ndim < 2 or classes < 2:
             raise InvalidSubject(
                 "data",
-                f"integer labels need class scores of shape (N, C), "
-                f"the model outputs {tuple(out.shape)}",
-                "output one score per class, or pass float targets",
+                f"integer labels {tuple(ys[0].shape)} need class scores: (N, C) for (N,) "
+                f"labels, (N, C, ...) or (N, T, V) for per-position labels; nndiag read "
+                f"{inputs.logits_source(found.raw)}, of shape {tuple(out.shape)}",
+                "output one score per class at every labelled position, or pass float targets",
             )
         counted = [y[y != IGNORED_TARGET].cpu().numpy() for y in ys]  # transformers' ignore index
         return self.classification(classes, counted)
@@ -585,28 +637,47 @@ class TorchSession(SessionBase):
         with self._mode(mode, seed, "evaluate"), torch.no_grad():
             out = self._run_model(batch.X)
             mean = float(self._run_loss(out, batch.y))
-            per = None
-            if per_sample:
-                try:
-                    n = min(len(batch), PER_SAMPLE_ROWS)
-                    per = np.array(
-                        [float(self.loss_fn(out[i : i + 1], batch.y[i : i + 1])) for i in range(n)]
-                    )
-                except Exception:  # a loss that cannot take single rows: no noise estimate
-                    per = None
-        shown = self._to_axis1(out.detach()).double().cpu().numpy() if outputs else None
+            per = self._per_sample(out, batch.y) if per_sample else None
+        shown = self._to_axis1(out.scores.detach()).double().cpu().numpy() if outputs else None
         return Evaluation(mean, shown, per)
+
+    def _per_sample(self, out: _Out, y: torch.Tensor) -> Any:
+        """The loss of each of the first rows alone; None for a loss that cannot take
+        single rows (no noise estimate then)."""
+        given = out.raw if self._loss_takes_raw else out.scores
+        n, rows = len(out.scores), min(len(y), PER_SAMPLE_ROWS)
+        try:
+            return np.array(
+                [
+                    float(self.loss_fn(inputs.output_rows(given, slice(i, i + 1), n), y[i : i + 1]))
+                    for i in range(rows)
+                ]
+            )
+        except Exception:
+            return None
 
     def loss_of(self, batch: Batch, outputs: Any) -> float:
         self.require_isolated("loss_of")
         dtype = batch.X.dtype if inputs.float_inputs(batch.X) else torch.get_default_dtype()
-        scores = torch.as_tensor(np.ascontiguousarray(outputs), dtype=dtype, device=batch.y.device)
+        array = np.ascontiguousarray(outputs)
+        if not array.flags.writeable:  # a broadcast constant: torch wants its own copy
+            array = array.copy()
+        scores = torch.as_tensor(array, dtype=dtype, device=batch.y.device)
         if self._classes_last:
             # Laid out as the model returns them: a loss that calls .view() on them works
             # here as it does on the model's own output.
             scores = scores.movedim(1, -1).contiguous()
+        built, raw = _layout(scores), scores
         with torch.no_grad():
-            return float(self._run_loss(scores, batch.y))
+            if self._loss_takes_raw:
+                # The rest of what forward returns (a VAE's mu and logvar) as the model
+                # gives it on these rows, in eval mode.
+                with self._mode("eval", None, "loss_of"):
+                    model_out = self._run_model(batch.X).raw
+                if not isinstance(model_out, torch.Tensor):
+                    raw = inputs.with_logits(model_out, scores)
+                    built = f"{inputs.logits_source(model_out)}, its scores replaced by {built}"
+            return float(self._run_loss(_Out(raw, scores), batch.y, built))
 
     def input_gradients(self, batch: Batch, row: int, *, mode: Mode = "eval") -> Any:
         if not inputs.float_inputs(batch.X):
@@ -614,7 +685,7 @@ class TorchSession(SessionBase):
         n = len(batch)
         with self._mode(mode, None, "input_gradients"):
             X = batch.X.detach().clone().requires_grad_(True)
-            out = self._run_model(X)
+            out = self._run_model(X).scores
             if not out.requires_grad:
                 return None
             g = torch.Generator().manual_seed(0)  # the projection: never the user's RNG
@@ -633,12 +704,14 @@ class TorchSession(SessionBase):
         relative position, attention masks)."""
         with self._mode(mode, None, "find_nonfinite"), NonFiniteWatch(self.model) as watch:
             out = self._run_model(batch.X)
-            if not bool(torch.isfinite(out).all()):
-                bad = int((~torch.isfinite(out)).sum())
+            if not bool(torch.isfinite(out.scores).all()):
+                bad = int((~torch.isfinite(out.scores)).sum())
                 return (
                     watch.found
                     or watch.fallback
-                    or NonFinite("forward", "the model's output", "forward", bad, out.numel())
+                    or NonFinite(
+                        "forward", "the model's output", "forward", bad, out.scores.numel()
+                    )
                 )
             loss = self._run_loss(out, batch.y)
             if not bool(torch.isfinite(loss)):
@@ -1156,7 +1229,7 @@ class _Trainer:
             y = batch.y
             axis = -1 if self.session._classes_last else 1
             kept = y != IGNORED_TARGET
-            hits = out.detach().argmax(axis) == y
+            hits = out.scores.detach().argmax(axis) == y
             accuracy = hits[kept].float().mean().item() if bool(kept.any()) else None
         value = loss.item()
         if math.isfinite(value):

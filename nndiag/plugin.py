@@ -102,6 +102,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("nndiag"):
+        _refuse_ids_without_flag(config)
         return
     _one_thread_per_worker(config)
     from nndiag._pytest.session import NndiagSession
@@ -113,6 +114,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         # Registered only with xdist present: pluggy rejects hooks it has no spec for.
         config.pluginmanager.register(_XdistHooks(session), "nndiag-xdist")
+
+
+def _refuse_ids_without_flag(config: pytest.Config) -> None:
+    """``pytest nndiag::mlp::overfit_small`` without ``--nndiag``: say to add the flag
+    rather than let pytest report a file that does not exist."""
+    named = [arg for arg in config.args if arg.split("::")[0] == "nndiag"]
+    if named:
+        shown = " ".join(f'"{arg}"' for arg in named)
+        raise pytest.UsageError(
+            f"{named[0]} names an nndiag check, which runs only with --nndiag: "
+            f"pytest --nndiag {shown}"
+        )
 
 
 def _one_thread_per_worker(config: pytest.Config) -> None:

@@ -9,6 +9,7 @@ The controller alone writes the files and the table; workers only send.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -205,6 +206,7 @@ class Reporter:
         report_dir = self.settings.report_dir
         payloads = self._ordered()
         meta = environment(self.settings.seed)
+        meta.update(_rerun_from(config, report_dir))
         for payload in payloads:  # under xdist the controller never imported the frameworks
             for name, version in payload.get("frameworks", {}).items():
                 meta["frameworks"].setdefault(name, version)
@@ -306,3 +308,20 @@ def _table(
                 **_MARKUP.get(status, {}),
             )
         terminal.line("")
+
+
+def _rerun_from(config: pytest.Config, report_dir: Path) -> dict[str, str]:
+    """Where a printed rerun command must run, relative to where this run was launched:
+    the root directory (its pyproject.toml and conftest.py) when the run named a project
+    below the launch directory (``pytest --nndiag examples/``), with the report directory
+    as seen from there, so that the rerun merges into this report. Empty when the root is
+    the launch directory."""
+    root, launched = config.rootpath, config.invocation_params.dir
+    if root == launched:
+        return {}
+    try:
+        directory = root.relative_to(launched).as_posix()
+    except ValueError:  # the root lies above or beside the launch directory
+        directory = root.as_posix()
+    report = Path(os.path.relpath(report_dir.resolve(), root.resolve())).as_posix()
+    return {"rerun_in": directory, "rerun_report": report}

@@ -49,10 +49,17 @@ class NndiagSession:
         unmatched = self.selection.unmatched({item.nodeid for item in items})
         if unmatched and self.reporter.discovered is not None:
             known = self.reporter.known or {}
+            where = (
+                ", ".join(known)
+                if known
+                else "none found here: subjects are the @nndiag.subject factories of the "
+                "conftest.py files pytest loads, so run from the directory that holds "
+                "them (cd examples && pytest --nndiag ...)"
+            )
             raise pytest.UsageError(
-                f"nndiag: {', '.join(unmatched)} name(s) no check of this run; ids are "
-                f"nndiag::<subject>::<check>, subjects: {', '.join(known) or 'none found'} "
-                "(see pytest --nndiag --collect-only -q)"
+                f"nndiag: no check of this run is named {', '.join(unmatched)}; ids are "
+                f"nndiag::<subject>::<check>; subjects: {where} "
+                "(list the ids with pytest --nndiag --collect-only -q)"
             )
         return items
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -257,7 +258,10 @@ def _context(
             anchor += "~"
         used.add(anchor)
         drawn = plots.get((result.subject, result.check))
-        subjects[result.subject].results.append(_result_view(result, anchor, drawn))
+        rerun = rerun_command(
+            result, str(meta.get("rerun_in") or ""), str(meta.get("rerun_report") or "")
+        )
+        subjects[result.subject].results.append(_result_view(result, anchor, drawn, rerun))
     for view in subjects.values():
         for check in checks:
             found = [r for r in view.results if r.check == check]
@@ -304,7 +308,9 @@ def _context(
     }
 
 
-def _result_view(result: CheckResult, anchor: str, drawn: list[Plot] | None) -> ResultView:
+def _result_view(
+    result: CheckResult, anchor: str, drawn: list[Plot] | None, rerun: str
+) -> ResultView:
     metrics = [
         Row(str(k), format_value(v), bool(_THRESHOLD_KEY.search(str(k).lower())))
         for k, v in result.metrics.items()
@@ -336,7 +342,7 @@ def _result_view(result: CheckResult, anchor: str, drawn: list[Plot] | None) -> 
         tables=_tables(result.check, evidence),
         counterexample=counterexample,
         open=result.state in _OPEN and not result.stale,
-        rerun=rerun_command(result),
+        rerun=rerun,
         seconds=_finite_or_zero(result.cost.seconds),
         forward=int(_finite_or_zero(result.cost.forward)),
         search=" ".join((result.subject, result.check, result.state, result.message)).lower(),
@@ -400,11 +406,20 @@ def _range_text(described: Any) -> str:
     return f"{low} .. {high} ({scale})"
 
 
-def rerun_command(result: CheckResult) -> str:
+def rerun_command(result: CheckResult, directory: str = "", report: str = "") -> str:
     """The command that runs ``result``'s check again: its pytest node id where pytest ran
-    it, else the ``diagnose`` call."""
+    it, else the ``diagnose`` call. ``directory`` is the project's root relative to where
+    the run was launched, when they differ, and ``report`` the run's report directory
+    from there (so the rerun merges into the same report)."""
     if result.outcome is not None:
-        return f'pytest --nndiag "nndiag::{result.subject}::{result.check}"'
+        command = f'pytest --nndiag "nndiag::{result.subject}::{result.check}"'
+        if not directory:
+            return command
+        if report:
+            # One token: pytest finds the root directory before it knows this option, and
+            # would take a separate value for a path to collect.
+            command += f" --nndiag-report={shlex.quote(report)}"
+        return f"cd {shlex.quote(directory)} && {command}"
     return f'nndiag.diagnose(subject, checks=["{result.check}"])'
 
 

@@ -283,8 +283,15 @@ def test_the_id_pytest_prints_reruns_that_check(project: Project) -> None:
     typo = project.run("--nndiag", "nndiag::mpl", "--collect-only", "-q")
     assert typo.ret == pytest.ExitCode.USAGE_ERROR
     typo.stderr.fnmatch_lines(
-        ["*nndiag::mpl name(s) no check of this run*subjects: mlp, huge_init, warns*"]
+        ["*no check of this run is named nndiag::mpl*subjects: mlp, huge_init, warns*"]
     )
+    # Without the flag, the id is not taken for a missing file.
+    plain = project.run("nndiag::mlp::numerics", "--collect-only", "-q")
+    assert plain.ret == pytest.ExitCode.USAGE_ERROR
+    plain.stderr.fnmatch_lines(
+        ['*nndiag::mlp::numerics names an nndiag check*pytest --nndiag "nndiag::mlp::numerics"*']
+    )
+    assert "file or directory not found" not in plain.stderr.str()
 
 
 def test_a_path_selects_the_subjects_defined_under_it(project: Project) -> None:

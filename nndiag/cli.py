@@ -130,12 +130,15 @@ def _add_checks(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def _checks(args: argparse.Namespace) -> int:
     from nndiag.checks import registry
+    from nndiag.config import Config
 
+    defaults = Config()
     for spec in registry().values():
         state = "default" if spec.default else "opt-in"
         print(f"{spec.id} ({state}: {spec.why})\n    {spec.doc}")
         if spec.settings:
-            print(f"    settings: {', '.join(spec.settings)}")
+            shown = ", ".join(f"{name}={getattr(defaults, name)!r}" for name in spec.settings)
+            print(f"    settings: {shown}")
     return EXIT_OK
 
 

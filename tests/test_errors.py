@@ -388,3 +388,12 @@ def test_a_batch_with_a_list_target_says_which_part_to_convert() -> None:
         nndiag.Subject(_mlp(), (X, Y.tolist()))
     subject = nndiag.Subject(_mlp(), (X, Y, torch.ones(16)))  # a weights column is ignored
     assert subject.num_samples == 16
+
+
+@pytest.mark.parametrize("stack", [list, tuple])
+def test_per_sample_inputs_are_asked_to_be_stacked(stack: Any) -> None:
+    samples = stack(torch.randn(4) for _ in range(8))
+    with pytest.raises(InvalidSubject) as raised:
+        nndiag.Subject(nn.Linear(4, 2), (samples, torch.randint(0, 2, (8,))))
+    assert raised.value.argument == "data"
+    assert "one per sample" in raised.value.problem and "torch.stack(X)" in raised.value.fix

@@ -47,6 +47,7 @@ def read_items(
     # One batch: (X, y) or (X, y, extra) led by an array; a list of batches leads with a pair.
     if isinstance(data, (tuple, list)) and len(data) in (2, 3) and is_array(data[0]):
         return [data]
+    _refuse_unstacked(data, is_array)
     items: list[Any] = []
     with guard:
         try:
@@ -72,6 +73,21 @@ def read_items(
     if not items:
         raise InvalidSubject("data", "holds no batch", "pass at least one batch (X, y)")
     return items
+
+
+def _refuse_unstacked(data: Any, is_array: Callable[[Any], bool]) -> None:
+    """``(X, y)`` whose ``X`` is a list of per-sample arrays, as a Dataset's items collect:
+    say "stack them", not "a batch must be a pair"."""
+    if not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
+        return
+    X, y = data[0], data[1]
+    samples = isinstance(X, (tuple, list)) and len(X) > 1 and all(is_array(x) for x in X)
+    if samples and is_array(y) and len(y) == len(X):
+        raise InvalidSubject(
+            "data",
+            f"X is a {type(X).__name__} of {len(X)} arrays, one per sample, for {len(y)} targets",
+            "stack them into one batch first: (torch.stack(X), y), or np.stack(X)",
+        )
 
 
 def unpack(item: Any, index: int) -> tuple[str, Any, Any]:

@@ -392,7 +392,7 @@ BUILTIN: tuple[CheckSpec, ...] = (
         "Does the configured learning rate make the loss fall without diverging or killing "
         "ReLU units, and which range of rates works?",
         default=False,
-        why="opt-in, a range test: lr_steps + 1 training steps at each of 7 rates from the "
+        why="a range test: lr_steps + 1 training steps at each of 7 rates from the "
         "same weights and two activation captures (42 forward+backward passes and 2 "
         "forwards; resnet18 on 16 images: 5.1 s, 62x one forward+backward in time, Adam "
         "steps and captures included), "

@@ -183,4 +183,5 @@ def test_checks_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for spec in registry().values():
         assert f"{spec.id} (" in out and spec.doc in out
-    assert "settings: independence_rows" in out
+    assert "settings: independence_rows=8" in out  # each setting with its value
+    assert "(opt-in: a range test" in out and "opt-in: opt-in" not in out

@@ -86,7 +86,7 @@ def _add_search(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
     parser = subparsers.add_parser(
         "search",
-        help="search hyperparameters in stages, coarse to fine (pip install 'nndiag[search]')",
+        help="search hyperparameters in stages, coarse to fine (pip install optuna==5.0.0)",
         description="Search hyperparameters as the lecture does: random draws, log ranges, "
         "a coarse stage then finer ones, trials aborted once their loss passes 3x its start. "
         "Options override [tool.nndiag.search] in pyproject.toml. N workers on N machines "

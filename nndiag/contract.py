@@ -111,8 +111,9 @@ class LayerRecord:
     # Whether its output holds one value per unit and sample (no spatial extent): the
     # pooled vector a squeeze-excitation branch works on.
     pooled: bool = False
-    # Whether no weight layer ran after it: the model's output activation (a decoder's
-    # sigmoid), whose scale initial_loss judges; None where the backend does not follow.
+    # Whether the model returned its output (or a view of it) as the scores: the output
+    # activation (a decoder's sigmoid), whose scale initial_loss judges; None where the
+    # backend does not follow the data.
     output: bool | None = None
 
     @property

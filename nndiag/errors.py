@@ -86,9 +86,13 @@ class CheckFailed(NndiagError, AssertionError):
 class BackendUnavailable(NndiagError, ImportError):
     """The framework a model needs is not installed; says what to ``pip install``."""
 
-    def __init__(self, framework: str, extra: str) -> None:
+    def __init__(self, framework: str, extra: str, package: str | None = None) -> None:
         self.framework = framework
-        super().__init__(f"{framework} is not installed. Fix: pip install 'nndiag[{extra}]'")
+        name = package or framework.split()[0]
+        super().__init__(
+            f"{framework} is not installed. Fix: pip install {name} (nndiag's [{extra}] "
+            "extra: docs/your-project.md)"
+        )
 
 
 def describe(value: Any) -> str:

@@ -183,17 +183,15 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
     branch = gate_branch(layers)
     gates = [layer for layer in layers if layer.name in branch]
     layers = [layer for layer in layers if layer.name not in branch] or layers
-    # An activation no weight layer follows (a decoder's sigmoid, SqueezeNet's last ReLU
-    # over the class scores) is the output: initial_loss judges its scale, and a small one
-    # there is by design. Where the backend does not follow the data, one over the class
-    # scores is.
+    # The activation whose output the model returns (a decoder's sigmoid), or one over the
+    # class scores (SqueezeNet's last ReLU, pooled after it), is the output: initial_loss
+    # judges its scale, and a small one there is by design.
     task = session.task
-    head = layers[-1] if len(layers) > 1 else None
-    over_scores = task.kind == "classification" and head is not None
-    if head is not None and (
-        head.output or (head.output is None and over_scores and head.units == task.num_classes)
-    ):
-        layers = layers[:-1]
+    last = layers[-1]
+    over_scores = task.kind == "classification" and last.units == task.num_classes
+    head = next((layer for layer in layers if layer.output), last if over_scores else None)
+    if head is not None and len(layers) > 1:
+        layers = [layer for layer in layers if layer is not head]
     else:
         head = None
     first = layers[0]

@@ -21,11 +21,15 @@ from nndiag.errors import InvalidSubject, ModelError
 __all__ = ["Baselines", "baselines", "floor"]
 
 # A constant output moved by _STEP changes a smooth loss by about as much as the next
-# _STEP does; a loss that sits on a clamp there (BCE's log clamped at -100 for an output
-# of exactly 0) jumps by far more on the first step than on the second.
-_STEP = 1e-3
-_CLIFF = 10.0
-_LOG_PROB_ATOL = 1e-4  # outputs whose exp sums to 1 per row are log-probabilities
+# _STEP does; a loss that sits on a clamp or near a pole there (BCE's log clamped at -100
+# for an output of exactly 0, a hand-written log(p + 1e-5)) changes by _CLIFF times more
+# on the first step than on the second: a log pole within _STEP / 8 gives a ratio above 3.
+_STEP = 1e-2
+_CLIFF = 3.0
+# Outputs whose exp sums to 1 per row are log-probabilities; float16 and bfloat16
+# log_softmax miss 1 by up to 1.6e-3 and 1.1e-2 (a false positive costs nothing: the
+# cross-entropy of scores does not change when every score shifts alike).
+_LOG_PROB_ATOL = 2e-2
 _FAILED = (ModelError, InvalidSubject, ValueError, TypeError, RuntimeError)
 
 _WORDS = {
@@ -46,7 +50,6 @@ class Baselines:
     values: dict[str, float]
     expected: str
     left_out: dict[str, str] = field(default_factory=dict)
-    log_probabilities: bool = False
     # The outputs of each continuous baseline (classes on axis 1), for per-row losses.
     outputs: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -74,7 +77,7 @@ def _classifier(session: Session, batch: Batch, outputs: Any) -> Baselines:
         "uniform": session.loss_of(batch, np.full_like(outputs, uniform)),
         "prior": session.loss_of(batch, np.broadcast_to(prior.reshape(shape), outputs.shape)),
     }
-    return Baselines(values, "prior", log_probabilities=normalized)
+    return Baselines(values, "prior")
 
 
 def _log_probabilities(outputs: Any) -> bool:
@@ -132,31 +135,38 @@ def _smooth_at(session: Session, batch: Batch, constant: Any) -> tuple[str, floa
     return "", value
 
 
-def floor(session: Session, batch: Batch, outputs: Any) -> tuple[float, str]:
-    """The lowest loss outputs can reach on ``batch``'s continuous targets, and how it
-    was found: the loss of the targets themselves as outputs (0 for squared error, the
-    targets' entropy for BCE on soft targets), or of their logits (for a loss that takes
-    logits, BCE-with-logits). (0, "") when neither applies."""
+def floor(session: Session, batch: Batch) -> tuple[float, str]:
+    """An estimate of the lowest loss outputs reach on ``batch``'s continuous or soft
+    targets, and how it was found: the loss of the targets themselves as outputs (0 for
+    squared error, their entropy for BCE on probabilities), of their logits (a loss that
+    takes logits: BCE-with-logits) or of their logs (cross-entropy on soft labels). A
+    candidate counts only below both the model's loss at init and the loss of the targets'
+    mean, which any floor is under; (0, "") when none is."""
+    evaluation = session.evaluate(batch, outputs=True)
+    outputs = np.asarray(evaluation.outputs, dtype=np.float64)
     y = _targets(batch)
-    if y.size != np.size(outputs):
+    if y.size != outputs.size:
         return 0.0, ""
-    candidates = {"the targets as outputs": y.reshape(np.shape(outputs))}
+    shaped = y.reshape(outputs.shape)
+    mean = np.broadcast_to(y.mean(axis=0, keepdims=True), y.shape).reshape(outputs.shape)
+    candidates = {"the targets as outputs": shaped}
     if y.size and float(y.min()) >= 0.0 and float(y.max()) <= 1.0:
-        p = np.clip(y, 1e-6, 1 - 1e-6)
-        candidates["the targets' logits as outputs"] = np.log(p / (1 - p)).reshape(
-            np.shape(outputs)
-        )
+        p = np.clip(shaped, 1e-6, 1 - 1e-6)
+        candidates["the targets' logits as outputs"] = np.log(p / (1 - p))
+        candidates["the targets' logs as outputs"] = np.log(np.maximum(shaped, 1e-12))
+    try:
+        above = min(evaluation.loss, session.loss_of(batch, mean))
+    except _FAILED:
+        above = evaluation.loss
     found: list[tuple[float, str]] = []
     for how, candidate in candidates.items():
         try:
             value = session.loss_of(batch, candidate)
         except _FAILED:
             continue
-        if math.isfinite(value):
+        if math.isfinite(value) and value < above:
             found.append((value, how))
-    if not found:
-        return 0.0, ""
-    return min(found)
+    return min(found) if found else (0.0, "")
 
 
 def _targets(batch: Batch) -> Any:

@@ -193,7 +193,8 @@ def input_stats(session: Session, config: Config) -> CheckResult:
                     + ".",
                 )
             )
-        if constant.any():
+        reconstruction = _reconstruction(X, y)
+        if constant.any() and not reconstruction:
             which = [names[i] for i in np.flatnonzero(constant)]
             shown = ", ".join(which[:6]) + (", ..." if len(which) > 6 else "")
             metrics["constant"] = len(which)
@@ -207,9 +208,9 @@ def input_stats(session: Session, config: Config) -> CheckResult:
                 )
             )
         live = ~constant
-        if _reconstruction(X, y):
-            # Standardizing the inputs would change the targets the loss scores (BCE
-            # needs them in [0, 1]): their centre and scale are the task's, not judged.
+        if reconstruction:
+            # Standardizing the inputs, or dropping a constant pixel, would change the
+            # targets the loss scores (BCE needs them in [0, 1]): they are the task's.
             metrics["reconstruction"] = True
             live = np.zeros_like(constant)
         allowance = config.input_center_warn + config.input_center_sigmas / math.sqrt(rows)

@@ -63,11 +63,10 @@ def _percent(value: float) -> str:
 def _continuous_floor(session: Session, batch: Batch) -> tuple[float, str]:
     """The lowest loss any outputs reach on continuous or soft targets, and how it was
     found (BCE on soft targets cannot go below their entropy); (0, "") by default."""
-    outputs = session.evaluate(batch, outputs=True).outputs
-    value, how = baselines.floor(session, batch, outputs)
+    value, how = baselines.floor(session, batch)
     if not how or value <= 0:
         return 0.0, ""
-    return value, f"the loss of {how}"
+    return value, f"an estimate: the loss of {how}"
 
 
 def _ceiling(session: Session, batch: Batch) -> tuple[float, float, str, float]:
@@ -341,7 +340,7 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
             f"targets) and puts the cross-entropy's floor at {floor:.4g}."
         )
     elif not classify and floor:
-        ceiling_text = f" The targets put the loss's floor at {floor:.4g} ({context})."
+        ceiling_text = f" The targets put the loss's floor near {floor:.4g} ({context})."
     frozen = ""
     if unchanged:
         shown = ", ".join(unchanged[:4]) + (" ..." if len(unchanged) > 4 else "")
@@ -451,7 +450,12 @@ def _overfit(session: Session, config: Config, lr: float | None) -> CheckResult:
             return result("warn", message + frozen, frozen_hint, "frozen")
         return result(
             "warn",
-            message + " The labels are fitted but the loss is still well above zero.",
+            message
+            + (
+                " The labels are fitted but the loss is still well above zero."
+                if classify
+                else f" The loss fell but is still well above {'its floor' if floor else 'zero'}."
+            ),
             "Give overfit_steps more steps if the loss is still falling; a loss with a "
             "floor above 0 (label smoothing, a penalty left on) stops short of the target.",
             "loss_floor",

@@ -1,7 +1,7 @@
 """Hyperparameter search, the lecture's last part: coarse to fine, in log space, random
 rather than a grid, trials aborted once their loss passes 3x its start; on Optuna.
 
-Optuna is an extra (``pip install 'nndiag[search]'``) and loads only when
+Optuna is an extra (``pip install optuna==5.0.0``) and loads only when
 :func:`search` runs; the space values and the result import nothing heavy.
 """
 

@@ -124,7 +124,7 @@ def search(
 
     Raises:
         InvalidSetting: an argument is unusable (named, with the fix).
-        BackendUnavailable: Optuna is not installed (``pip install 'nndiag[search]'``).
+        BackendUnavailable: Optuna is not installed (``pip install optuna==5.0.0``).
     """
     plan = _plan(factory, space, trials, stages, steps, storage, study, seed, sampler, pruner)
     if isinstance(explode, bool) or not isinstance(explode, (int, float)) or not explode > 1:
@@ -272,7 +272,7 @@ def _optuna() -> Any:
     try:
         import optuna
     except ImportError:
-        raise BackendUnavailable("optuna (for nndiag.search)", "search") from None
+        raise BackendUnavailable("optuna (for nndiag.search)", "search", "optuna==5.0.0") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 

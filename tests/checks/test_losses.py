@@ -5,6 +5,7 @@ through each loss."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
@@ -231,3 +232,157 @@ def test_the_knob_written_into_the_loss_is_put_back() -> None:
     assert isinstance(subject.loss, lm.BetaVAELoss)
     _run(subject, ["initial_loss", "overfit_small"])
     assert subject.loss.beta == 1.0
+
+
+class _Features(NamedTuple):
+    features: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclasses.dataclass
+class _Scored:
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class _ReturnsLogitsField(nn.Module):
+    """A classifier returning its logits as a named field behind another tensor."""
+
+    def __init__(self, kind: str, scale: float) -> None:
+        super().__init__()
+        self.kind = kind
+        self.body = nn.Sequential(nn.Linear(6, 32), nn.ReLU())
+        self.head = nn.Linear(32, 3)
+        with torch.no_grad():
+            self.head.weight.mul_(scale)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        features = self.body(x)
+        logits = self.head(features)
+        return (
+            _Features(features, logits) if self.kind == "namedtuple" else _Scored(logits, features)
+        )
+
+
+@pytest.mark.parametrize("kind", ["namedtuple", "dataclass"])
+def test_scores_nndiag_builds_replace_the_logits_field_the_loss_reads(kind: str) -> None:
+    def loss(output: Any, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output.logits, y)
+
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    for scale, status in ((1.0, "pass"), (40.0, "fail")):
+        torch.manual_seed(0)
+        subject = nndiag.Subject(_ReturnsLogitsField(kind, scale), (X, y), loss=loss)
+        result = _run(subject, ["initial_loss"])["initial_loss"]
+        assert result.status == status, result.summary()
+
+
+def test_a_floor_estimate_above_the_start_is_not_taken() -> None:
+    # Poisson counts under PoissonNLLLoss(log_input=True): the targets as outputs score far
+    # above the model at init, so they are no floor; a cut graph still fails.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 8, generator=g)
+    y = torch.poisson(torch.exp(X[:, :1] * 0.5 + 1.0), generator=g)
+    torch.manual_seed(0)
+    healthy = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    result = _run(nndiag.Subject(healthy, (X, y), loss=nn.PoissonNLLLoss()), ["overfit_small"])
+    fit = result["overfit_small"]
+    assert fit.metrics["steps"] > 1 and "loss_floor" not in fit.metrics, fit.summary()
+
+    class Cut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(8, 32), nn.ReLU())
+            self.head = nn.Linear(32, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (
+                self.head(self.body(x).detach()) * 0 + self.head.bias * 0 + self.body(x).sum() * 0
+            )
+
+    torch.manual_seed(0)
+    cut = _run(nndiag.Subject(Cut(), (X, y), loss=nn.PoissonNLLLoss()), ["overfit_small"])
+    assert cut["overfit_small"].status == "fail", cut["overfit_small"].summary()
+
+
+def test_soft_labels_under_cross_entropy_aim_for_their_entropy() -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 8, generator=g)
+    soft = torch.softmax(torch.randn(64, 4, generator=g), 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
+    fit = _run(nndiag.Subject(model, (X, soft), loss=F.cross_entropy), ["overfit_small"])
+    result = fit["overfit_small"]
+    first = soft[:20]
+    entropy = float(-(first * first.log()).sum(1).mean())
+    assert result.metrics["loss_floor"] == pytest.approx(entropy, rel=1e-4), result.summary()
+
+
+class _Symmetric(nn.Module):
+    """Constant init: every hidden unit stays identical, a plateau."""
+
+    def __init__(self, extra: bool) -> None:
+        super().__init__()
+        self.extra = extra
+        self.body = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+        for p in self.body.parameters():
+            nn.init.constant_(p, 0.1)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.body(x)
+        return (out, x.mean(1)) if self.extra else out
+
+
+def test_a_loss_that_reads_only_the_scores_of_a_tuple_is_judged_as_for_a_tensor() -> None:
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 8, generator=g)
+    y = torch.stack([torch.sin(3 * X[:, 0]), torch.cos(3 * X[:, 1])], 1)
+    found = []
+    for extra in (False, True):
+
+        def loss(o: Any, t: torch.Tensor, extra: bool = extra) -> torch.Tensor:
+            return F.mse_loss(o[0] if extra else o, t)
+
+        result = _run(nndiag.Subject(_Symmetric(extra), (X, y), loss=loss), ["overfit_small"])
+        found.append((result["overfit_small"].status, result["overfit_small"].metrics["cause"]))
+    assert found[0] == found[1] and found[0][0] != "pass", found
+    assert found[0][1] != "regularization_on"
+
+
+def test_a_saturated_hidden_layer_before_a_matrix_product_is_still_judged() -> None:
+    class Saturated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w1 = nn.Parameter(torch.randn(64, 16) * 20 / 4)
+            self.w2 = nn.Parameter(torch.randn(1, 64) / 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(x @ self.w1.T) @ self.w2.T
+
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 16), torch.randn(64, 1)
+    result = _run(nndiag.Subject(Saturated(), (X, y)), ["activation_stats"])
+    assert result["activation_stats"].status == "fail", result["activation_stats"].summary()
+
+
+def test_a_hand_written_bce_with_an_epsilon_still_catches_a_bad_init() -> None:
+    def bce(output: Any, data: torch.Tensor) -> torch.Tensor:
+        recon, mu, logvar = output
+        eps = 1e-5
+        nll = -(data * torch.log(recon + eps) + (1 - data) * torch.log(1 - recon + eps)).sum()
+        return nll - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+    for bias, status in ((0.0, "pass"), (6.0, "fail"), (-6.0, "fail")):
+        torch.manual_seed(0)
+        x = lm._pixels(torch.Generator().manual_seed(0))
+        model = lm.VAE()
+        with torch.no_grad():
+            model.fc4.bias.add_(bias)
+        result = _run(nndiag.Subject(model, (x, x), loss=bce), ["initial_loss"])
+        assert result["initial_loss"].status == status, result["initial_loss"].summary()
+
+
+def test_a_plain_tensor_output_costs_no_extra_forward_per_built_output() -> None:
+    result = _run(lm.autoencoder_subject(0), ["initial_loss"])["initial_loss"]
+    assert result.cost.forward <= 3, result.cost

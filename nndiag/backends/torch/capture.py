@@ -107,25 +107,6 @@ _VIEWS = frozenset(
 )
 
 
-# Operations that apply a weight when one of their operands is a parameter: the
-# functional layers and matrix products of hand-written models.
-_WEIGHTED = frozenset(
-    {
-        nn.functional.linear,
-        nn.functional.conv1d,
-        nn.functional.conv2d,
-        nn.functional.conv3d,
-        torch.matmul,
-        torch.mm,
-        torch.bmm,
-        torch.addmm,
-        torch.einsum,
-        torch.Tensor.__matmul__,
-        torch.Tensor.__rmatmul__,
-    }
-)
-
-
 def _normalizing() -> frozenset[Any]:
     """Functions that normalize their input: the norm layers' functional forms, and the
     ``rsqrt`` that hand-written RMS/layer norms (transformers' Llama and T5) divide by."""
@@ -167,10 +148,8 @@ class Recorder(ModuleMode):
         self.outputs: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
         self.gates: set[str] = set()
         self.pooled: set[str] = set()
-        # Weight operations run so far, and that count when each activation last ran:
-        # an activation no weight operation followed is the model's output.
-        self.weighted = 0
-        self.weighted_at: dict[str, int] = {}
+        # The activation whose output (or a view of it) the model returned as its scores.
+        self.output: str | None = None
 
     def __enter__(self) -> Recorder:
         self.seen = {}
@@ -183,7 +162,6 @@ class Recorder(ModuleMode):
         super()._pop(module, args, output)
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
-            self.weighted += 1
             self.weight = (self.names[module], module)
             self.ran.setdefault(self.names[module], None)
 
@@ -191,8 +169,6 @@ class Recorder(ModuleMode):
         out = func(*args, **(kwargs or {}))
         if func in _NORMALIZING:
             self.normalized = True
-        if func in _WEIGHTED and any(isinstance(a, nn.Parameter) for a in args[:3]):
-            self.weighted += 1
         if func in _MULTIPLY or func in _VIEWS:
             self._follow(func, args, out)
         kind = _KINDS.get(func)
@@ -202,6 +178,11 @@ class Recorder(ModuleMode):
             name = self._record(kind, out.detach())
             self.outputs[id(out)] = (weakref.ref(out), name)
         return out
+
+    def returned(self, scores: torch.Tensor) -> None:
+        """The scores the model returned in this pass: the activation that made them (a
+        decoder's sigmoid) is the model's output activation, followed by the data."""
+        self.output = self._recorded(scores)
 
     def _recorded(self, x: Any) -> str | None:
         """The activation ``x`` is the output of (or a view of), if any."""
@@ -246,14 +227,13 @@ class Recorder(ModuleMode):
             self.feeds[name] = self.weight
         self.stats.add(name, kind, x.float().cpu().numpy(), normalized=self.normalized)
         self.normalized = False
-        self.weighted_at[name] = self.weighted
         return name
 
     def layers(self) -> list[LayerRecord]:
         layers = self.stats.layers()
         for layer in layers:
             layer.gate, layer.pooled = layer.name in self.gates, layer.name in self.pooled
-            layer.output = self.weighted_at.get(layer.name) == self.weighted
+            layer.output = layer.name == self.output
         for layer in layers:  # weight statistics once, after the pass, not inside it
             if layer.name in self.feeds:
                 name, module = self.feeds[layer.name]

@@ -8,7 +8,9 @@ concatenated and moved like a tensor one, key by key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ __all__ = [
     "sequence",
     "to",
     "with_logits",
+    "with_others",
     "with_sequence",
 ]
 
@@ -110,17 +113,44 @@ def logits_source(out: Any) -> str:
 
 
 def with_logits(out: Any, scores: torch.Tensor) -> Any:
-    """``out`` with the tensor :func:`logits` reads replaced by ``scores``, the rest (a
-    VAE's ``mu`` and ``logvar``, a ModelOutput's other fields) as the model returned it."""
+    """``out`` with exactly the tensor :func:`logits` reads replaced by ``scores``, the rest
+    (a VAE's ``mu`` and ``logvar``, a ModelOutput's other fields) as the model returned it."""
     if isinstance(out, torch.Tensor):
         return scores
-    if isinstance(out, Mapping):  # transformers' ModelOutput is an OrderedDict too
-        fields = dict(out)
-        fields["logits"] = scores
+    if isinstance(out, Mapping) and "logits" in out:  # a dict; transformers' ModelOutput
+        fields = {**out, "logits": scores}
         return fields if type(out) is dict else type(out)(**fields)
-    if hasattr(out, "_fields"):  # a namedtuple
-        return type(out)(scores, *out[1:])
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        if hasattr(out, "_replace"):  # a namedtuple with a logits field
+            return out._replace(logits=scores)
+        if dataclasses.is_dataclass(out) and not isinstance(out, type):
+            return dataclasses.replace(out, logits=scores)
+        changed = copy.copy(out)
+        changed.logits = scores
+        return changed
+    if hasattr(out, "_replace"):  # a namedtuple led by its scores
+        return out._replace(**{out._fields[0]: scores})
     return type(out)([scores, *out[1:]])
+
+
+def with_others(out: Any, change: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``out`` with ``change`` applied to every floating tensor in it except the one
+    :func:`logits` reads: whether a loss reads the model's other outputs."""
+    scores = logits(out)
+
+    def other(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            keep = value is scores or not value.is_floating_point()
+            return value if keep else change(value)
+        if isinstance(value, Mapping):
+            fields = {k: other(v) for k, v in value.items()}
+            return fields if type(value) is dict else type(value)(**fields)
+        if isinstance(value, (tuple, list)):
+            parts = [other(v) for v in value]
+            return type(value)(*parts) if hasattr(value, "_fields") else type(value)(parts)
+        return value
+
+    return other(out)
 
 
 def output_rows(out: Any, index: slice, n: int) -> Any:

@@ -291,13 +291,12 @@ class TorchSession(SessionBase):
         # those (decided once, by the probe).
         self._loss_takes_raw = subject.loss is not None
         self._structured = False  # forward returns more than one tensor (set by the probe)
+        self._auxiliary = False  # ... and the loss reads more of it than the scores
         self._reading = [self._shift_own_labels(), self._decoder_inputs()]
         with self.isolated("validation"):
             self.task = self._probe()
         reading = "; ".join(r for r in self._reading if r)
-        self.task = dataclasses.replace(
-            self.task, reading=reading, auxiliary=self._loss_takes_raw and self._structured
-        )
+        self.task = dataclasses.replace(self.task, reading=reading, auxiliary=self._auxiliary)
 
     def _decoder_inputs(self) -> str:
         """transformers' encoder-decoders build their decoder inputs from ``labels``; given
@@ -503,17 +502,26 @@ class TorchSession(SessionBase):
             self._run_loss(out, y)
             return
         try:
-            self._run_loss(out, y)
-        except ModelError as whole:
+            whole = self._run_loss(out, y)
+        except ModelError as error:
+            # Only the errors of a loss handed a type it does not take (a tuple's missing
+            # .view, F.cross_entropy of a tuple): a bug inside the loss stays the user's.
+            if not isinstance(error.original, (TypeError, AttributeError)):
+                raise
             self._loss_takes_raw = False
             try:
                 self._run_loss(out, y)
             except ModelError:
                 self._loss_takes_raw = True
-                raise whole from None
+                raise error from None
             self._reading.append(
-                f"the loss takes the scores alone: {inputs.logits_source(out.raw)}"
+                f"the loss takes the scores alone: {inputs.logits_source(out.raw)} (given "
+                f"the whole output it raised {type(error.original).__name__})"
             )
+            return
+        # Whether the loss reads more than the scores (a VAE's KL term on mu and logvar).
+        moved = self._run_loss(_Out(inputs.with_others(out.raw, lambda t: t + 1.0), out.scores), y)
+        self._auxiliary = not torch.equal(moved, whole)
 
     def _last_position_only(self, out: torch.Tensor, batch: Batch) -> bool:
         """A minimal GPT's ``forward(idx, targets=None) -> (logits, loss)`` returns the
@@ -669,14 +677,13 @@ class TorchSession(SessionBase):
             scores = scores.movedim(1, -1).contiguous()
         built, raw = _layout(scores), scores
         with torch.no_grad():
-            if self._loss_takes_raw:
+            if self._loss_takes_raw and self._structured:
                 # The rest of what forward returns (a VAE's mu and logvar) as the model
-                # gives it on these rows, in eval mode.
-                with self._mode("eval", None, "loss_of"):
+                # gives it on these rows, in the checks' train mode as evaluate() runs it.
+                with self._mode("train", None, "loss_of"):
                     model_out = self._run_model(batch.X).raw
-                if not isinstance(model_out, torch.Tensor):
-                    raw = inputs.with_logits(model_out, scores)
-                    built = f"{inputs.logits_source(model_out)}, its scores replaced by {built}"
+                raw = inputs.with_logits(model_out, scores)
+                built = f"{inputs.logits_source(model_out)}, its scores replaced by {built}"
             return float(self._run_loss(_Out(raw, scores), batch.y, built))
 
     def input_gradients(self, batch: Batch, row: int, *, mode: Mode = "eval") -> Any:
@@ -860,7 +867,7 @@ class TorchSession(SessionBase):
                 if left <= 0:
                     break
                 with recorder:
-                    self._run_model(inputs.rows(batch.X, slice(0, left)))
+                    recorder.returned(self._run_model(inputs.rows(batch.X, slice(0, left))).scores)
                 left -= len(batch)
         self._ran = list(recorder.ran)
         return recorder.layers()
@@ -1269,5 +1276,5 @@ class _Trainer:
         # The model holds the trained clones themselves: one forward of them, recorded.
         recorder = Recorder(self.session.model, bins)
         with torch.no_grad(), recorder:
-            self.session._run_model(batch.X)
+            recorder.returned(self.session._run_model(batch.X).scores)
         return recorder.layers()

@@ -172,7 +172,7 @@ def _add_report(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _report(args: argparse.Namespace) -> int:
-    from nndiag.report import write_html
+    from nndiag.report import SEARCH_JSON, write_html
 
     source = Path(args.input)
     target = Path(args.output) if args.output else source.with_suffix(".html")
@@ -181,7 +181,10 @@ def _report(args: argparse.Namespace) -> int:
     if target.resolve() == source.resolve():
         raise CommandError(f"the output {target} would overwrite the input; pass -o PAGE.html")
     try:
-        written = write_html(report, target, against=earlier)
+        # The search section of the page written beside the JSON, wherever this one goes.
+        beside = source.parent / SEARCH_JSON
+        search = beside if beside.exists() else None
+        written = write_html(report, target, against=earlier, search=search)
     except OSError as exc:
         raise CommandError(f"cannot write {target}: {exc.strerror or exc}", EXIT_OUTPUT) from None
     print(f"wrote {written}")

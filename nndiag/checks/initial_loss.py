@@ -39,6 +39,13 @@ from nndiag.results import CheckResult, Status
 
 CHECK = "initial_loss"
 
+# Verdicts reached on something other than the loss's place in the bands.
+_NOT_THE_BAND = {
+    "negated": "the loss is negated or reversed",
+    "leak": "the targets leak into the inputs",
+    "output_width": "the labels use few of the output classes",
+    "summed": "the loss sums over the batch",
+}
 # Rows whose loss of the reference outputs is taken one by one for a regression's allowance.
 _ROWS_FOR_SPREAD = 64
 # The true class's score is raised by this much for the direction test (logit units).
@@ -217,6 +224,9 @@ def initial_loss(session: Session, config: Config) -> CheckResult:
     def result(status: Status, message: str, hint: str | None, cause: str | None) -> CheckResult:
         if cause is not None:
             metrics["cause"] = cause
+        if cause in _NOT_THE_BAND and status != "pass":
+            # The plot then says why a point inside the pass region still failed.
+            evidence["judged_on"] = {"status": status, "cause": _NOT_THE_BAND[cause]}
         return CheckResult(CHECK, status, message + reg_note, metrics, evidence, hint)
 
     if classify:

@@ -37,7 +37,11 @@ TEMPLATE = "report.html"
 
 # Worst first: a subject's or a grid cell's colour is its worst result. An expected failure
 # ranks with a pass; an expected failure that passed is one to look at.
-_SEVERITY = {"error": 4, "fail": 3, "xpass": 3, "warn": 2, "pass": 1, "xfail": 1, "skip": 0}
+# xfail above pass: a subject with an expected failure shows it, whatever the order.
+_SEVERITY = {"error": 5, "fail": 4, "xpass": 4, "warn": 3, "xfail": 2, "pass": 1, "skip": 0}
+# States the page lists first, in "Needs attention", most severe first.
+_ATTENTION = ("error", "fail", "xpass", "warn")
+_LINE = 180  # characters of a message or hint in that list
 # Results a reader has to look at start expanded; the rest are one click away.
 _OPEN = frozenset({"fail", "error", "warn", "xpass"})
 # What a pytest outcome adds to a result's badge.
@@ -169,6 +173,7 @@ def render_html(
     search: str | os.PathLike[str] | None = None,
     *,
     plots: Mapping[tuple[str, str], list[Plot]] | None = None,
+    page_dir: str | os.PathLike[str] | None = None,
 ) -> str:
     """Render ``report`` as one self-contained HTML page.
 
@@ -184,6 +189,8 @@ def render_html(
             file. Absent: no section; unreadable: a one-line note.
         plots: Plots already drawn, by (subject, check): the pytest plugin's xdist workers
             draw their own results' plots in parallel; the rest are drawn here.
+        page_dir: Where the page will live, for the link to the search's own page
+            (default: beside ``search``).
 
     Returns:
         The page's HTML source.
@@ -198,7 +205,7 @@ def render_html(
         from nndiag.report.compare import compare
 
         context["comparison"] = compare(normal, Report.from_dict(against.to_dict()))
-    context["search"] = _search_view(Path(search)) if search is not None else None
+    context["search"] = _search_view(Path(search), page_dir) if search is not None else None
     return _environment().get_template(TEMPLATE).render(**context)
 
 
@@ -208,6 +215,7 @@ def write_html(
     against: Report | None = None,
     *,
     plots: Mapping[tuple[str, str], list[Plot]] | None = None,
+    search: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write the HTML page of ``report`` to ``path`` (creating parent folders).
 
@@ -219,15 +227,19 @@ def write_html(
         path: Where the page goes; an existing file is replaced.
         against: An earlier report to compare with (see :func:`render_html`).
         plots: Plots already drawn (see :func:`render_html`).
+        search: A search result's JSON file for the "Hyperparameter search" section;
+            default: the ``search.json`` beside ``path``, if any.
 
     Returns:
         The path written, as a :class:`~pathlib.Path`.
     """
     from nndiag.files import write_atomic
 
-    beside = Path(path).parent / SEARCH_JSON
-    search = beside if beside.exists() else None
-    return write_atomic(path, render_html(report, against, search=search, plots=plots))
+    if search is None:
+        beside = Path(path).parent / SEARCH_JSON
+        search = beside if beside.exists() else None
+    page = render_html(report, against, search=search, plots=plots, page_dir=Path(path).parent)
+    return write_atomic(path, page)
 
 
 @lru_cache(maxsize=1)
@@ -286,6 +298,7 @@ def _context(
     )
     return {
         "durations": durations,
+        "attention": _attention(subjects.values()),
         "passed": report.passed,
         # The pytest-only states get a filter only where they occur.
         "statuses": [s for s in STATES if s in STATUSES or counts[s]],
@@ -349,8 +362,33 @@ def _result_view(
     )
 
 
-def _search_view(path: Path) -> SearchView:
-    """The search section from a ``SearchResult.to_json`` file, read as plain JSON."""
+@dataclass(frozen=True)
+class Attention:
+    """One row of "Needs attention": a result that failed or warned, in one line."""
+
+    result: ResultView
+    finding: str
+    next_step: str
+
+
+def _attention(subjects: Iterable[SubjectView]) -> list[Attention]:
+    """Failures first (errors, fails, unexpected passes, then warnings), each with the
+    first sentence of its message and of its hint; results kept from earlier runs left
+    out."""
+    found = [r for view in subjects for r in view.results if r.status in _ATTENTION and not r.stale]
+    found.sort(key=lambda r: -_SEVERITY.get(r.status, 0))  # stable: subjects keep their order
+    return [Attention(r, _first_sentence(r.message), _first_sentence(r.hint or "")) for r in found]
+
+
+def _first_sentence(text: str) -> str:
+    head = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
+    return head if len(head) <= _LINE else head[: _LINE - 3].rstrip() + "..."
+
+
+def _search_view(path: Path, page_dir: str | os.PathLike[str] | None) -> SearchView:
+    """The search section from a ``SearchResult.to_json`` file, read as plain JSON; its
+    link to the search's own page is relative to ``page_dir`` (default: ``path``'s)."""
+    page_dir = path.parent if page_dir is None else page_dir
     import json
 
     try:
@@ -388,7 +426,7 @@ def _search_view(path: Path) -> SearchView:
             study=str(data.get("study", "")),
             ranges=ranges,
             command=str(data.get("command", "")),
-            page=page.name if page.exists() else None,
+            page=Path(os.path.relpath(page, page_dir)).as_posix() if page.exists() else None,
         )
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         # UnicodeDecodeError and json.JSONDecodeError are ValueErrors.

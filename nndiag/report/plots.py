@@ -319,6 +319,21 @@ def plot_initial_loss(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]:
             weight="bold",
         )
     ax.set_xlabel("initial loss", fontsize=FONT)
+    judged = evidence.get("judged_on")
+    if isinstance(judged, Mapping) and judged.get("status") in COLORS:
+        # A verdict on something else than where the loss lies: say so on the plot.
+        status = str(judged["status"])
+        cause = _label(str(judged.get("cause", "")), 60)
+        ax.text(
+            0.01,
+            1.22,
+            f"{status.upper()}: {cause}, not its place in the bands",
+            transform=ax.transAxes,
+            fontsize=FONT - 1,
+            color=COLORS[status],
+            weight="bold",
+            va="bottom",
+        )
     if band or warn_band or fail_band:
         from matplotlib.patches import Patch
 

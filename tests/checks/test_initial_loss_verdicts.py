@@ -148,3 +148,26 @@ def test_one_sample_does_not_divide_by_a_zero_entropy() -> None:
     assert result.metrics["label_entropy"] == 0.0
     assert math.isfinite(result.metrics["deviation"]) and result.metrics["deviation"] < 100
     assert "e+" not in result.message and "%" not in result.message.split("samples")[0]
+
+
+def test_a_verdict_off_the_bands_says_so_to_the_plot() -> None:
+    """A summed loss warns though its value lies in the pass region: the evidence tells the
+    plot why, so that the point drawn in green does not contradict the badge."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))
+    X, y = torch.randn(64, 8), torch.randint(0, 5, (64,))
+
+    def summed(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, t, reduction="sum")
+
+    report = nndiag.diagnose(nndiag.Subject(model, (X, y), loss=summed), ["initial_loss"])
+    result = report["initial_loss"]
+    assert result.status == "warn" and result.metrics["cause"] == "summed"
+    assert result.evidence["judged_on"] == {
+        "status": "warn",
+        "cause": "the loss sums over the batch",
+    }
+    low, high = result.evidence["warn_band"]
+    assert low <= result.metrics["measured"] <= high  # the point does lie in the pass region
+    healthy = nndiag.diagnose(nndiag.Subject(model, (X, y)), ["initial_loss"])["initial_loss"]
+    assert "judged_on" not in healthy.evidence

@@ -253,3 +253,40 @@ def test_histogram_labels_are_at_least_10px(wide_page: Page, tmp_path: Path) -> 
     assert scales, "no histogram on the page"
     assert min(scales) * label_px >= 10
     _shot(page, tmp_path, "histograms.png")
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_layout_holds_at_narrow_and_wide_windows(demo_page: Page, width: int) -> None:
+    page = demo_page.page
+    page.set_viewport_size({"width": width, "height": 900})
+    try:
+        line = page.evaluate("parseFloat(getComputedStyle(document.body).lineHeight) || 20")
+        # Subject names in the grid wrap at words, never one letter per line.
+        for cell in page.query_selector_all("table.grid tbody th"):
+            box = cell.bounding_box()
+            assert box is not None and box["width"] >= 100, (width, cell.inner_text(), box)
+        # The run's cost and date each stay on one line in the header.
+        for key in ("cost", "created"):
+            dd = page.query_selector(f".meta .nowrap:has(dt:text-is('{key}')) dd")
+            assert dd is not None, key
+            box = dd.bounding_box()
+            assert box is not None and box["height"] < 2 * line, (width, key, box)
+        # A jump to a result leaves its heading below the sticky filter bar.
+        anchor = page.query_selector("details.result").get_attribute("id")
+        page.evaluate(f"location.hash = {anchor!r}")
+        bar = page.query_selector("nav.bar").bounding_box()
+        target = page.query_selector(f"[id={anchor!r}]").bounding_box()
+        assert bar is not None and target is not None
+        assert target["y"] >= bar["y"] + bar["height"] - 1, (width, bar, target)
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.evaluate("location.hash = ''; window.scrollTo(0, 0)")
+
+
+def test_xfail_and_skip_look_different(demo_page: Page) -> None:
+    colors = demo_page.page.evaluate(
+        "['--xfail', '--skip'].map(v => getComputedStyle(document.body).getPropertyValue(v))"
+    )
+    xfail, skip = (bytes.fromhex(c.strip().lstrip("#")) for c in colors)
+    distance = sum((a - b) ** 2 for a, b in zip(xfail, skip)) ** 0.5
+    assert distance > 100, colors  # the old grey-blue against grey was 46 apart

@@ -103,8 +103,10 @@ def test_grid_cells_link_to_result_sections(demo_report: Report, demo_html: str)
     tags = Elements(demo_html).tags
     ids = {attrs["id"] for _, attrs in tags if attrs.get("id")}
     links = [attrs["href"] for tag, attrs in tags if tag == "a" and attrs.get("href")]
-    # A link per grid cell, per subject and per row of the durations table.
-    assert len(links) == 2 * len(demo_report) + len(demo_report.subjects)
+    # A link per grid cell, per subject, per row of the durations table and per result
+    # that needs attention.
+    loud = sum(r.state in ("error", "fail", "xpass", "warn") for r in demo_report)
+    assert len(links) == 2 * len(demo_report) + len(demo_report.subjects) + loud
     for href in links:
         assert href[1:] in ids, href
     assert len(sections(demo_html)) == len(demo_report)
@@ -405,3 +407,24 @@ def test_importing_nndiag_and_rendering_never_touch_pyplot() -> None:
         [sys.executable, "-c", code, folder], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_failures_come_first_in_one_line_each(demo_report: Report, demo_html: str) -> None:
+    part = demo_html.split('<section class="card" id="attention">')[1].split("</section>")[0]
+    rows = re.findall(r"<tr><td>(.*?)</td><td><a href=\"#(.*?)\">.*?st-(\w+)", part)
+    states = [state for _, _, state in rows]
+    loud = [r for r in demo_report if r.state in ("error", "fail", "xpass", "warn")]
+    assert len(rows) == len(loud)
+    order = {"error": 0, "fail": 1, "xpass": 1, "warn": 2}
+    assert states == sorted(states, key=order.__getitem__)
+    ids = {a["id"] for _, a in Elements(demo_html).tags if a.get("id")}
+    assert all(anchor in ids for _, anchor, _ in rows)
+    calm = render_html(Report([r for r in demo_report if r.state in ("pass", "skip")]))
+    assert 'id="attention"' not in calm
+
+
+def test_a_subjects_dot_does_not_depend_on_result_order() -> None:
+    from nndiag.report import _worst
+
+    assert _worst(["pass", "xfail"]) == _worst(["xfail", "pass"]) == "xfail"
+    assert _worst(["xfail", "warn"]) == "warn" and _worst(["skip", "pass"]) == "pass"

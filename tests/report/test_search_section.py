@@ -98,3 +98,21 @@ def test_rendering_reads_the_json_without_optuna(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert HEADING in (tmp_path / "nndiag.html").read_text(encoding="utf-8")
+
+
+def test_a_page_rendered_elsewhere_keeps_the_section_and_links_back(
+    tmp_path: Path, demo_report: Report
+) -> None:
+    from nndiag.cli import main
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    search_result().to_json(reports / "search.json")
+    (reports / "search.html").write_text("stand-in", encoding="utf-8")
+    demo_report.to_json(reports / "nndiag.json")
+    original = write_html(demo_report, reports / "nndiag.html").read_text(encoding="utf-8")
+    elsewhere = tmp_path / "site" / "page.html"
+    assert main(["report", str(reports / "nndiag.json"), "-o", str(elsewhere)]) == 0
+    moved = elsewhere.read_text(encoding="utf-8")
+    assert section(moved).replace("../reports/search.html", "search.html") == section(original)
+    assert '<a href="../reports/search.html">' in section(moved)

@@ -230,7 +230,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
         findings.append(
             (
                 "fail",
-                f"{constant.name} outputs a constant (std 0): no signal and "
+                f"the output of {constant.name} is constant (std 0): no signal and "
                 "no gradient pass through it",
                 constant,
             )
@@ -301,8 +301,16 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
         f"{text[0].upper()}{text[1:]}. Std by depth: {profile}.",
         metrics,
         evidence,
-        _init_advice(findings[0][2], session.words),
+        _advice(session, findings[0][2]),
     )
+
+
+def _advice(session: Session, layer: LayerRecord) -> str:
+    """The likely cause of the first finding: a ReLU layer that outputs a constant has
+    dead units (the bias feeding it, when that shows), anything else the init's scale."""
+    if layer.std == 0.0 and layer.kind == "relu":
+        return _dead_hint(session, layer)
+    return _init_advice(layer, session.words)
 
 
 def dead_neurons(session: Session, config: Config) -> CheckResult:

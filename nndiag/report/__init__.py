@@ -330,10 +330,16 @@ def _result_view(
     ]
     evidence = result.evidence if isinstance(result.evidence, Mapping) else {}
     known = {row.key for row in metrics}
+    # A limit the metrics already show under another name (dead_warn as warn_above in the
+    # metrics, warn in the evidence) is shown once.
+    shown = {row.value for row in metrics if row.threshold}
     extra = [
         Row(k, format_value(evidence[k]), True)
         for k in _EVIDENCE_THRESHOLDS
-        if k in evidence and k not in known and evidence[k] is not None
+        if k in evidence
+        and k not in known
+        and evidence[k] is not None
+        and format_value(evidence[k]) not in shown
     ]
     counterexample = evidence.get("counterexample")
     if counterexample is not None and not isinstance(counterexample, str):

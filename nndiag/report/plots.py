@@ -486,9 +486,16 @@ def plot_gradient_check(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]
         ("suspicious", TINT["warn"]),
         ("wrong", TINT["fail"]),
     ]
+    decades = math.log10(right) - math.log10(left)
+
+    def share(x: float) -> float:  # where x lies across the log axis, 0 to 1
+        return (math.log10(x) - math.log10(left)) / decades if decades > 0 else 0.5
+
     for (name, color), lo, hi in zip(regions, edges, edges[1:]):
         if hi > lo:
             ax.axvspan(lo, hi, color=color, lw=0)
+            if share(hi) - share(lo) < 0.1:  # too narrow for its name: it would spill over
+                continue
             ax.text(
                 math.sqrt(lo * hi),
                 1.0,
@@ -504,11 +511,16 @@ def plot_gradient_check(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]
         if value is not None and value > 0:
             ax.axvline(value, color=COLORS[status], ls="--", lw=1)
             # In the empty slot under the last bar, so the label never covers a bar.
+            # warn's label left of its line, fail's right of it (they never cover each
+            # other), either turned inward at the axis' edge.
+            at = share(min(max(value, left), right))
+            leftward = at > 0.75 or (key == "warn" and at > 0.25)
             ax.text(
                 value,
                 len(shown) - 0.1,
-                f" {key} {_tick_label(value)}",
+                f"{key} {_tick_label(value)} " if leftward else f" {key} {_tick_label(value)}",
                 va="center",
+                ha="right" if leftward else "left",
                 fontsize=FONT - 2,
                 color=COLORS[status],
             )
@@ -538,14 +550,17 @@ def plot_gradient_check(evidence: Mapping[str, Any]) -> list[tuple[str, Figure]]
             text = "cleared with its group"
         elif error == 0:
             text = "0 (exact)"
+        end = min(bar.get_width() + left, right)
+        # Near the right edge the number goes inside the bar's end, not past the axis.
+        inside = error is None or share(end) > 0.85
         ax.text(
-            min(bar.get_width() + left, right),
+            end,
             bar.get_y() + bar.get_height() / 2,
-            f" {text}",
+            f"{text} " if inside else f" {text}",
             va="center",
-            ha="left" if error is not None else "right",
+            ha="right" if inside else "left",
             fontsize=FONT - 2,
-            color=INK,
+            color="white" if inside and not hatch else INK,
             clip_on=True,
         )
     ax.set_yticks(ys, labels)

@@ -122,7 +122,9 @@ def test_a_layer_with_constant_output_fails() -> None:
     with torch.no_grad():
         model[0].bias.fill_(-100.0)  # the first ReLU layer never fires: std 0 from there on
     result = _diagnose(model, "activation_stats")["activation_stats"]
-    assert result.status == "fail" and "1:relu outputs a constant" in result.message
+    assert result.status == "fail" and "The output of 1:relu is constant" in result.message
+    # The cause the evidence shows: the bias feeding the layer, not the weights' scale.
+    assert result.hint is not None and "The bias 0.bias feeding 1:relu has mean -100" in result.hint
 
 
 def test_relu6_layers_count_as_relu_units() -> None:

@@ -428,3 +428,20 @@ def test_a_subjects_dot_does_not_depend_on_result_order() -> None:
 
     assert _worst(["pass", "xfail"]) == _worst(["xfail", "pass"]) == "xfail"
     assert _worst(["xfail", "warn"]) == "warn" and _worst(["skip", "pass"]) == "pass"
+
+
+def test_a_limit_is_listed_once_whatever_its_names() -> None:
+    import torch
+    from torch import nn
+
+    import nndiag
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    X, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    report = nndiag.diagnose(nndiag.Subject(model, (X, y)), ["dead_neurons"], progress=False)
+    html = render_html(report)
+    part = html.split('id="dead_neurons"')[-1] if 'id="dead_neurons"' in html else html
+    limits = re.findall(r'<tr class="limit"><th>(.*?)</th><td>(.*?)</td>', part)
+    values = [value for _, value in limits]
+    assert limits and len(values) == len(set(values)), limits

@@ -181,3 +181,26 @@ def test_gradient_plot_marks_tensors_a_passing_group_cleared() -> None:
     assert "cleared with its group" in texts  # a
     assert "missing" in texts  # c: no gradient at all
     assert texts.count("cleared with its group") == 1
+
+
+@pytest.mark.parametrize("worst", [1e-9, 1e-5, 3e-3, 0.5, 40.0, 1234.5, 6.5e8])
+def test_gradient_plot_labels_stay_inside_the_axes(worst: float) -> None:
+    evidence = {
+        "tensors": [
+            {"name": "layer4.1.conv2.weight", "rel_error": worst, "status": "fail"},
+            {"name": "fc.bias", "rel_error": 1e-9, "status": "pass"},
+        ],
+        "warn": 1e-4,
+        "fail": 1e-2,
+    }
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    (_, fig), *_ = plots.plot_gradient_check(evidence)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    frame = ax.get_window_extent(renderer)
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1, (worst, text.get_text())

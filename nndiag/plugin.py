@@ -119,7 +119,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def _refuse_ids_without_flag(config: pytest.Config) -> None:
     """``pytest nndiag::mlp::overfit_small`` without ``--nndiag``: say to add the flag
     rather than let pytest report a file that does not exist."""
-    named = [arg for arg in config.args if arg.split("::")[0] == "nndiag"]
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        return  # testpaths or the current directory: never an nndiag id
+    here = config.invocation_params.dir
+    named = [
+        arg
+        for arg in config.args
+        if arg.split("::")[0] == "nndiag" and "::" in arg and not (here / "nndiag").exists()
+    ]
     if named:
         shown = " ".join(f'"{arg}"' for arg in named)
         raise pytest.UsageError(

@@ -45,12 +45,14 @@ def test_counts_quoted_in_the_docs_match_the_registry() -> None:
     quoted = []
     for path in texts:
         text = path.read_text()
-        quoted += [(path.name, "all", int(n)) for n in re.findall(r"else all (\d+)", text)]
+        quoted += [
+            (path.name, "default", int(n)) for n in re.findall(r"else the (\d+) default", text)
+        ]
         quoted += [
             (path.name, "default", int(n)) for n in re.findall(r"(\d+) default checks", text)
         ]
-    assert quoted  # the run header's "else all N" is quoted in docs/pytest.md
-    expected = {"all": len(BUILTIN), "default": len(default_checks())}
+    assert quoted  # the run header's "else the N default" is quoted in docs/pytest.md
+    expected = {"default": len(default_checks())}
     assert [q for q in quoted if q[2] != expected[q[1]]] == []
 
 
@@ -66,3 +68,7 @@ def test_the_pytest_guide_lists_the_default_and_opt_in_checks() -> None:
     rows = [line for line in text.splitlines() if line.startswith("| `initial_loss`")]
     assert len(rows) == 1
     assert re.findall(r"`(\w+)`", rows[0].split("|")[1]) == list(default_checks())
+    opt_in = [line for line in text.splitlines() if line.startswith("| `learning_rate`")]
+    assert [re.findall(r"`(\w+)`", row.split("|")[1]) for row in opt_in] == [
+        [spec.id for spec in BUILTIN if not spec.default]
+    ]

@@ -390,10 +390,12 @@ def test_a_batch_with_a_list_target_says_which_part_to_convert() -> None:
     assert subject.num_samples == 16
 
 
+@pytest.mark.parametrize("labels", ["tensor", "list"])
 @pytest.mark.parametrize("stack", [list, tuple])
-def test_per_sample_inputs_are_asked_to_be_stacked(stack: Any) -> None:
+def test_per_sample_inputs_are_asked_to_be_stacked(stack: Any, labels: str) -> None:
     samples = stack(torch.randn(4) for _ in range(8))
+    y = torch.randint(0, 2, (8,))
     with pytest.raises(InvalidSubject) as raised:
-        nndiag.Subject(nn.Linear(4, 2), (samples, torch.randint(0, 2, (8,))))
+        nndiag.Subject(nn.Linear(4, 2), (samples, y if labels == "tensor" else y.tolist()))
     assert raised.value.argument == "data"
     assert "one per sample" in raised.value.problem and "torch.stack(X)" in raised.value.fix

@@ -19,6 +19,7 @@ import pytest
 
 from nndiag._pytest.common import PAYLOAD_VERSION
 from nndiag._pytest.settings import ALL_CHECKS, Settings
+from nndiag.checks import default_checks
 from nndiag.results import STATES, CheckResult, Report, environment, load_report
 
 __all__ = ["Reporter", "drawn_plots", "make_payload", "outcome_of"]
@@ -118,7 +119,7 @@ class Reporter:
 
     def header(self) -> list[str]:
         settings = self.settings
-        # As plan_for decides: a subject's own, else [tool.nndiag] checks, else all.
+        # As plan_for decides: a subject's own, else [tool.nndiag] checks, else the defaults.
         if settings.cli_checks is not None:
             checks = ",".join(settings.cli_checks)
         elif settings.global_checks is not None:
@@ -126,7 +127,7 @@ class Reporter:
                 f"each subject's own, else [tool.nndiag] checks {','.join(settings.global_checks)}"
             )
         else:
-            checks = f"each subject's own, else all {len(ALL_CHECKS)}"
+            checks = f"each subject's own, else the {len(default_checks())} default"
         return [
             f"nndiag: seed {settings.seed} ({settings.seed_origin}; rerun with --nndiag-seed "
             f"{settings.seed}), checks: {checks}, strict: {'on' if settings.strict else 'off'}, "
@@ -206,7 +207,8 @@ class Reporter:
         report_dir = self.settings.report_dir
         payloads = self._ordered()
         meta = environment(self.settings.seed)
-        meta.update(_rerun_from(config, report_dir))
+        forced = self.settings.seed_origin.startswith("--nndiag-seed")
+        meta.update(_rerun_from(config, report_dir, self.settings.seed if forced else None))
         for payload in payloads:  # under xdist the controller never imported the frameworks
             for name, version in payload.get("frameworks", {}).items():
                 meta["frameworks"].setdefault(name, version)
@@ -310,18 +312,24 @@ def _table(
         terminal.line("")
 
 
-def _rerun_from(config: pytest.Config, report_dir: Path) -> dict[str, str]:
-    """Where a printed rerun command must run, relative to where this run was launched:
-    the root directory (its pyproject.toml and conftest.py) when the run named a project
-    below the launch directory (``pytest --nndiag examples/``), with the report directory
-    as seen from there, so that the rerun merges into this report. Empty when the root is
-    the launch directory."""
+def _rerun_from(config: pytest.Config, report_dir: Path, seed: int | None) -> dict[str, str]:
+    """What a printed rerun command needs to run from where this run was launched: the
+    root directory (its pyproject.toml and conftest.py) when the run named a project below
+    the launch directory (``pytest --nndiag examples/``); the report directory as seen from
+    there when it is not that directory's ``reports`` (so the rerun merges into this
+    report); the seed when the command line chose it (``seed``, else None)."""
     root, launched = config.rootpath, config.invocation_params.dir
-    if root == launched:
-        return {}
-    try:
-        directory = root.relative_to(launched).as_posix()
-    except ValueError:  # the root lies above or beside the launch directory
-        directory = root.as_posix()
-    report = Path(os.path.relpath(report_dir.resolve(), root.resolve())).as_posix()
-    return {"rerun_in": directory, "rerun_report": report}
+    found: dict[str, str] = {}
+    if root != launched:
+        try:
+            found["rerun_in"] = root.relative_to(launched).as_posix()
+        except ValueError:  # the root lies above or beside the launch directory
+            found["rerun_in"] = root.as_posix()
+    if report_dir.resolve() != (root / "reports").resolve():
+        try:
+            found["rerun_report"] = Path(os.path.relpath(report_dir.resolve(), root)).as_posix()
+        except ValueError:  # another drive: the absolute path
+            found["rerun_report"] = report_dir.resolve().as_posix()
+    if seed is not None:
+        found["rerun_seed"] = str(seed)
+    return found

@@ -81,12 +81,20 @@ def _refuse_unstacked(data: Any, is_array: Callable[[Any], bool]) -> None:
     if not (isinstance(data, (tuple, list)) and len(data) in (2, 3)):
         return
     X, y = data[0], data[1]
-    samples = isinstance(X, (tuple, list)) and len(X) > 1 and all(is_array(x) for x in X)
-    if samples and is_array(y) and len(y) == len(X):
+    if not (isinstance(X, (tuple, list)) and len(X) > 1 and all(is_array(x) for x in X)):
+        return
+    same = len({tuple(getattr(x, "shape", ())) for x in X}) == 1  # samples share a shape
+    labels = (is_array(y) and getattr(y, "ndim", 0) >= 1) or (
+        isinstance(y, (tuple, list))
+        and all(isinstance(v, (int, float)) or getattr(v, "ndim", None) == 0 for v in y)
+    )  # (a list of batches has a batch, not a label, in its second place)
+    if same and labels and len(y) == len(X):
         raise InvalidSubject(
             "data",
             f"X is a {type(X).__name__} of {len(X)} arrays, one per sample, for {len(y)} targets",
-            "stack them into one batch first: (torch.stack(X), y), or np.stack(X)",
+            "stack them into one batch first: (torch.stack(X), torch.as_tensor(y)), or "
+            "np.stack(X); samples of different lengths need padding (a DataLoader's "
+            "collate_fn)",
         )
 
 

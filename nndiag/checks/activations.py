@@ -308,7 +308,7 @@ def activation_stats(session: Session, config: Config) -> CheckResult:
 def _advice(session: Session, layer: LayerRecord) -> str:
     """The likely cause of the first finding: a ReLU layer that outputs a constant has
     dead units (the bias feeding it, when that shows), anything else the init's scale."""
-    if layer.std == 0.0 and layer.kind == "relu":
+    if layer.std == 0.0 and layer.kind == "relu" and layer.mean == 0.0:  # every unit off
         return _dead_hint(session, layer)
     return _init_advice(layer, session.words)
 

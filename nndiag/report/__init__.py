@@ -36,8 +36,8 @@ __all__ = ["format_value", "render_html", "rerun_command", "write_html"]
 TEMPLATE = "report.html"
 
 # Worst first: a subject's or a grid cell's colour is its worst result. An expected failure
-# ranks with a pass; an expected failure that passed is one to look at.
-# xfail above pass: a subject with an expected failure shows it, whatever the order.
+# ranks just above a pass (a subject with one shows it, whatever the order); an expected
+# failure that passed is one to look at.
 _SEVERITY = {"error": 5, "fail": 4, "xpass": 4, "warn": 3, "xfail": 2, "pass": 1, "skip": 0}
 # States the page lists first, in "Needs attention", most severe first.
 _ATTENTION = ("error", "fail", "xpass", "warn")
@@ -271,7 +271,10 @@ def _context(
         used.add(anchor)
         drawn = plots.get((result.subject, result.check))
         rerun = rerun_command(
-            result, str(meta.get("rerun_in") or ""), str(meta.get("rerun_report") or "")
+            result,
+            str(meta.get("rerun_in") or ""),
+            str(meta.get("rerun_report") or ""),
+            str(meta.get("rerun_seed") or ""),
         )
         subjects[result.subject].results.append(_result_view(result, anchor, drawn, rerun))
     for view in subjects.values():
@@ -379,16 +382,32 @@ class Attention:
 
 def _attention(subjects: Iterable[SubjectView]) -> list[Attention]:
     """Failures first (errors, fails, unexpected passes, then warnings), each with the
-    first sentence of its message and of its hint; results kept from earlier runs left
-    out."""
-    found = [r for view in subjects for r in view.results if r.status in _ATTENTION and not r.stale]
-    found.sort(key=lambda r: -_SEVERITY.get(r.status, 0))  # stable: subjects keep their order
+    first sentence of its message and of its hint; results kept from earlier runs after
+    this run's (tagged stale on the page)."""
+    found = [r for view in subjects for r in view.results if r.status in _ATTENTION]
+    # stable: subjects keep their order within a state
+    found.sort(key=lambda r: (r.stale, -_SEVERITY.get(r.status, 0)))
     return [Attention(r, _first_sentence(r.message), _first_sentence(r.hint or "")) for r in found]
 
 
+# A sentence ends at . ! or ? before a space, not inside "e.g." or "i.e.".
+_SENTENCE_END = re.compile(r"(?<!e\.g\.)(?<!i\.e\.)(?<!etc\.)(?<!vs\.)(?<=[.!?])\s")
+
+
 def _first_sentence(text: str) -> str:
-    head = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]
+    head = _SENTENCE_END.split(text.strip(), maxsplit=1)[0]
     return head if len(head) <= _LINE else head[: _LINE - 3].rstrip() + "..."
+
+
+def _link(target: Path, page_dir: str | os.PathLike[str]) -> str:
+    """An href from a page in ``page_dir`` to ``target``: relative, or a file URI where
+    there is no relative path (another drive)."""
+    from urllib.parse import quote
+
+    try:
+        return quote(Path(os.path.relpath(target, page_dir)).as_posix())
+    except ValueError:
+        return target.resolve().as_uri()
 
 
 def _search_view(path: Path, page_dir: str | os.PathLike[str] | None) -> SearchView:
@@ -432,7 +451,7 @@ def _search_view(path: Path, page_dir: str | os.PathLike[str] | None) -> SearchV
             study=str(data.get("study", "")),
             ranges=ranges,
             command=str(data.get("command", "")),
-            page=Path(os.path.relpath(page, page_dir)).as_posix() if page.exists() else None,
+            page=_link(page, page_dir) if page.exists() else None,
         )
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         # UnicodeDecodeError and json.JSONDecodeError are ValueErrors.
@@ -450,21 +469,24 @@ def _range_text(described: Any) -> str:
     return f"{low} .. {high} ({scale})"
 
 
-def rerun_command(result: CheckResult, directory: str = "", report: str = "") -> str:
+def rerun_command(
+    result: CheckResult, directory: str = "", report: str = "", seed: str = ""
+) -> str:
     """The command that runs ``result``'s check again: its pytest node id where pytest ran
     it, else the ``diagnose`` call. ``directory`` is the project's root relative to where
-    the run was launched, when they differ, and ``report`` the run's report directory
-    from there (so the rerun merges into the same report)."""
-    if result.outcome is not None:
-        command = f'pytest --nndiag "nndiag::{result.subject}::{result.check}"'
-        if not directory:
-            return command
-        if report:
-            # One token: pytest finds the root directory before it knows this option, and
-            # would take a separate value for a path to collect.
-            command += f" --nndiag-report={shlex.quote(report)}"
-        return f"cd {shlex.quote(directory)} && {command}"
-    return f'nndiag.diagnose(subject, checks=["{result.check}"])'
+    the run was launched, when they differ; ``report`` the run's report directory from
+    there, when it is not ``reports`` (so the rerun merges into the same report); ``seed``
+    the seed the command line chose."""
+    if result.outcome is None:
+        return f'nndiag.diagnose(subject, checks=["{result.check}"])'
+    command = f'pytest --nndiag "nndiag::{result.subject}::{result.check}"'
+    if report:
+        # One token: pytest finds the root directory before it knows this option, and
+        # would take a separate value for a path to collect.
+        command += f" --nndiag-report={shlex.quote(report)}"
+    if seed:
+        command += f" --nndiag-seed={shlex.quote(seed)}"
+    return f"cd {shlex.quote(directory)} && {command}" if directory else command
 
 
 def _outcome_note(result: CheckResult) -> str | None:

@@ -125,6 +125,13 @@ def test_a_layer_with_constant_output_fails() -> None:
     assert result.status == "fail" and "The output of 1:relu is constant" in result.message
     # The cause the evidence shows: the bias feeding the layer, not the weights' scale.
     assert result.hint is not None and "The bias 0.bias feeding 1:relu has mean -100" in result.hint
+    # All-zero weights with a positive bias: a constant that fires; the weights are the cause.
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(0.1)
+    zero = _diagnose(model, "activation_stats")["activation_stats"]
+    assert zero.status == "fail" and zero.hint is not None
+    assert zero.hint.startswith("Weights of 0 have std 0"), zero.hint
 
 
 def test_relu6_layers_count_as_relu_units() -> None:

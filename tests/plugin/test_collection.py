@@ -292,6 +292,9 @@ def test_the_id_pytest_prints_reruns_that_check(project: Project) -> None:
         ['*nndiag::mlp::numerics names an nndiag check*pytest --nndiag "nndiag::mlp::numerics"*']
     )
     assert "file or directory not found" not in plain.stderr.str()
+    # A bare "nndiag" is a path to pytest (a directory of the user's may have that name).
+    bare = project.run("nndiag", "--collect-only", "-q")
+    assert "names an nndiag check" not in bare.stderr.str()
 
 
 def test_a_path_selects_the_subjects_defined_under_it(project: Project) -> None:

@@ -271,13 +271,14 @@ def test_layout_holds_at_narrow_and_wide_windows(demo_page: Page, width: int) ->
             assert dd is not None, key
             box = dd.bounding_box()
             assert box is not None and box["height"] < 2 * line, (width, key, box)
-        # A jump to a result leaves its heading below the sticky filter bar.
-        anchor = page.query_selector("details.result").get_attribute("id")
-        page.evaluate(f"location.hash = {anchor!r}")
-        bar = page.query_selector("nav.bar").bounding_box()
-        target = page.query_selector(f"[id={anchor!r}]").bounding_box()
-        assert bar is not None and target is not None
-        assert target["y"] >= bar["y"] + bar["height"] - 1, (width, bar, target)
+        # A jump to a result or a subject leaves its heading below the sticky filter bar.
+        for selector in ("details.result", "section.subject"):
+            anchor = page.query_selector_all(selector)[-2].get_attribute("id")
+            page.evaluate(f"location.hash = {anchor!r}")
+            bar = page.query_selector("nav.bar").bounding_box()
+            target = page.query_selector(f"[id={anchor!r}]").bounding_box()
+            assert bar is not None and target is not None
+            assert target["y"] >= bar["y"] + bar["height"] - 1, (width, selector, bar, target)
     finally:
         page.set_viewport_size({"width": 1280, "height": 900})
         page.evaluate("location.hash = ''; window.scrollTo(0, 0)")

@@ -445,3 +445,20 @@ def test_a_limit_is_listed_once_whatever_its_names() -> None:
     limits = re.findall(r'<tr class="limit"><th>(.*?)</th><td>(.*?)</td>', part)
     values = [value for _, value in limits]
     assert limits and len(values) == len(set(values)), limits
+
+
+def test_the_first_sentence_keeps_abbreviations_and_stale_failures_follow() -> None:
+    import dataclasses
+
+    from nndiag.report import _first_sentence
+
+    hint = "Use the cross-entropy of (e.g. logits, labels) as it is. Then rerun."
+    assert _first_sentence(hint) == "Use the cross-entropy of (e.g. logits, labels) as it is."
+    assert _first_sentence("Std 0.5. Next.") == "Std 0.5."
+    fresh = CheckResult("initial_loss", "pass", "ok", subject="a")
+    kept = dataclasses.replace(
+        CheckResult("gradient_check", "fail", "wrong. More.", subject="a"), stale=True
+    )
+    html = render_html(Report([fresh, kept]))
+    part = html.split('id="attention"')[1].split("</section>")[0]
+    assert "gradient_check" in part and '<span class="stale">stale</span>' in part

@@ -386,3 +386,18 @@ def test_a_hand_written_bce_with_an_epsilon_still_catches_a_bad_init() -> None:
 def test_a_plain_tensor_output_costs_no_extra_forward_per_built_output() -> None:
     result = _run(lm.autoencoder_subject(0), ["initial_loss"])["initial_loss"]
     assert result.cost.forward <= 3, result.cost
+
+
+def test_rows_and_other_outputs_keep_the_models_containers() -> None:
+    from nndiag.backends.torch import inputs
+
+    x, h, ids = torch.randn(4, 3), torch.randn(4, 3), torch.arange(4)
+    for out in ((x, h), [x, ids], {"logits": x, "h": h}, OrderedDict(logits=x, h=h), _Pair(x, h)):
+        rows = inputs.output_rows(out, slice(1, 2), 4)
+        moved = inputs.with_others(out, lambda t: t + 1)
+        assert type(rows) is type(out) and type(moved) is type(out)
+        first, second = (rows[0], rows[1]) if isinstance(out, (tuple, list)) else rows.values()
+        assert torch.equal(first, x[1:2]) and len(second) == 1
+        scores, other = (moved[0], moved[1]) if isinstance(out, (tuple, list)) else moved.values()
+        assert scores is x  # the scores untouched, the other floating tensors moved
+        assert torch.equal(other, ids) if other.dtype == torch.long else torch.equal(other, h + 1)

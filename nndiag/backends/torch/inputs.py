@@ -133,38 +133,31 @@ def with_logits(out: Any, scores: torch.Tensor) -> Any:
     return type(out)([scores, *out[1:]])
 
 
+def _map_tensors(value: Any, change: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``value`` with ``change`` applied to every tensor in it, the containers (dict,
+    ModelOutput, tuple, namedtuple, list) rebuilt as they were; other values as they are."""
+    if isinstance(value, torch.Tensor):
+        return change(value)
+    if isinstance(value, Mapping):
+        fields = {k: _map_tensors(v, change) for k, v in value.items()}
+        return fields if type(value) is dict else type(value)(**fields)
+    if isinstance(value, (tuple, list)):
+        parts = [_map_tensors(v, change) for v in value]
+        return type(value)(*parts) if hasattr(value, "_fields") else type(value)(parts)
+    return value
+
+
 def with_others(out: Any, change: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """``out`` with ``change`` applied to every floating tensor in it except the one
     :func:`logits` reads: whether a loss reads the model's other outputs."""
     scores = logits(out)
-
-    def other(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            keep = value is scores or not value.is_floating_point()
-            return value if keep else change(value)
-        if isinstance(value, Mapping):
-            fields = {k: other(v) for k, v in value.items()}
-            return fields if type(value) is dict else type(value)(**fields)
-        if isinstance(value, (tuple, list)):
-            parts = [other(v) for v in value]
-            return type(value)(*parts) if hasattr(value, "_fields") else type(value)(parts)
-        return value
-
-    return other(out)
+    return _map_tensors(out, lambda t: t if t is scores or not t.is_floating_point() else change(t))
 
 
 def output_rows(out: Any, index: slice, n: int) -> Any:
     """Rows ``index`` of every tensor in ``out`` that has ``n`` rows (one per sample);
     other values (a scalar loss, None) as they are."""
-    if isinstance(out, torch.Tensor):
-        return out[index] if out.ndim and len(out) == n else out
-    if isinstance(out, Mapping):
-        fields = {k: output_rows(v, index, n) for k, v in out.items()}
-        return fields if type(out) is dict else type(out)(**fields)
-    if isinstance(out, (tuple, list)):
-        parts = [output_rows(v, index, n) for v in out]
-        return type(out)(*parts) if hasattr(out, "_fields") else type(out)(parts)
-    return out
+    return _map_tensors(out, lambda t: t[index] if t.ndim and len(t) == n else t)
 
 
 def sequence(X: Any) -> torch.Tensor | None:

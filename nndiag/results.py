@@ -67,6 +67,8 @@ class CheckResult:
             ``OUTCOMES``: a ``fail`` expected by ``xfail`` is ``xfailed``, a ``warn`` under
             ``--nndiag-strict`` is ``failed``); None outside pytest.
         stale: Kept from an earlier run that this (partial) run did not repeat.
+        rerun: The shell command that runs the check again from where its run was
+            launched, set by ``pytest --nndiag``; None outside pytest.
     """
 
     check: str
@@ -79,6 +81,7 @@ class CheckResult:
     subject: str = ""
     outcome: str | None = None
     stale: bool = False
+    rerun: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -137,6 +140,8 @@ class CheckResult:
             data["state"] = self.state
         if self.stale:
             data["stale"] = True
+        if self.rerun is not None:
+            data["rerun"] = self.rerun
         return _jsonable(data)
 
     @classmethod
@@ -152,6 +157,7 @@ class CheckResult:
             subject=data.get("subject", ""),
             outcome=data.get("outcome"),
             stale=bool(data.get("stale", False)),
+            rerun=data.get("rerun"),
         )
 
 

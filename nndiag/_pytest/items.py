@@ -288,6 +288,7 @@ class CheckItem(pytest.Item):
             data,
             order=(self.spec.index, self.plan.checks.index(self.check)),
             xfail=self.check in self.plan.xfail,
+            defined_in=self.spec.path,
         )
         self.user_properties.extend(_properties(data))
         if result.status == "error":

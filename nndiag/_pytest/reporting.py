@@ -9,7 +9,6 @@ The controller alone writes the files and the table; workers only send.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from nndiag._pytest.common import PAYLOAD_VERSION
+from nndiag._pytest.rerun import rerun_command
 from nndiag._pytest.settings import ALL_CHECKS, Settings
 from nndiag.checks import default_checks
 from nndiag.results import STATES, CheckResult, Report, environment, load_report
@@ -66,15 +66,16 @@ def outcome_of(report: pytest.TestReport) -> str | None:
 
 
 def make_payload(
-    result: Mapping[str, Any], *, order: tuple[int, int], xfail: bool
+    result: Mapping[str, Any], *, order: tuple[int, int], xfail: bool, defined_in: Path
 ) -> dict[str, Any]:
     """What an item's setup report carries: its result's JSON form, its place in the table
-    (subject index, check index), the frameworks its process loaded, and whether a failure
-    is expected."""
+    (subject index, check index), the file that declares its subject, the frameworks its
+    process loaded, and whether a failure is expected."""
     return {
         "v": PAYLOAD_VERSION,
         "result": result,
         "order": list(order),
+        "defined_in": str(defined_in),
         "frameworks": environment()["frameworks"],
         "xfail": xfail,
     }
@@ -145,8 +146,11 @@ class Reporter:
         if outcome is not None and self.outcomes.get(report.nodeid) != "error":
             self.outcomes[report.nodeid] = outcome
 
-    def _results(self) -> list[CheckResult]:
-        """This run's results in table order, each with pytest's verdict on it."""
+    def _results(self, config: pytest.Config | None = None) -> list[CheckResult]:
+        """This run's results in table order, each with pytest's verdict on it and, given
+        ``config``, the command that reruns it."""
+        forced = self.settings.seed_origin.startswith("--nndiag-seed")
+        seed = self.settings.seed if forced else None
         found = []
         for nodeid, payload in sorted(
             self.results.items(),
@@ -157,6 +161,9 @@ class Reporter:
             ),
         ):
             data = dict(payload["result"], outcome=self.outcomes.get(nodeid))
+            if config is not None and "defined_in" in payload:
+                where = Path(payload["defined_in"])
+                data["rerun"] = rerun_command(config, self.settings.report_dir, where, nodeid, seed)
             found.append(CheckResult.from_dict(data))
         return found
 
@@ -207,12 +214,10 @@ class Reporter:
         report_dir = self.settings.report_dir
         payloads = self._ordered()
         meta = environment(self.settings.seed)
-        forced = self.settings.seed_origin.startswith("--nndiag-seed")
-        meta.update(_rerun_from(config, report_dir, self.settings.seed if forced else None))
         for payload in payloads:  # under xdist the controller never imported the frameworks
             for name, version in payload.get("frameworks", {}).items():
                 meta["frameworks"].setdefault(name, version)
-        results = self._merge(report_dir / "nndiag.json", self._results())
+        results = self._merge(report_dir / "nndiag.json", self._results(config))
         report = Report(results, meta)
         try:
             self.written.append(report.to_json(report_dir / "nndiag.json"))
@@ -310,26 +315,3 @@ def _table(
                 **_MARKUP.get(status, {}),
             )
         terminal.line("")
-
-
-def _rerun_from(config: pytest.Config, report_dir: Path, seed: int | None) -> dict[str, str]:
-    """What a printed rerun command needs to run from where this run was launched: the
-    root directory (its pyproject.toml and conftest.py) when the run named a project below
-    the launch directory (``pytest --nndiag examples/``); the report directory as seen from
-    there when it is not that directory's ``reports`` (so the rerun merges into this
-    report); the seed when the command line chose it (``seed``, else None)."""
-    root, launched = config.rootpath, config.invocation_params.dir
-    found: dict[str, str] = {}
-    if root != launched:
-        try:
-            found["rerun_in"] = root.relative_to(launched).as_posix()
-        except ValueError:  # the root lies above or beside the launch directory
-            found["rerun_in"] = root.as_posix()
-    if report_dir.resolve() != (root / "reports").resolve():
-        try:
-            found["rerun_report"] = Path(os.path.relpath(report_dir.resolve(), root)).as_posix()
-        except ValueError:  # another drive: the absolute path
-            found["rerun_report"] = report_dir.resolve().as_posix()
-    if seed is not None:
-        found["rerun_seed"] = str(seed)
-    return found

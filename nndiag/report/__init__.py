@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -270,13 +269,8 @@ def _context(
             anchor += "~"
         used.add(anchor)
         drawn = plots.get((result.subject, result.check))
-        rerun = rerun_command(
-            result,
-            str(meta.get("rerun_in") or ""),
-            str(meta.get("rerun_report") or ""),
-            str(meta.get("rerun_seed") or ""),
-        )
-        subjects[result.subject].results.append(_result_view(result, anchor, drawn, rerun))
+        shown = _result_view(result, anchor, drawn, rerun_command(result))
+        subjects[result.subject].results.append(shown)
     for view in subjects.values():
         for check in checks:
             found = [r for r in view.results if r.check == check]
@@ -469,24 +463,14 @@ def _range_text(described: Any) -> str:
     return f"{low} .. {high} ({scale})"
 
 
-def rerun_command(
-    result: CheckResult, directory: str = "", report: str = "", seed: str = ""
-) -> str:
-    """The command that runs ``result``'s check again: its pytest node id where pytest ran
-    it, else the ``diagnose`` call. ``directory`` is the project's root relative to where
-    the run was launched, when they differ; ``report`` the run's report directory from
-    there, when it is not ``reports`` (so the rerun merges into the same report); ``seed``
-    the seed the command line chose."""
+def rerun_command(result: CheckResult) -> str:
+    """The command that runs ``result``'s check again: the one its pytest run recorded (from
+    where that run was launched), else its node id, else the ``diagnose`` call."""
+    if result.rerun:
+        return result.rerun
     if result.outcome is None:
         return f'nndiag.diagnose(subject, checks=["{result.check}"])'
-    command = f'pytest --nndiag "nndiag::{result.subject}::{result.check}"'
-    if report:
-        # One token: pytest finds the root directory before it knows this option, and
-        # would take a separate value for a path to collect.
-        command += f" --nndiag-report={shlex.quote(report)}"
-    if seed:
-        command += f" --nndiag-seed={shlex.quote(seed)}"
-    return f"cd {shlex.quote(directory)} && {command}" if directory else command
+    return f'pytest --nndiag "nndiag::{result.subject}::{result.check}"'
 
 
 def _outcome_note(result: CheckResult) -> str | None:

@@ -87,10 +87,9 @@ def test_rerun_command_and_durations() -> None:
     assert rerun_command(ran) == 'nndiag.diagnose(subject, checks=["initial_loss"])'
     by_pytest = dataclasses.replace(ran, outcome="passed")
     assert rerun_command(by_pytest) == 'pytest --nndiag "nndiag::mlp::initial_loss"'
-    # A report written elsewhere and a seed the command line chose travel with it.
-    assert rerun_command(by_pytest, "", "out/r", "7") == (
-        'pytest --nndiag "nndiag::mlp::initial_loss" --nndiag-report=out/r --nndiag-seed=7'
-    )
+    # The command its run recorded wins (tests/plugin/test_rerun.py makes them).
+    recorded = dataclasses.replace(by_pytest, rerun="cd proj && pytest --nndiag x")
+    assert rerun_command(recorded) == "cd proj && pytest --nndiag x"
     slow = CheckResult("overfit_small", "pass", "b", cost=Cost(300, 300, 4.25), subject="mlp")
     html = render_html(Report([by_pytest, slow], meta=synthetic.META))
     assert "rerun: <code>pytest --nndiag &#34;nndiag::mlp::initial_loss&#34;</code>" in html

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,10 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: choose a command (see {PROG} --help)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return command(args)
+        code = command(args)
+        sys.stdout.flush()  # inside the try: a reader that left is seen here
+        return code
     except CommandError as exc:
         print(f"{PROG} {args.name}: error: {exc}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:  # `nndiag checks | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OUTPUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,17 +135,36 @@ def _add_checks(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _checks(args: argparse.Namespace) -> int:
+    import shutil
+    import textwrap
+
     from nndiag.checks import registry
     from nndiag.config import Config
 
     defaults = Config()
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    indent = " " * 4
     for spec in registry().values():
-        state = "default" if spec.default else "opt-in"
-        print(f"{spec.id} ({state}: {spec.why})\n    {spec.doc}")
+        print(f"{spec.id} ({'default' if spec.default else 'opt-in'})")
+        print(textwrap.fill(spec.doc, width, initial_indent=indent, subsequent_indent=indent))
+        cost = f"cost: {spec.why}"
+        print(textwrap.fill(cost, width, initial_indent=indent, subsequent_indent=indent * 2))
         if spec.settings:
-            shown = ", ".join(f"{name}={getattr(defaults, name)!r}" for name in spec.settings)
-            print(f"    settings: {shown}")
+            print(f"{indent}settings, as [tool.nndiag] takes them:")
+        for name in spec.settings:
+            print(f"{indent * 2}{name.replace('_', '-')} = {_toml(getattr(defaults, name))}")
     return EXIT_OK
+
+
+def _toml(value: object) -> str:
+    """A default as it is written in pyproject.toml."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
 
 
 # --------------------------------------------------------------------------- report

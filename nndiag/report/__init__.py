@@ -328,7 +328,8 @@ def _result_view(
     evidence = result.evidence if isinstance(result.evidence, Mapping) else {}
     known = {row.key for row in metrics}
     # A limit the metrics already show under another name (dead_warn as warn_above in the
-    # metrics, warn in the evidence) is shown once.
+    # metrics, warn in the evidence), or as a pair's ends (band as band_low and band_high),
+    # is shown once.
     shown = {row.value for row in metrics if row.threshold}
     extra = [
         Row(k, format_value(evidence[k]), True)
@@ -337,6 +338,7 @@ def _result_view(
         and k not in known
         and evidence[k] is not None
         and format_value(evidence[k]) not in shown
+        and not {f"{k}_low", f"{k}_high"} <= known
     ]
     counterexample = evidence.get("counterexample")
     if counterexample is not None and not isinstance(counterexample, str):

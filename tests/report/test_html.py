@@ -447,6 +447,15 @@ def test_a_limit_is_listed_once_whatever_its_names() -> None:
     assert limits and len(values) == len(set(values)), limits
 
 
+def test_a_band_shown_by_its_ends_is_not_listed_again() -> None:
+    metrics = {"measured": 1.3, "band_low": 1.08, "band_high": 1.1}
+    result = CheckResult("initial_loss", "pass", "ok", metrics, {"band": [1.08, 1.1]}, subject="m")
+    limits = re.findall(r'<tr class="limit"><th>(.*?)</th>', render_html(Report([result])))
+    assert limits == ["band_low", "band_high"]
+    alone = CheckResult("initial_loss", "pass", "ok", {"measured": 1.3}, {"band": [1, 2]})
+    assert "<th>band</th>" in render_html(Report([alone]))
+
+
 def test_the_first_sentence_keeps_abbreviations_and_stale_failures_follow() -> None:
     import dataclasses
 

@@ -15,6 +15,7 @@ from nndiag.results import CheckResult, Report, load_report
 from nndiag.subject import Subject, subject
 
 if TYPE_CHECKING:
+    from nndiag.monitoring import monitor
     from nndiag.tuning import Choice, LogUniform, SearchResult, Uniform, search
 
 __version__ = "0.1.0"
@@ -24,6 +25,10 @@ _LAZY = ("Choice", "LogUniform", "SearchResult", "Uniform", "search")
 
 
 def __getattr__(name: str) -> Any:
+    if name == "monitor":
+        import nndiag.monitoring
+
+        return nndiag.monitoring.monitor
     if name in _LAZY:
         import nndiag.tuning
 
@@ -44,6 +49,7 @@ __all__ = [
     "diagnose",
     "errors",
     "load_report",
+    "monitor",
     "search",
     "subject",
 ]

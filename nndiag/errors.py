@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from nndiag.results import CheckResult
+    from nndiag.results import CheckResult, Report
 
 __all__ = [
     "BackendUnavailable",
@@ -21,6 +21,7 @@ __all__ = [
     "InvalidSubject",
     "ModelError",
     "NndiagError",
+    "TrainingUnhealthy",
 ]
 
 
@@ -80,6 +81,16 @@ class CheckFailed(NndiagError, AssertionError):
 
     def __init__(self, result: CheckResult) -> None:
         self.result = result
+        super().__init__(result.summary())
+
+
+class TrainingUnhealthy(NndiagError, RuntimeError):
+    """A fatal rule of :func:`nndiag.monitor` fired under ``on_fatal="raise"``: ``result``
+    is the rule's result, ``report`` the run's whole report so far."""
+
+    def __init__(self, result: CheckResult, report: Report) -> None:
+        self.result = result
+        self.report = report
         super().__init__(result.summary())
 
 

@@ -1,0 +1,205 @@
+"""The monitor: the door of a plain training loop onto the rules.
+
+``mon.step(loss)`` after each optimizer step records the loss (and, every ``every`` steps,
+the sampled statistics a probe measured during that step), runs the rules and keeps the
+first step each one fired. A fatal rule (a non-finite loss, a loss spike) warns, raises or
+asks the loop to stop, as ``on_fatal`` says.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, Literal
+
+from nndiag.errors import InvalidSetting, InvalidSubject, TrainingUnhealthy, describe
+from nndiag.monitoring.findings import History
+from nndiag.monitoring.rules import RULES, Rule, Verdict
+from nndiag.monitoring.settings import MonitorSettings
+from nndiag.results import CheckResult, Report, Status, environment
+
+__all__ = ["Monitor", "TrainingWarning"]
+
+OnFatal = Literal["warn", "raise", "stop"]
+_ON_FATAL = ("warn", "raise", "stop")
+
+
+class TrainingWarning(UserWarning):
+    """A fatal rule fired under ``on_fatal="warn"``."""
+
+
+class Monitor:
+    """Watches one training run; see :func:`nndiag.monitor`.
+
+    Attributes:
+        should_stop: A fatal rule has fired (read it in the loop under ``on_fatal="stop"``).
+        history: Everything measured so far.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: Any = None,
+        *,
+        name: str = "model",
+        every: int = 50,
+        on_fatal: OnFatal = "warn",
+        settings: MonitorSettings | None = None,
+    ) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise InvalidSetting("every", f"expects a whole number >= 1, got {describe(every)}")
+        if on_fatal not in _ON_FATAL:
+            raise InvalidSetting("on_fatal", f"expects one of {_ON_FATAL}, got {on_fatal!r}")
+        self.name, self.every, self.on_fatal = name, every, on_fatal
+        self.settings = settings if settings is not None else MonitorSettings()
+        self.probe = _probe(model, optimizer)
+        self.history = History()
+        self.fired: dict[str, tuple[int, Verdict]] = {}
+        self.should_stop = False
+        self.halted: tuple[int, str] | None = None  # (step, rule) of the first fatal rule
+        self._armed = False
+
+    def __enter__(self) -> Monitor:
+        self._arm(0)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook; the monitor measures nothing more."""
+        self.probe.close()
+        self._armed = False
+
+    def step(self, loss: Any) -> None:
+        """Record the training step that just ended (call it after ``optimizer.step()``).
+
+        Raises:
+            TrainingUnhealthy: a fatal rule fired under ``on_fatal="raise"``.
+        """
+        h = self.history
+        h.losses.append(_as_float(loss, "loss"))
+        h.lrs.append(self.probe.lr())
+        if self._armed:
+            h.samples.append(self.probe.collect(h.step))
+            self._armed = False
+        self._judge(("loss", "sample"))
+        self._arm(h.step + 1)
+
+    def validate(self, value: Any, *, higher_is_better: bool = False) -> None:
+        """Record a validation metric measured now (a loss by default; an accuracy with
+        ``higher_is_better=True``)."""
+        h = self.history
+        if h.step < 0:
+            raise InvalidSetting("validate", "called before the first step", "call step first")
+        h.higher_is_better = higher_is_better
+        h.validations.append((h.step, _as_float(value, "value")))
+        self._judge(("validation",))
+
+    @property
+    def report(self) -> Report:
+        """One result per rule: ``fail``/``warn`` with the first step it fired, ``pass``
+        when it watched and never fired, ``skip`` when it had nothing to read."""
+        meta = environment()
+        meta["monitor"] = {"steps": self.history.step + 1, "every": self.every}
+        return Report([self._result(rule) for rule in RULES], meta)
+
+    # ------------------------------------------------------------------ internals
+
+    def _arm(self, step: int) -> None:
+        if step % self.every == 0:
+            self.probe.arm()
+            self._armed = True
+
+    def _judge(self, reads: tuple[str, ...]) -> None:
+        for rule in RULES:
+            # After a fatal rule, the others would judge its consequences (a diverged run's
+            # dead units, its flat loss): only the fatal ones go on.
+            if rule.reads not in reads or (self.halted is not None and not rule.fatal):
+                continue
+            verdict = rule.judge(self.history, self.settings)
+            if verdict is None:
+                continue
+            known = self.fired.get(rule.id)
+            if known is None or (known[1].status == "warn" and verdict.status == "fail"):
+                self.fired[rule.id] = (self.history.step, verdict)
+                if rule.fatal:
+                    self._fatal(rule)
+
+    def _fatal(self, rule: Rule) -> None:
+        self.should_stop = True
+        if self.halted is None:
+            self.halted = (self.history.step, rule.id)
+        result = self._result(rule)
+        if self.on_fatal == "raise":
+            self.close()
+            raise TrainingUnhealthy(result, self.report)
+        if self.on_fatal == "warn":
+            warnings.warn(
+                result.summary(), TrainingWarning, stacklevel=4
+            )  # the user's mon.step call
+
+    def _result(self, rule: Rule) -> CheckResult:
+        h = self.history
+        evidence = {"losses": list(h.losses), "every": self.every}
+        if rule.id in self.fired:
+            step, verdict = self.fired[rule.id]
+            metrics = {"step": step, **verdict.metrics}
+            status: Status = "fail" if verdict.status == "fail" else "warn"
+            return CheckResult(
+                rule.id, status, verdict.message, metrics, evidence, verdict.hint,
+                subject=self.name,
+            )  # fmt: skip
+        missing = _missing(rule, h)
+        if missing:
+            return CheckResult(rule.id, "skip", missing, {"step": None}, subject=self.name)
+        message = f"Over {h.step + 1} steps, {rule.watches}."
+        if self.halted is not None and not rule.fatal:
+            step, fatal = self.halted
+            message = f"Up to step {step}, when {fatal} fired, {rule.watches}; not judged after it."
+        return CheckResult(rule.id, "pass", message, {"step": None}, evidence, subject=self.name)
+
+
+def _missing(rule: Rule, h: History) -> str | None:
+    if h.step < 0:
+        return "No step was recorded."
+    if rule.reads == "validation" and not h.validations:
+        return "No validation was recorded (call mon.validate(metric))."
+    if rule.reads == "sample" and not h.samples:
+        return "No step was sampled (a run shorter than every= steps)."
+    if rule.id == "dying_units" and not any(
+        layer.dead is not None for s in h.samples for layer in s.layers
+    ):
+        return "No ReLU-family layer ran in training mode on a sampled step."
+    return None
+
+
+def _as_float(value: Any, argument: str) -> float:
+    try:
+        detached = value.detach() if hasattr(value, "detach") else value
+        return float(detached)
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidSubject(
+            argument,
+            f"expects a scalar (a 0-d tensor or a number), got {describe(value)}",
+            "pass the batch's mean loss, e.g. loss or loss.item()",
+        ) from None
+
+
+def _probe(model: Any, optimizer: Any) -> Any:
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(model, torch.nn.Module):
+        raise InvalidSubject(
+            "model",
+            f"the monitor watches torch.nn.Module models, got {describe(model)}",
+            "pass the nn.Module being trained",
+        )
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise InvalidSubject(
+            "optimizer",
+            f"expects a torch.optim.Optimizer, got {describe(optimizer)}",
+            "pass the optimizer whose step() the loop calls, or None",
+        )
+    from nndiag.monitoring.torch_probe import TorchProbe
+
+    return TorchProbe(model, optimizer)

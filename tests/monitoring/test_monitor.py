@@ -1,0 +1,129 @@
+"""The monitor's door for a plain loop: its arguments, on_fatal, its report, and that it
+changes nothing of the user's (the same training, bit for bit, with and without it)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import nndiag
+from nndiag.errors import InvalidSetting, InvalidSubject, TrainingUnhealthy
+from nndiag.monitoring import MonitorSettings, TrainingWarning
+
+
+def _setup(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3))
+    x, y = torch.randn(256, 8), torch.randint(0, 3, (256,))
+    return model, torch.optim.Adam(model.parameters(), lr=1e-2), x, y
+
+
+def _loop(model, opt, x, y, steps: int, mon=None, blow_up_at: int | None = None) -> None:
+    for step in range(steps):
+        i = torch.randint(0, len(x), (32,))
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[i]), y[i])
+        if step == blow_up_at:
+            loss = loss * float("nan")
+        loss.backward()
+        opt.step()
+        if mon is not None:
+            mon.step(loss)
+
+
+def test_training_under_the_monitor_is_bit_identical_and_leaves_no_hook() -> None:
+    model, opt, x, y = _setup()
+    _loop(model, opt, x, y, 60)
+    bare = [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
+    model, opt, x, y = _setup()
+    with nndiag.monitor(model, opt, every=7) as mon:
+        _loop(model, opt, x, y, 60, mon)
+    watched = [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
+    assert all(torch.equal(a, b) for a, b in zip(bare[0], watched[0]))
+    assert torch.equal(bare[1], watched[1])  # no random number drawn
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    assert len(mon.history.samples) == 9 and mon.report.passed
+    # The report says what it watched: every rule judged (a pass) or said why not.
+    assert {r.status for r in mon.report.results} <= {"pass", "skip"}
+
+
+def test_gradients_are_read_whatever_the_loop_order() -> None:
+    # zero_grad(set_to_none=True) right after the step: mon.step sees no gradient, the
+    # optimizer's step hook did.
+    model, opt, x, y = _setup()
+    with nndiag.monitor(model, opt, every=5) as mon:
+        for _ in range(20):
+            loss = nn.functional.cross_entropy(model(x[:32]), y[:32])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            mon.step(loss)
+    assert all(s.grad_norm and s.grad_norm > 0 for s in mon.history.samples)
+    assert all(len(s.ratios) == 2 for s in mon.history.samples)
+
+
+@pytest.mark.parametrize("on_fatal", ["warn", "raise", "stop"])
+def test_a_fatal_rule_warns_raises_or_asks_to_stop(on_fatal: str) -> None:
+    model, opt, x, y = _setup()
+    mon = nndiag.monitor(model, opt, name="mlp", on_fatal=on_fatal)  # type: ignore[arg-type]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with mon:
+            if on_fatal == "raise":
+                with pytest.raises(TrainingUnhealthy) as raised:
+                    _loop(model, opt, x, y, 30, mon, blow_up_at=12)
+                assert raised.value.result.check == "nonfinite"
+                assert raised.value.report["nonfinite"].metrics["step"] == 12
+            else:
+                _loop(model, opt, x, y, 30, mon, blow_up_at=12)
+    assert mon.should_stop
+    shown = [w for w in caught if issubclass(w.category, TrainingWarning)]
+    assert len(shown) == (1 if on_fatal == "warn" else 0)
+    if shown:
+        assert shown[0].filename == __file__  # points at the loop's mon.step call
+        assert "mlp::nonfinite fail: The loss is nan at step 12" in str(shown[0].message)
+    assert not model._forward_pre_hooks and not opt._optimizer_step_pre_hooks
+
+
+def test_the_report_has_one_result_per_rule() -> None:
+    model, opt, x, y = _setup()
+    with nndiag.monitor(model, opt, name="mlp", every=10) as mon:
+        _loop(model, opt, x, y, 30, mon)
+    report = mon.report
+    assert report.checks == [rule.id for rule in nndiag.monitoring.RULES]
+    assert report["generalization_gap"].status == "skip"  # no validation given
+    assert report["nonfinite"].status == "pass" and report["nonfinite"].metrics["step"] is None
+    assert report.meta["monitor"] == {"steps": 30, "every": 10}
+    from nndiag.report import render_html
+
+    html = render_html(report)
+    assert "loss_spike" in html and "mlp" in html
+
+
+def test_bad_arguments_get_typed_errors_naming_them() -> None:
+    model, opt, *_ = _setup()
+    with pytest.raises(InvalidSetting, match="every"):
+        nndiag.monitor(model, opt, every=0)
+    with pytest.raises(InvalidSetting, match="on_fatal"):
+        nndiag.monitor(model, opt, on_fatal="stpo")  # type: ignore[arg-type]
+    with pytest.raises(InvalidSubject, match="model"):
+        nndiag.monitor(lambda x: x)
+    with pytest.raises(InvalidSubject, match="optimizer"):
+        nndiag.monitor(model, "adam")
+    with pytest.raises(InvalidSetting, match="spike_factor"):
+        MonitorSettings(spike_factor=0.5)
+    with nndiag.monitor(model, opt) as mon:
+        with pytest.raises(InvalidSubject, match="loss: expects a scalar"):
+            mon.step(torch.ones(3))
+        with pytest.raises(InvalidSetting, match="validate"):
+            mon.validate(1.0)
+
+
+def test_every_setting_cites_its_source() -> None:
+    sources = MonitorSettings.sources()
+    assert sources and all(len(text) > 20 for text in sources.values())

@@ -46,10 +46,7 @@ class Monitor:
         on_fatal: OnFatal = "warn",
         settings: MonitorSettings | None = None,
     ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise InvalidSetting("every", f"expects a whole number >= 1, got {describe(every)}")
-        if on_fatal not in _ON_FATAL:
-            raise InvalidSetting("on_fatal", f"expects one of {_ON_FATAL}, got {on_fatal!r}")
+        self.check_arguments(every, on_fatal)
         self.name, self.every, self.on_fatal = name, every, on_fatal
         self.settings = settings if settings is not None else MonitorSettings()
         self.probe = _probe(model, optimizer)
@@ -58,6 +55,14 @@ class Monitor:
         self.should_stop = False
         self.halted: tuple[int, str] | None = None  # (step, rule) of the first fatal rule
         self._armed = False
+
+    @staticmethod
+    def check_arguments(every: Any, on_fatal: Any) -> None:
+        """Raise :class:`InvalidSetting` for an unusable ``every`` or ``on_fatal``."""
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise InvalidSetting("every", f"expects a whole number >= 1, got {describe(every)}")
+        if on_fatal not in _ON_FATAL:
+            raise InvalidSetting("on_fatal", f"expects one of {_ON_FATAL}, got {on_fatal!r}")
 
     def __enter__(self) -> Monitor:
         self._arm(0)
@@ -194,6 +199,11 @@ def _probe(model: Any, optimizer: Any) -> Any:
             f"the monitor watches torch.nn.Module models, got {describe(model)}",
             "pass the nn.Module being trained",
         )
+    inner = getattr(optimizer, "optimizer", None)
+    if isinstance(inner, torch.optim.Optimizer) and "_optimizer_step_pre_hooks" not in vars(
+        optimizer
+    ):
+        optimizer = inner  # a wrapper that steps the optimizer it holds (accelerate's)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise InvalidSubject(
             "optimizer",

@@ -70,10 +70,10 @@ class History:
         """The latest step (-1 before the first)."""
         return len(self.losses) - 1
 
-    def start(self) -> float | None:
+    def start(self, before: int | None = None) -> float | None:
         """The loss at init: the mean of the first few finite losses (a fast first descent
-        does not count)."""
-        first = [v for v in self.losses if math.isfinite(v)][:_START]
+        does not count), of those before step ``before`` when given."""
+        first = [v for v in self.losses[:before] if math.isfinite(v)][:_START]
         return sum(first) / len(first) if first else None
 
     def sample_now(self) -> Sample | None:

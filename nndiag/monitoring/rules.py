@@ -77,19 +77,24 @@ def nonfinite(h: History, s: MonitorSettings) -> Verdict | None:
 
 def loss_spike(h: History, s: MonitorSettings) -> Verdict | None:
     t, c, w = h.step, s.spike_confirm, s.spike_window
-    if t + 1 < w + c:
+    first = t - c + 1  # the first step of the jump
+    if first < 1:
         return None
-    recent = h.losses[t - c + 1 :]
-    base, start = _mean(h.losses[t - c - w + 1 : t - c + 1]), h.start()
+    # Early on, the window is what there is: a loss that explodes on the first steps
+    # jumps past 3x its start, as the lecture says.
+    recent, window = h.losses[first:], h.losses[max(0, first - w) : first]
+    base, start = _mean(window), h.start(first)
     if base is None or start is None or len(_finite(recent)) < c:
         return None  # a non-finite loss is nonfinite's
+    if base <= 0 or start <= 0:
+        return None  # ratios of a loss that can be negative (an ELBO) say nothing
     low = min(recent)
     if low < s.spike_factor * base or low < s.spike_floor * start:
         return None
     return Verdict(
         "fail",
-        f"The loss jumped to {max(recent):.4g} at step {t - c + 1}, {low / base:.1f}x or more "
-        f"its mean over the {w} steps before ({base:.4g}), for {c} steps in a row "
+        f"The loss jumped to {max(recent):.4g} at step {first}, {low / base:.1f}x or more "
+        f"its mean over the {len(window)} steps before ({base:.4g}), for {c} steps in a row "
         f"(start: {start:.4g}).",
         f"The step is too large at this point of training, with {h.lr_note()}: the "
         "lecture says a loss past 3x its start means stop. Lower the rate, add warm-up or clip the "
@@ -108,7 +113,9 @@ def loss_flat(h: History, s: MonitorSettings) -> Verdict | None:
         return None
     found: list[float] = [m for m in means if m is not None]
     best, recent, start = min(found[:-patience]), found[-patience:], h.start()
-    if start is None or min(recent) <= (1 - s.flat_min_fall) * best:
+    if start is None or start <= 0 or best <= 0:
+        return None  # a relative fall of a loss that can be negative says nothing
+    if min(recent) <= (1 - s.flat_min_fall) * best:
         return None
     if recent[-1] < s.flat_floor * start:
         return None

@@ -2,8 +2,8 @@
 
 Armed after the step before a sampled one, the probe adds hooks and removes them once it
 has what it needs: the first training-mode forward runs under nndiag's activation
-:class:`~nndiag.backends.torch.capture.Recorder`; the optimizer's step pre-hook reads the
-gradients and copies the weights, its post-hook measures the update. Without an optimizer
+:class:`~nndiag.backends.torch.capture.Recorder`; the optimizer's step pre-hook copies the
+weights, its post-hook reads the gradients and measures the update. Without an optimizer
 the weights are copied when armed and the gradients read at ``mon.step``. Nothing is kept
 between samples, and nothing of the user's (weights, gradients, optimizer state, modes) is
 written.
@@ -113,10 +113,12 @@ class TorchProbe:
         )
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._read_gradients()
         self._copy_weights()
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        # The gradients after the step: a step given a closure (LBFGS, Lightning) computes
+        # them inside it, after the pre-hook; the step itself leaves them as they were.
+        self._read_gradients()
         self._measure()
 
     # ------------------------------------------------------------------ measurements

@@ -337,6 +337,13 @@ class Config:
     # further decades above it are tried, up to this many (SGD at 1e-7 on the 5-layer MLP
     # moves the loss only from 1e-3 on, 1e4 x; our calibration).
     lr_extra_decades: int = 4
+    # The opt-in training check: a short real training run of the subject, with its own
+    # optimizer and data, judged by the training monitor's rules (docs/monitor.md), so a
+    # team can gate on "200 steps of real training stay healthy". Steps, and every how many
+    # steps the update ratios, gradients and activations are sampled (the monitor's
+    # validation suite samples every 10 steps of 200).
+    training_steps: int = 200
+    training_every: int = 10
 
     def __post_init__(self) -> None:
         defaults = Config.__dataclass_fields__

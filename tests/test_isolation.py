@@ -104,9 +104,11 @@ def test_full_diagnosis_leaves_model_optimizer_and_rng_bit_identical() -> None:
     random.seed(5)
     before = _state(model, optimizer)
     subject = nndiag.Subject(model, (X, y), loss=loss, optimizer=optimizer, regularization="l2")
-    report = nndiag.diagnose(subject)
+    every = [*nndiag.Config().checks, "learning_rate", "training"]  # the opt-in ones too
+    report = nndiag.diagnose(subject, checks=every)
     assert {r.status for r in report} <= {"pass", "warn", "fail", "skip"}, report.results
     assert report["regularization_loss"].status == "pass"
+    assert report["training"].metrics["steps"] > 0  # it trained, with the user's optimizer
     _assert_same(before, _state(model, optimizer))
 
 

@@ -426,6 +426,29 @@ BUILTIN: tuple[CheckSpec, ...] = (
             ),
         ),
     ),
+    CheckSpec(
+        "training",
+        "nndiag.checks.training:training",
+        "Do training_steps steps of real training (the subject's optimizer and batches) "
+        "stay healthy under the training monitor's rules: finite, no spike, a falling "
+        "loss, sane updates, no units dying, no exploding gradients?",
+        default=False,
+        why="training_steps forward+backward passes (200) and a capture forward every "
+        "training_every steps; skips without the subject's own optimizer",
+        settings=("training_steps", "training_every"),
+        tables=(
+            TableSpec(
+                "rules",
+                "The training monitor's rules over the run",
+                (
+                    ("rule", "rule"),
+                    ("status", "status"),
+                    ("step", "first step"),
+                    ("message", "message"),
+                ),
+            ),
+        ),
+    ),
 )
 
 

@@ -13,10 +13,10 @@ import warnings
 from typing import Any, Literal
 
 from nndiag.errors import InvalidSetting, InvalidSubject, TrainingUnhealthy, describe
-from nndiag.monitoring.findings import History
-from nndiag.monitoring.rules import RULES, Rule, Verdict
+from nndiag.monitoring.rules import Rule
 from nndiag.monitoring.settings import MonitorSettings
-from nndiag.results import CheckResult, Report, Status, environment
+from nndiag.monitoring.watch import Watch
+from nndiag.results import Report, environment
 
 __all__ = ["Monitor", "TrainingWarning"]
 
@@ -48,12 +48,11 @@ class Monitor:
     ) -> None:
         self.check_arguments(every, on_fatal)
         self.name, self.every, self.on_fatal = name, every, on_fatal
-        self.settings = settings if settings is not None else MonitorSettings()
+        self.watch = Watch(settings, hint_validation=" (call mon.validate(metric))")
+        self.settings = self.watch.settings
         self.probe = _probe(model, optimizer)
-        self.history = History()
-        self.fired: dict[str, tuple[int, Verdict]] = {}
+        self.history = self.watch.history
         self.should_stop = False
-        self.halted: tuple[int, str] | None = None  # (step, rule) of the first fatal rule
         self._armed = False
 
     @staticmethod
@@ -107,7 +106,7 @@ class Monitor:
         when it watched and never fired, ``skip`` when it had nothing to read."""
         meta = environment()
         meta["monitor"] = {"steps": self.history.step + 1, "every": self.every}
-        return Report([self._result(rule) for rule in RULES], meta)
+        return Report(self.watch.results(self.name, self.every), meta)
 
     # ------------------------------------------------------------------ internals
 
@@ -117,66 +116,17 @@ class Monitor:
             self._armed = True
 
     def _judge(self, reads: tuple[str, ...]) -> None:
-        for rule in RULES:
-            # After a fatal rule, the others would judge its consequences (a diverged run's
-            # dead units, its flat loss): only the fatal ones go on.
-            if rule.reads not in reads or (self.halted is not None and not rule.fatal):
-                continue
-            verdict = rule.judge(self.history, self.settings)
-            if verdict is None:
-                continue
-            known = self.fired.get(rule.id)
-            if known is None or (known[1].status == "warn" and verdict.status == "fail"):
-                self.fired[rule.id] = (self.history.step, verdict)
-                if rule.fatal:
-                    self._fatal(rule)
+        for rule in self.watch.judge(reads):
+            self._fatal(rule)
 
     def _fatal(self, rule: Rule) -> None:
         self.should_stop = True
-        if self.halted is None:
-            self.halted = (self.history.step, rule.id)
-        result = self._result(rule)
+        result = self.watch.result(rule, self.name, self.every)
         if self.on_fatal == "raise":
             self.close()
             raise TrainingUnhealthy(result, self.report)
-        if self.on_fatal == "warn":
-            warnings.warn(
-                result.summary(), TrainingWarning, stacklevel=4
-            )  # the user's mon.step call
-
-    def _result(self, rule: Rule) -> CheckResult:
-        h = self.history
-        evidence = {"losses": list(h.losses), "every": self.every}
-        if rule.id in self.fired:
-            step, verdict = self.fired[rule.id]
-            metrics = {"step": step, **verdict.metrics}
-            status: Status = "fail" if verdict.status == "fail" else "warn"
-            return CheckResult(
-                rule.id, status, verdict.message, metrics, evidence, verdict.hint,
-                subject=self.name,
-            )  # fmt: skip
-        missing = _missing(rule, h)
-        if missing:
-            return CheckResult(rule.id, "skip", missing, {"step": None}, subject=self.name)
-        message = f"Over {h.step + 1} steps, {rule.watches}."
-        if self.halted is not None and not rule.fatal:
-            step, fatal = self.halted
-            message = f"Up to step {step}, when {fatal} fired, {rule.watches}; not judged after it."
-        return CheckResult(rule.id, "pass", message, {"step": None}, evidence, subject=self.name)
-
-
-def _missing(rule: Rule, h: History) -> str | None:
-    if h.step < 0:
-        return "No step was recorded."
-    if rule.reads == "validation" and not h.validations:
-        return "No validation was recorded (call mon.validate(metric))."
-    if rule.reads == "sample" and not h.samples:
-        return "No step was sampled (a run shorter than every= steps)."
-    if rule.id == "dying_units" and not any(
-        layer.dead is not None for s in h.samples for layer in s.layers
-    ):
-        return "No ReLU-family layer ran in training mode on a sampled step."
-    return None
+        if self.on_fatal == "warn":  # stacklevel: the user's mon.step call
+            warnings.warn(result.summary(), TrainingWarning, stacklevel=4)
 
 
 def _as_float(value: Any, argument: str) -> float:

@@ -73,9 +73,11 @@ def _collected(config: pytest.Config, start: Path) -> list[Path]:
 
 
 def _loads(collected: Path, home: Path) -> bool:
-    """Whether collecting ``collected`` loads the conftest.py in ``home``: pytest loads those
-    of the collected directory's parents and of every directory below it."""
-    return _within(home, collected) or _within(collected, home)
+    """Whether collecting ``collected`` surely loads the conftest.py in ``home``: one in
+    the collected directory or above it. One below it loads only where pytest recurses
+    (not into ``norecursedirs``, ``--ignore`` or ``collect_ignore``): the command then
+    changes to the conftest's own directory, which always loads it."""
+    return _within(collected, home)
 
 
 def _within(path: Path, directory: Path) -> bool:

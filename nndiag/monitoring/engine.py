@@ -53,7 +53,10 @@ class Monitor:
         self.probe = _probe(model, optimizer)
         self.history = self.watch.history
         self.should_stop = False
-        self._armed = False
+        # The rate the coming step uses, read before a scheduler moves it.
+        self._lr = self.probe.lr()
+        self._armed = self._closed = False
+        self._arm(0)  # step 0 is sampled, with or without ``with``
 
     @staticmethod
     def check_arguments(every: Any, on_fatal: Any) -> None:
@@ -64,16 +67,16 @@ class Monitor:
             raise InvalidSetting("on_fatal", f"expects one of {_ON_FATAL}, got {on_fatal!r}")
 
     def __enter__(self) -> Monitor:
-        self._arm(0)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def close(self) -> None:
-        """Remove every hook; the monitor measures nothing more."""
+        """Remove every hook; later steps record the loss only."""
         self.probe.close()
         self._armed = False
+        self._closed = True
 
     def step(self, loss: Any) -> None:
         """Record the training step that just ended (call it after ``optimizer.step()``).
@@ -83,7 +86,8 @@ class Monitor:
         """
         h = self.history
         h.losses.append(_as_float(loss, "loss"))
-        h.lrs.append(self.probe.lr())
+        h.lrs.append(self._lr)
+        self._lr = self.probe.lr()
         if self._armed:
             h.samples.append(self.probe.collect(h.step))
             self._armed = False
@@ -92,10 +96,20 @@ class Monitor:
 
     def validate(self, value: Any, *, higher_is_better: bool = False) -> None:
         """Record a validation metric measured now (a loss by default; an accuracy with
-        ``higher_is_better=True``)."""
+        ``higher_is_better=True``). One metric per monitor.
+
+        Raises:
+            InvalidSetting: before the first step, or ``higher_is_better`` changed.
+        """
         h = self.history
         if h.step < 0:
             raise InvalidSetting("validate", "called before the first step", "call step first")
+        if h.validations and h.higher_is_better != higher_is_better:
+            raise InvalidSetting(
+                "higher_is_better",
+                f"is {higher_is_better} where earlier validations gave {h.higher_is_better}",
+                "validate one metric per monitor (the validation loss, or an accuracy)",
+            )
         h.higher_is_better = higher_is_better
         h.validations.append((h.step, _as_float(value, "value")))
         self._judge(("validation",))
@@ -111,7 +125,7 @@ class Monitor:
     # ------------------------------------------------------------------ internals
 
     def _arm(self, step: int) -> None:
-        if step % self.every == 0:
+        if step % self.every == 0 and not self._closed:
             self.probe.arm()
             self._armed = True
 

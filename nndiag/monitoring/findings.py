@@ -4,6 +4,7 @@ Hugging Face Trainer)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -73,7 +74,12 @@ class History:
     def start(self, before: int | None = None) -> float | None:
         """The loss at init: the mean of the first few finite losses (a fast first descent
         does not count), of those before step ``before`` when given."""
-        first = [v for v in self.losses[:before] if math.isfinite(v)][:_START]
+        first = []
+        for v in itertools.islice(self.losses, before):  # stops at the first few
+            if math.isfinite(v):
+                first.append(v)
+                if len(first) == _START:
+                    break
         return sum(first) / len(first) if first else None
 
     def sample_now(self) -> Sample | None:

@@ -117,10 +117,13 @@ def loss_flat(h: History, s: MonitorSettings) -> Verdict | None:
         return None  # a relative fall of a loss that can be negative says nothing
     if min(recent) <= (1 - s.flat_min_fall) * best:
         return None
-    if recent[-1] < s.flat_floor * start:
-        return None
+    if best < s.flat_floor * start:
+        return None  # it learned, then settled: a converged loss (label noise) is flat too
+    span = [lr for lr in h.lrs[-patience * win :] if lr is not None]
+    if span and span[-1] > span[0]:
+        return None  # a rate still warming up: the loss waits for it
     lrs = [lr for lr in h.lrs if lr is not None]
-    if lrs and lrs[-1] <= lrs[0] * 1e-3:
+    if lrs and lrs[-1] <= max(lrs) * 1e-3:
         cause = f"A schedule has decayed {h.lr_note()} to nothing: fix the schedule"
     elif lrs and lrs[-1] > lrs[0]:
         cause = f"The model stopped learning once {h.lr_note()} was raised"
@@ -174,14 +177,16 @@ def _ratio_high(h: History, sample: Sample, s: MonitorSettings) -> Verdict:
 
 def dying_units(h: History, s: MonitorSettings) -> Verdict | None:
     sample = h.sample_now()
-    if sample is None or len(h.samples) < 2:
+    if sample is None or len(h.samples) < 3:
         return None
     first = {layer.name: layer.dead for layer in h.samples[0].layers}
+    # Dead on two samples in a row: one small batch (an epoch's last) is no evidence.
+    previous = {layer.name: layer.dead for layer in h.samples[-2].layers}
     for layer in sample.layers:
-        before = first.get(layer.name)
-        if layer.dead is None or before is None or layer.gate:
+        before, last = first.get(layer.name), previous.get(layer.name)
+        if layer.dead is None or before is None or last is None or layer.gate:
             continue
-        if layer.dead >= s.dead_warn and layer.dead - before >= s.dead_rise:
+        if min(layer.dead, last) >= s.dead_warn and min(layer.dead, last) - before >= s.dead_rise:
             return Verdict(
                 "warn",
                 f"{layer.dead:.0%} of {layer.name}'s ReLU units fired for no sample of step "
@@ -216,16 +221,19 @@ def gradient_norm(h: History, s: MonitorSettings) -> Verdict | None:
 
 
 def generalization_gap(h: History, s: MonitorSettings) -> Verdict | None:
-    values = h.validations
+    values, what = h.validations, "Validation"
     if len(values) < s.gap_patience + 1 or values[-1][0] != h.step:
         return None
-    sign = -1.0 if h.higher_is_better else 1.0
-    best_at = min(range(len(values)), key=lambda i: sign * values[i][1])
+    if h.higher_is_better:  # judged as an error: 1 - an accuracy, else the metric negated
+        rate = all(0.0 <= v <= 1.0 for _, v in values)
+        values = [(step, 1.0 - v if rate else -v) for step, v in values]
+        what = "The validation error (1 - the metric)" if rate else "The validation metric"
+    best_at = min(range(len(values)), key=lambda i: values[i][1])
     best_step, best = values[best_at]
     recent = values[best_at + 1 :][-s.gap_patience :]
     if len(recent) < s.gap_patience:
         return None
-    if any(sign * (v - best) <= s.gap_rise * abs(best) for _, v in recent):
+    if any(v - best <= s.gap_rise * abs(best) for _, v in recent):
         return None
     then = _train_loss(h, best_step, s.gap_window)
     now = [_train_loss(h, step, s.gap_window) for step, _ in recent]
@@ -239,7 +247,7 @@ def generalization_gap(h: History, s: MonitorSettings) -> Verdict | None:
         return None  # a validation loss that worsens no more than training's: no new gap
     return Verdict(
         "warn",
-        f"Validation has been worse than its best (step {best_step}, {best:.4g}) by more "
+        f"{what} has been worse than its best (step {best_step}, {best:.4g}) by more "
         f"than {s.gap_rise:.0%} for {len(recent)} validations ({values[-1][1]:.4g} at step "
         f"{h.step}) while the training loss kept falling ({then:.4g} -> {now[-1]:.4g}): the "
         "model is overfitting.",

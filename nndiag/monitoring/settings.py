@@ -49,11 +49,12 @@ class MonitorSettings:
         0.01, 0.0, 0.9, "a window must beat the best earlier one by this fraction"
     )
     flat_floor: float = _setting(
-        0.5,
+        0.9,
         0.0,
         1.0,
-        "judged only while the loss stays above this fraction of its start: "
-        "a converged loss is flat too",
+        "judged only while the loss never fell below this fraction of its start (the "
+        "lecture's 'loss not going down'): a loss that learned and settled, as with noisy "
+        "labels, is flat too",
     )
     ratio_high: float = _setting(
         0.1, 1e-6, 1e6, f"{_LECTURE}: update/weight ~1e-3; {_DEEPCHECKER}: log10 in [-4, -1]"

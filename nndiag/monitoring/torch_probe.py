@@ -1,21 +1,25 @@
 """The monitor's measurements on a torch model, taken on sampled steps only.
 
 Armed after the step before a sampled one, the probe adds hooks and removes them once it
-has what it needs: the first training-mode forward runs under nndiag's activation
-:class:`~nndiag.backends.torch.capture.Recorder`; the optimizer's step pre-hook copies the
-weights, its post-hook reads the gradients and measures the update. Without an optimizer
-the weights are copied when armed and the gradients read at ``mon.step``. Nothing is kept
-between samples, and nothing of the user's (weights, gradients, optimizer state, modes) is
-written.
+has what it needs: the weights are copied when armed; the first training-mode forward runs
+under nndiag's activation :class:`~nndiag.backends.torch.capture.Recorder`; the
+optimizer's step post-hook reads the gradients (at ``mon.step`` without an optimizer); the
+update is measured at ``mon.step``, after every optimizer of the loop has stepped. Nothing
+is kept between samples, nothing of the user's (weights, gradients, optimizer state, modes)
+is written, and the hooks hold the probe weakly: a monitor dropped without ``close()``
+takes its hooks with it.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from nndiag.backends.torch.capture import Recorder
 from nndiag.monitoring.findings import LayerSample, Sample
@@ -23,6 +27,23 @@ from nndiag.monitoring.findings import LayerSample, Sample
 __all__ = ["TorchProbe"]
 
 _BINS = 8  # the recorder's histogram: unused here, kept small
+
+
+def _weak(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A hook that calls ``method`` while its object lives, and does nothing after."""
+    ref = weakref.WeakMethod(method)
+
+    def hook(*args: Any) -> Any:
+        bound = ref()
+        return None if bound is None else bound(*args)
+
+    return hook
+
+
+def _remove(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
 
 
 class TorchProbe:
@@ -33,12 +54,13 @@ class TorchProbe:
         self.optimizer = optimizer
         self.names = {p: n for n, p in model.named_parameters()}
         self.handles: list[Any] = []
+        weakref.finalize(self, _remove, self.handles)  # a monitor dropped unclosed
         self.recorder: Recorder | None = None
+        self.finished: Recorder | None = None  # exited, its module hooks still to remove
         self.layers: tuple[LayerSample, ...] = ()
         self.before: dict[str, torch.Tensor] = {}
         self.grads: dict[str, float] = {}
-        self.ratios: dict[str, float] = {}
-        self.moved: set[str] = set()
+        self.skipped = False  # a step a gradient scaler skipped (inf/NaN gradients)
 
     def lr(self) -> float | None:
         """The first parameter group's learning rate, when there is one to read."""
@@ -49,56 +71,58 @@ class TorchProbe:
     def arm(self) -> None:
         """Hook the next training forward and optimizer step."""
         self.close()
-        self.layers, self.before, self.grads, self.ratios, self.moved = (), {}, {}, {}, set()
-        self.handles.append(self.model.register_forward_pre_hook(self._enter))
-        self.handles.append(self.model.register_forward_hook(self._exit, always_call=True))
-        if self.optimizer is None:
-            self._copy_weights()
-            return
-        self.handles.append(self.optimizer.register_step_pre_hook(self._pre_step))
-        self.handles.append(self.optimizer.register_step_post_hook(self._post_step))
+        self.layers, self.before, self.grads, self.skipped = (), {}, {}, False
+        self.handles.append(self.model.register_forward_pre_hook(_weak(self._enter)))
+        self.handles.append(self.model.register_forward_hook(_weak(self._exit), always_call=True))
+        self._copy_weights()  # every optimizer of the loop steps between here and collect()
+        if self.optimizer is not None:
+            self.handles.append(self.optimizer.register_step_post_hook(_weak(self._post_step)))
 
     def collect(self, step: int) -> Sample:
         """What the armed hooks saw; the hooks are removed."""
         if self.optimizer is None:
             self._read_gradients()
-            self._measure()
+        ratios, moved = self._measure()
+        if not moved:
+            self.skipped = True  # nothing stepped: a scaler skipped it, or no step ran
         self.close()
+        grads = {} if self.skipped else self.grads
+        still = tuple(n for n, g in grads.items() if g > 0 and n not in moved) if moved else ()
         held = self._held()
-        still = tuple(n for n, g in self.grads.items() if g > 0 and n not in self.moved)
-        finite = [g for g in self.grads.values() if math.isfinite(g)]
+        finite = [g for g in grads.values() if math.isfinite(g)]
         return Sample(
             step=step,
-            ratios=dict(self.ratios),
+            ratios={} if self.skipped else ratios,
             still=still,
             unheld=tuple(n for n in still if n not in held),
-            grad_norm=math.sqrt(sum(g * g for g in finite)) if self.grads else None,
-            nonfinite_grads=tuple(n for n, g in self.grads.items() if not math.isfinite(g)),
+            grad_norm=math.sqrt(sum(g * g for g in finite)) if grads else None,
+            nonfinite_grads=tuple(n for n, g in grads.items() if not math.isfinite(g)),
             layers=self.layers,
             lr=self.lr(),
         )
 
     def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+        _remove(self.handles)
         if self.recorder is not None:  # a forward that never returned
-            self.recorder.__exit__(None, None, None)
-            self.recorder = None
+            self._leave(self.recorder)
+        if self.finished is not None:
+            _remove(self.finished.handles)
+            self.finished.stack.clear()
+            self.finished = None
         self.before = {}
 
     # ------------------------------------------------------------------ hooks
 
     def _enter(self, module: nn.Module, args: Any) -> None:
-        if self.recorder is None and not self.layers and module.training:
+        if self.recorder is None and self.finished is None and module.training:
             self.recorder = Recorder(self.model, _BINS)
             self.recorder.__enter__()
 
     def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
         if self.recorder is None:
             return
-        recorder, self.recorder = self.recorder, None
-        recorder.__exit__(None, None, None)
+        recorder = self.recorder
+        self._leave(recorder)
         self.layers = tuple(
             LayerSample(
                 name=r.name,
@@ -112,28 +136,46 @@ class TorchProbe:
             for r in recorder.layers()
         )
 
-    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._copy_weights()
+    def _leave(self, recorder: Recorder) -> None:
+        """Leave the recorder's function mode now, and remove its module hooks later: this
+        runs inside the model's own hook loop, which a removal would break (torch iterates
+        the live hook dict when the forward raised)."""
+        TorchFunctionMode.__exit__(recorder, None, None, None)
+        self.recorder, self.finished = None, recorder
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         # The gradients after the step: a step given a closure (LBFGS, Lightning) computes
-        # them inside it, after the pre-hook; the step itself leaves them as they were.
-        self._read_gradients()
-        self._measure()
+        # them inside it, after the pre-hook. A fused optimizer under a gradient scaler
+        # steps even when the scaled gradients overflowed (it skips inside): that step,
+        # which the scaler handles, is no finding.
+        # GradScaler hands a fused optimizer found_inf and grad_scale as attributes (older:
+        # a grad_scaler keyword).
+        found_inf = kwargs.get("found_inf", getattr(optimizer, "found_inf", None))
+        if found_inf is not None and float(found_inf) > 0:
+            self.skipped = True
+            return
+        scaler, scale = kwargs.get("grad_scaler"), getattr(optimizer, "grad_scale", None)
+        if scaler is not None:
+            scale = scaler.get_scale()
+        self._read_gradients(float(scale) if scale is not None else 1.0)
 
     # ------------------------------------------------------------------ measurements
 
-    def _read_gradients(self) -> None:
+    def _read_gradients(self, scale: float = 1.0) -> None:
         with torch.no_grad():
             for p, name in self.names.items():
                 if p.grad is not None:
-                    self.grads[name] = float(p.grad.detach().float().norm())
+                    self.grads[name] = float(p.grad.detach().float().norm()) / scale
 
     def _copy_weights(self) -> None:
         with torch.no_grad():
             self.before = {n: p.detach().clone() for p, n in self.names.items() if p.requires_grad}
 
-    def _measure(self) -> None:
+    def _measure(self) -> tuple[dict[str, float], set[str]]:
+        """Per weight matrix the update over the weights' norm, and the tensors that moved,
+        since the copy (after every optimizer of the loop has stepped)."""
+        ratios: dict[str, float] = {}
+        moved: set[str] = set()
         with torch.no_grad():
             for p, name in self.names.items():
                 old = self.before.get(name)
@@ -141,18 +183,14 @@ class TorchProbe:
                     continue
                 change = float((p.detach() - old).float().norm())
                 if change > 0:
-                    self.moved.add(name)
+                    moved.add(name)
                 if p.ndim >= 2:
                     scale = float(old.float().norm())
-                    self.ratios[name] = change / scale if scale > 0 else math.inf
-        self.before = {}
+                    ratios[name] = change / scale if scale > 0 else math.inf
+        return ratios, moved
 
     def _held(self) -> set[str]:
         if self.optimizer is None:
             return set(self.names.values())
-        return {
-            self.names[p]
-            for g in self.optimizer.param_groups
-            for p in g["params"]
-            if p in self.names
-        }
+        groups = self.optimizer.param_groups
+        return {self.names[p] for g in groups for p in g["params"] if p in self.names}

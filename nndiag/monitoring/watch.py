@@ -12,6 +12,16 @@ from nndiag.results import CheckResult, Status
 
 __all__ = ["Watch"]
 
+_NO_RERUN = ""  # a rule of a training run: no command reruns it
+_SHOWN = 1000  # loss points kept in a result's evidence
+
+
+def _thinned(losses: list[float]) -> dict[str, list[float]]:
+    """The loss curve as (steps, values), every k-th point of a long run: a report of a
+    200,000-step run stays small."""
+    stride = max(1, -(-len(losses) // _SHOWN))
+    return {"steps": list(range(0, len(losses), stride)), "values": losses[::stride]}
+
 
 class Watch:
     """The rules over one run's findings.
@@ -60,7 +70,7 @@ class Watch:
         """``fail``/``warn`` with the first step the rule fired at, ``pass`` when it watched
         and never fired, ``skip`` when it had nothing to read."""
         h = self.history
-        evidence = {"losses": list(h.losses), "every": every}
+        evidence = {"losses": _thinned(h.losses), "every": every}
         if rule.id in self.fired:
             step, verdict = self.fired[rule.id]
             metrics = {"step": step, **verdict.metrics}
@@ -68,15 +78,20 @@ class Watch:
             return CheckResult(
                 rule.id, status, verdict.message, metrics, evidence, verdict.hint,
                 subject=subject,
+                rerun=_NO_RERUN,
             )  # fmt: skip
         missing = self._missing(rule)
         if missing:
-            return CheckResult(rule.id, "skip", missing, {"step": None}, subject=subject)
+            return CheckResult(
+                rule.id, "skip", missing, {"step": None}, subject=subject, rerun=_NO_RERUN
+            )
         message = f"Over {h.step + 1} steps, {rule.watches}."
         if self.halted is not None and not rule.fatal:
             step, fatal = self.halted
             message = f"Up to step {step}, when {fatal} fired, {rule.watches}; not judged after it."
-        return CheckResult(rule.id, "pass", message, {"step": None}, evidence, subject=subject)
+        return CheckResult(
+            rule.id, "pass", message, {"step": None}, evidence, subject=subject, rerun=_NO_RERUN
+        )
 
     def _missing(self, rule: Rule) -> str | None:
         h = self.history
@@ -90,4 +105,18 @@ class Watch:
             layer.dead is not None for s in h.samples for layer in s.layers
         ):
             return "No ReLU-family layer ran in training mode on a sampled step."
-        return None
+        return self._too_short(rule)
+
+    def _too_short(self, rule: Rule) -> str | None:
+        """Why a rule that never fired could not have: the run was too short for it."""
+        s, h = self.settings, self.history
+        needs = {
+            "loss_spike": (s.spike_confirm + 1, h.step + 1, "steps"),
+            "loss_flat": ((s.flat_patience + 1) * s.flat_window, h.step + 1, "steps"),
+            "dying_units": (3, len(h.samples), "sampled steps"),
+            "gradient_norm": (3, len(h.samples), "sampled steps"),
+            "generalization_gap": (s.gap_patience + 1, len(h.validations), "validations"),
+        }.get(rule.id)
+        if needs is None or needs[1] >= needs[0]:
+            return None
+        return f"Not judged: it needs {needs[0]} {needs[2]}, and the run had {needs[1]}."

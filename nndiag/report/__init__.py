@@ -468,7 +468,7 @@ def _range_text(described: Any) -> str:
 def rerun_command(result: CheckResult) -> str:
     """The command that runs ``result``'s check again: the one its pytest run recorded (from
     where that run was launched), else its node id, else the ``diagnose`` call."""
-    if result.rerun:
+    if result.rerun is not None:  # "" where no command reruns it (a training run's rules)
         return result.rerun
     if result.outcome is None:
         return f'nndiag.diagnose(subject, checks=["{result.check}"])'

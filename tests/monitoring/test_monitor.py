@@ -127,3 +127,107 @@ def test_bad_arguments_get_typed_errors_naming_them() -> None:
 def test_every_setting_cites_its_source() -> None:
     sources = MonitorSettings.sources()
     assert sources and all(len(text) > 20 for text in sources.values())
+
+
+def _hooks(model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    found = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return found + len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks)
+
+
+def test_a_forward_that_raises_keeps_its_own_exception() -> None:
+    model, opt, x, _ = _setup()
+    with nndiag.monitor(model, opt, every=1):  # step 0 armed: the recorder runs
+        with pytest.raises(RuntimeError, match="mat1 and mat2"):
+            model(x[:, :5])
+    assert _hooks(model, opt) == 0 and torch._C._len_torch_function_stack() == 0
+
+
+def test_without_with_step_0_is_sampled_and_a_dropped_monitor_leaves_no_hook() -> None:
+    import gc
+
+    model, opt, x, y = _setup()
+    mon = nndiag.monitor(model, opt, every=10)
+    _loop(model, opt, x, y, 20, mon)
+    assert [s.step for s in mon.history.samples] == [0, 10]
+    del mon
+    gc.collect()
+    assert _hooks(model, opt) == 0
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_step_the_gradient_scaler_skips_is_no_finding(fused: bool) -> None:
+    model, _, x, y = _setup()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    with nndiag.monitor(model, opt, every=1, on_fatal="raise") as mon:
+        for step in range(6):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[:64]), y[:64])
+            scaler.scale(loss * (1e36 if step == 0 else 1.0)).backward()  # overflows once
+            scaler.step(opt)
+            scaler.update()
+            mon.step(loss)
+    assert mon.report["nonfinite"].status == "pass"
+    assert mon.history.samples[0].grad_norm is None  # the skipped step reads nothing
+    grad_norms = [s.grad_norm for s in mon.history.samples[1:]]
+    assert all(g is not None and 0 < g < 100 for g in grad_norms)  # unscaled
+
+
+def test_tensors_another_optimizer_steps_are_not_reported_unheld() -> None:
+    torch.manual_seed(0)
+    emb, head = nn.Embedding(100, 16, sparse=True), nn.Linear(16, 1)
+    model = nn.Sequential(emb, head)
+    sparse, dense = (
+        torch.optim.SparseAdam(emb.parameters(), 1e-2),
+        torch.optim.Adam(head.parameters()),
+    )
+    with nndiag.monitor(model, dense, every=5) as mon:
+        for _ in range(15):
+            ids = torch.randint(0, 100, (32,))
+            loss = nn.functional.mse_loss(model(ids).squeeze(-1), (ids % 2).float())
+            sparse.zero_grad()
+            dense.zero_grad()
+            loss.backward()
+            sparse.step()
+            dense.step()
+            mon.step(loss)
+    assert mon.report["update_ratio"].status == "pass", mon.report["update_ratio"].message
+
+
+def test_a_warm_up_from_zero_is_not_a_flat_loss() -> None:
+    model, _, x, y = _setup()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / 2000)  # 2000-step warm-up
+    with nndiag.monitor(model, opt, every=25) as mon:
+        for _ in range(300):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[:64]), y[:64])
+            loss.backward()
+            opt.step()
+            sched.step()
+            mon.step(loss)
+    assert mon.report["loss_flat"].status == "pass", mon.report["loss_flat"].message
+    assert mon.history.lrs[0] == 0.0  # the rate step 0 used, before the scheduler moved it
+
+
+def test_validations_are_one_metric_and_an_accuracy_drop_is_a_gap() -> None:
+    model, opt, *_ = _setup()
+    with nndiag.monitor(model, opt) as mon:
+        for step in range(300):
+            mon.step(1.0 / (1 + step))  # a training loss that keeps falling
+            if step % 50 == 49:
+                mon.validate([0.9, 0.9, 0.85, 0.8, 0.78, 0.76][step // 50], higher_is_better=True)
+        with pytest.raises(InvalidSetting, match="higher_is_better"):
+            mon.validate(0.5)
+    gap = mon.report["generalization_gap"]
+    assert gap.status == "warn" and "1 - the metric" in gap.message
+
+
+def test_a_rule_a_short_run_cannot_judge_says_so() -> None:
+    model, opt, x, y = _setup()
+    with nndiag.monitor(model, opt, every=50) as mon:
+        _loop(model, opt, x, y, 60, mon)
+    report = mon.report
+    assert report["loss_flat"].status == "skip" and "needs 125 steps" in report["loss_flat"].message
+    assert report["gradient_norm"].status == "skip"
+    assert report["loss_spike"].status == "pass"

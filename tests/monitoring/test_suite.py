@@ -13,7 +13,7 @@ SEEDS = range(20)
 # flat loss, three validations (every 20 steps) past the best one for a gap.
 DELAY = {
     "lr_x100_at_150": 5,
-    "relu_dying": 20,
+    "relu_dying": 30,
     "layer_left_out": 0,
     "float16_overflow": 2,
     "exploding_rnn": 10,

@@ -29,7 +29,28 @@ class TrainingWarning(UserWarning):
 
 
 class Monitor:
-    """Watches one training run; see :func:`nndiag.monitor`.
+    """Watch a training run: use as a context manager around the loop, and call
+    ``mon.step(loss)`` after each ``optimizer.step()`` (``mon.validate(metric)`` after a
+    validation, when there is one).
+
+    Args:
+        model: The torch ``nn.Module`` being trained.
+        optimizer: Its optimizer: the gradients its ``step()`` used are read in a hook,
+            and its learning rate is named in hints. Without one, the gradients are read at
+            ``mon.step``. Updates are measured between ``mon.step`` calls either way.
+        name: The subject name in the report.
+        every: Sample statistics (activations, gradients, updates) on every ``every``-th
+            step; the loss is read on every step.
+        on_fatal: When a fatal rule fires (a non-finite loss or gradient, a loss spike):
+            ``"warn"`` (a :class:`TrainingWarning`), ``"raise"``
+            (:class:`nndiag.errors.TrainingUnhealthy`, the report attached), or
+            ``"stop"`` (``mon.should_stop`` becomes True; the loop reads it). Every mode
+            sets ``mon.should_stop``.
+        settings: The rules' thresholds (:class:`MonitorSettings`).
+
+    Raises:
+        InvalidSubject: ``model`` is not a torch module, or ``optimizer`` not an optimizer.
+        InvalidSetting: ``every`` or ``on_fatal`` is unusable.
 
     Attributes:
         should_stop: A fatal rule has fired (read it in the loop under ``on_fatal="stop"``).

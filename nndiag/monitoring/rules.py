@@ -224,16 +224,20 @@ def generalization_gap(h: History, s: MonitorSettings) -> Verdict | None:
     values, what = h.validations, "Validation"
     if len(values) < s.gap_patience + 1 or values[-1][0] != h.step:
         return None
-    if h.higher_is_better:  # judged as an error: 1 - an accuracy, else the metric negated
-        rate = all(0.0 <= v <= 1.0 for _, v in values)
-        values = [(step, 1.0 - v if rate else -v) for step, v in values]
-        what = "The validation error (1 - the metric)" if rate else "The validation metric"
+    margin = 0.0
+    if h.higher_is_better:  # judged as an error rate: 1 - an accuracy (or a percentage)
+        top = 1.0 if all(0.0 <= v <= 1.0 for _, v in values) else 100.0
+        if all(0.0 <= v <= top for _, v in values):
+            values = [(step, (top - v) / top) for step, v in values]
+            what, margin = "The validation error (1 - the accuracy)", 0.02  # two points
+        else:
+            values, what = [(step, -v) for step, v in values], "The validation metric"
     best_at = min(range(len(values)), key=lambda i: values[i][1])
     best_step, best = values[best_at]
     recent = values[best_at + 1 :][-s.gap_patience :]
     if len(recent) < s.gap_patience:
         return None
-    if any(v - best <= s.gap_rise * abs(best) for _, v in recent):
+    if any(v - best <= max(s.gap_rise * abs(best), margin) for _, v in recent):
         return None
     then = _train_loss(h, best_step, s.gap_window)
     now = [_train_loss(h, step, s.gap_window) for step, _ in recent]

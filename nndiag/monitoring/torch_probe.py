@@ -61,6 +61,7 @@ class TorchProbe:
         self.before: dict[str, torch.Tensor] = {}
         self.grads: dict[str, float] = {}
         self.skipped = False  # a step a gradient scaler skipped (inf/NaN gradients)
+        self.stepped = False  # the optimizer's step ran since armed
 
     def lr(self) -> float | None:
         """The first parameter group's learning rate, when there is one to read."""
@@ -71,7 +72,8 @@ class TorchProbe:
     def arm(self) -> None:
         """Hook the next training forward and optimizer step."""
         self.close()
-        self.layers, self.before, self.grads, self.skipped = (), {}, {}, False
+        self.layers, self.before, self.grads = (), {}, {}
+        self.skipped = self.stepped = False
         self.handles.append(self.model.register_forward_pre_hook(_weak(self._enter)))
         self.handles.append(self.model.register_forward_hook(_weak(self._exit), always_call=True))
         self._copy_weights()  # every optimizer of the loop steps between here and collect()
@@ -83,11 +85,11 @@ class TorchProbe:
         if self.optimizer is None:
             self._read_gradients()
         ratios, moved = self._measure()
-        if not moved:
+        if not moved and not self.stepped:
             self.skipped = True  # nothing stepped: a scaler skipped it, or no step ran
         self.close()
         grads = {} if self.skipped else self.grads
-        still = tuple(n for n, g in grads.items() if g > 0 and n not in moved) if moved else ()
+        still = tuple(n for n, g in grads.items() if g > 0 and n not in moved)
         held = self._held()
         finite = [g for g in grads.values() if math.isfinite(g)]
         return Sample(
@@ -142,30 +144,29 @@ class TorchProbe:
         the live hook dict when the forward raised)."""
         TorchFunctionMode.__exit__(recorder, None, None, None)
         self.recorder, self.finished = None, recorder
+        self.handles.extend(recorder.handles)  # removed with ours, by close() or finalize
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         # The gradients after the step: a step given a closure (LBFGS, Lightning) computes
         # them inside it, after the pre-hook. A fused optimizer under a gradient scaler
         # steps even when the scaled gradients overflowed (it skips inside): that step,
         # which the scaler handles, is no finding.
-        # GradScaler hands a fused optimizer found_inf and grad_scale as attributes (older:
-        # a grad_scaler keyword).
+        # GradScaler hands a fused optimizer found_inf as an attribute (whose kernel unscales
+        # the gradients in place: read as they are after the step).
+        self.stepped = True
         found_inf = kwargs.get("found_inf", getattr(optimizer, "found_inf", None))
         if found_inf is not None and float(found_inf) > 0:
             self.skipped = True
             return
-        scaler, scale = kwargs.get("grad_scaler"), getattr(optimizer, "grad_scale", None)
-        if scaler is not None:
-            scale = scaler.get_scale()
-        self._read_gradients(float(scale) if scale is not None else 1.0)
+        self._read_gradients()
 
     # ------------------------------------------------------------------ measurements
 
-    def _read_gradients(self, scale: float = 1.0) -> None:
+    def _read_gradients(self) -> None:
         with torch.no_grad():
             for p, name in self.names.items():
                 if p.grad is not None:
-                    self.grads[name] = float(p.grad.detach().float().norm()) / scale
+                    self.grads[name] = float(p.grad.detach().float().norm())
 
     def _copy_weights(self) -> None:
         with torch.no_grad():
@@ -182,7 +183,7 @@ class TorchProbe:
                 if old is None:
                     continue
                 change = float((p.detach() - old).float().norm())
-                if change > 0:
+                if change > 0 or not math.isfinite(change):  # NaN weights moved too
                     moved.add(name)
                 if p.ndim >= 2:
                     scale = float(old.float().norm())

@@ -220,7 +220,7 @@ def test_validations_are_one_metric_and_an_accuracy_drop_is_a_gap() -> None:
         with pytest.raises(InvalidSetting, match="higher_is_better"):
             mon.validate(0.5)
     gap = mon.report["generalization_gap"]
-    assert gap.status == "warn" and "1 - the metric" in gap.message
+    assert gap.status == "warn" and "1 - the accuracy" in gap.message
 
 
 def test_a_rule_a_short_run_cannot_judge_says_so() -> None:
@@ -231,3 +231,58 @@ def test_a_rule_a_short_run_cannot_judge_says_so() -> None:
     assert report["loss_flat"].status == "skip" and "needs 125 steps" in report["loss_flat"].message
     assert report["gradient_norm"].status == "skip"
     assert report["loss_spike"].status == "pass"
+
+
+def test_a_nan_gradient_under_a_finite_loss_is_fatal() -> None:
+    model, opt, x, y = _setup()
+    with nndiag.monitor(model, opt, every=1) as mon:
+        opt.zero_grad()
+        zero = model[0].weight[0, 0] - model[0].weight[0, 0]
+        loss = nn.functional.cross_entropy(model(x), y) + torch.sqrt(zero)  # d sqrt at 0: NaN
+        loss.backward()
+        opt.step()  # the weights turn NaN: they moved
+        mon.step(loss)
+    assert mon.report["nonfinite"].status == "fail"
+    assert "gradient" in mon.report["nonfinite"].message
+
+
+def test_an_optimizer_of_other_tensors_leaves_every_tensor_unheld() -> None:
+    model, _, x, y = _setup()
+    stale = torch.optim.SGD(nn.Linear(8, 32).parameters(), lr=0.1)  # built for another model
+    with nndiag.monitor(model, stale, every=5) as mon:
+        _loop(model, stale, x, y, 10, mon)
+    assert mon.report["update_ratio"].status == "fail"
+    assert "no parameter group of the optimizer holds them" in mon.report["update_ratio"].message
+
+
+def test_a_monitor_dropped_mid_step_takes_the_recorders_hooks_along() -> None:
+    import gc
+
+    model, opt, x, y = _setup()
+    mon = nndiag.monitor(model, opt, every=1)
+    model(x)  # a sampled forward ran; its step never reaches mon.step
+    del mon
+    gc.collect()
+    assert _hooks(model, opt) == 0
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "flagged"),
+    [
+        ([0.95, 0.95, 0.935, 0.935, 0.935], False),  # under two points: noise
+        ([95, 95, 93.5, 93.5, 93.5], False),  # the same, as percentages
+        ([1.0, 1.0, 0.998, 0.998, 0.998], False),  # a perfect score's noise
+        ([0.9, 0.9, 0.8, 0.78, 0.76], True),
+        ([90, 90, 80, 78, 76], True),
+    ],
+)
+def test_an_accuracys_gap_is_judged_in_points_of_error(
+    accuracies: list[float], flagged: bool
+) -> None:
+    model, opt, *_ = _setup()
+    with nndiag.monitor(model, opt) as mon:
+        for step in range(250):
+            mon.step(1.0 / (1 + step))
+            if step % 50 == 49:
+                mon.validate(accuracies[step // 50], higher_is_better=True)
+    assert (mon.report["generalization_gap"].status == "warn") == flagged

@@ -18,7 +18,7 @@ from typing import Any
 
 from nndiag.config import Config
 from nndiag.contract import Batch, LayerRecord, Session, Step, Trainer
-from nndiag.monitoring.findings import LayerSample, Sample
+from nndiag.monitoring.findings import Sample, layer_sample
 from nndiag.monitoring.watch import Watch
 from nndiag.results import CheckResult, Status
 
@@ -86,16 +86,7 @@ def _sample(
         still=tuple(n for n, g in grads.items() if g > 0 and taken.updates.get(n) == 0),
         grad_norm=math.sqrt(sum(g * g for g in finite)) if grads else None,
         nonfinite_grads=tuple(n for n, g in grads.items() if not math.isfinite(g)),
-        layers=tuple(
-            LayerSample(
-                r.name,
-                r.kind,
-                float((r.fires == 0).mean()) if r.kind == "relu" and r.fires is not None else None,
-                r.std,
-                bool(r.gate),
-            )
-            for r in layers
-        ),
+        layers=tuple(layer_sample(r) for r in layers),
         lr=lr,
     )
 

@@ -8,7 +8,9 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["History", "LayerSample", "Sample"]
+from nndiag.contract import LayerRecord
+
+__all__ = ["History", "LayerSample", "Sample", "layer_sample"]
 
 _START = 5  # steps whose mean is the starting loss
 
@@ -22,6 +24,14 @@ class LayerSample:
     dead: float | None  # fraction of units that fired for no sample (ReLU family only)
     std: float
     gate: bool = False  # its output multiplies another tensor: small or flat by design
+
+
+def layer_sample(record: LayerRecord) -> LayerSample:
+    """A layer's sample from the activation statistics a backend captured."""
+    dead = None
+    if record.kind == "relu" and record.fires is not None:
+        dead = float((record.fires == 0).mean())
+    return LayerSample(record.name, record.kind, dead, record.std, bool(record.gate))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from nndiag.backends.torch.capture import Recorder
-from nndiag.monitoring.findings import LayerSample, Sample
+from nndiag.monitoring.findings import LayerSample, Sample, layer_sample
 
 __all__ = ["TorchProbe"]
 
@@ -125,18 +125,7 @@ class TorchProbe:
             return
         recorder = self.recorder
         self._leave(recorder)
-        self.layers = tuple(
-            LayerSample(
-                name=r.name,
-                kind=r.kind,
-                dead=float((r.fires == 0).mean())
-                if r.kind == "relu" and r.fires is not None
-                else None,
-                std=r.std,
-                gate=bool(r.gate),
-            )
-            for r in recorder.layers()
-        )
+        self.layers = tuple(layer_sample(r) for r in recorder.layers())
 
     def _leave(self, recorder: Recorder) -> None:
         """Leave the recorder's function mode now, and remove its module hooks later: this
